@@ -1,0 +1,1 @@
+"""Prefect flows composing tasks; one file per flow family. Every flow records its own runs."""

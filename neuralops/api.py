@@ -1,0 +1,130 @@
+"""HTTP API: the run logger, run history per workflow, the registry, health and metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import FastAPI, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
+
+from neuralops import __version__, registry, runs
+from neuralops.db import get_engine
+from neuralops.errors import Conflict, InvalidInput, NotFound
+from neuralops.settings import get_settings
+
+HTTP_REQUESTS = Counter(
+    "neuralops_http_requests_total", "HTTP requests served", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "neuralops_http_request_duration_seconds", "HTTP request latency", ["method", "route"]
+)
+RUNS_LOGGED = Counter("neuralops_runs_logged_total", "Runs logged through the API", ["status"])
+
+WorkflowId = Annotated[
+    str, Path(pattern=runs.ID_PATTERN, description="Playbook id or flow name", max_length=128)
+]
+
+
+class RunLogged(BaseModel):
+    run_id: str
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    database: str
+
+
+def create_app(database_url: URL | None = None) -> FastAPI:
+    """The ASGI app; ``database_url`` overrides the settings (tests, embedding)."""
+    settings = get_settings()
+    url = database_url or settings.database_url
+    app = FastAPI(
+        title="NeuralOps API",
+        version=__version__,
+        description="Run history, the playbook registry, and health of a NeuralOps installation.",
+    )
+
+    @app.middleware("http")
+    async def limit_and_measure(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.api_max_body_bytes:
+            return JSONResponse(
+                {"detail": f"body of {length} bytes exceeds {settings.api_max_body_bytes}"},
+                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+            )
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(InvalidInput)
+    async def invalid(_: Request, exc: InvalidInput) -> JSONResponse:
+        detail = [{"loc": p.field.split("."), "msg": p.message} for p in exc.problems]
+        return JSONResponse(
+            {"detail": detail or str(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+        )
+
+    @app.exception_handler(Conflict)
+    async def conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_409_CONFLICT)
+
+    @app.exception_handler(OperationalError)
+    async def database_down(_: Request, exc: OperationalError) -> JSONResponse:
+        # Never echo the driver's message: it can carry the DSN.
+        return JSONResponse(
+            {"detail": "database unavailable; retry later"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    def healthz() -> Health | JSONResponse:
+        try:
+            with get_engine(url).connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except OperationalError:
+            body = Health(status="degraded", version=__version__, database="unreachable")
+            return JSONResponse(body.model_dump(), status_code=503)
+        return Health(status="ok", version=__version__, database="ok")
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/runs", status_code=201, response_model=RunLogged, tags=["runs"])
+    def post_run(run: runs.RunIn) -> RunLogged:
+        """Log a run (the run logger). Logging the same run_id again updates it."""
+        run_id = runs.log_run(run, url=url)
+        RUNS_LOGGED.labels(run.status).inc()
+        return RunLogged(run_id=run_id)
+
+    @app.get("/workflows/{workflow_id}", response_model=registry.WorkflowInfo, tags=["workflows"])
+    def get_workflow(workflow_id: WorkflowId) -> registry.WorkflowInfo:
+        return registry.describe_workflow(workflow_id, url=url)
+
+    @app.get("/workflows/{workflow_id}/runs", response_model=runs.RunPage, tags=["workflows"])
+    def get_workflow_runs(
+        workflow_id: WorkflowId,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    ) -> runs.RunPage:
+        """The workflow's runs, newest first, a page at a time."""
+        return runs.list_runs(workflow_id, limit=limit, page=page, url=url)
+
+    @app.get("/playbooks", response_model=list[registry.WorkflowInfo], tags=["workflows"])
+    def list_playbooks() -> list[registry.WorkflowInfo]:
+        return registry.list_playbooks(url=url)
+
+    return app

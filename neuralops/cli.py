@@ -1,0 +1,256 @@
+"""The ``neuralops`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.exc import OperationalError
+
+from neuralops import db, registry, runs
+from neuralops.errors import ConfigError, NeuralOpsError
+from neuralops.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="NeuralOps: anomaly signals, playbook recommendations, approved remediation.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold secrets
+)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+playbook_app = typer.Typer(help="The playbook registry.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(playbook_app, name="playbook")
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def main() -> None:
+    """Console entry point: errors an operator can fix print as one clear line, exit 2."""
+    try:
+        app()
+    except NeuralOpsError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except OperationalError:
+        # The driver's message can carry the DSN; say where without the password.
+        err.print(
+            f"[red]error:[/] cannot reach the database ({get_settings().database_label()}): "
+            "check POSTGRES_DSN and that the server is up",
+            highlight=False,
+        )
+        sys.exit(2)
+
+
+@app.callback()
+def _announce() -> None:
+    settings = get_settings()
+    if settings.uses_sqlite:
+        err.print(
+            f"[dim]POSTGRES_DSN is not set: using {settings.database_label()} "
+            "(set POSTGRES_DSN=postgresql://... for PostgreSQL)[/]",
+            highlight=False,
+        )
+
+
+def _require_schema(settings: Settings) -> None:
+    current, head = db.current_revision(settings.database_url), db.head_revision()
+    if current != head:
+        raise ConfigError(
+            f"database schema is at {current or 'nothing'}, the code needs {head}: "
+            "run `neuralops db upgrade`"
+        )
+
+
+# --- the main job ----------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    seed_demo: Annotated[bool, typer.Option(help="Seed demo run history.")] = True,
+    runs_per_playbook: Annotated[int, typer.Option(min=1, max=10_000)] = 24,
+) -> None:
+    """The main job on this machine: migrate, register the catalogue, seed demo history."""
+    settings = get_settings()
+    out.rule("NeuralOps")
+    out.print(f"data dir  {settings.data_dir}\ndatabase  {settings.database_label()}")
+    with out.status("[1/3] applying database migrations"):
+        before, after = db.upgrade(settings.database_url)
+    out.print(f"[green]✓[/] [1/3] schema at revision {after}" + _was(before, after))
+    out.print("[2/3] bootstrap flow: register the catalogue, seed demo history (Prefect)")
+    from flows.bootstrap import bootstrap  # Prefect loads only for commands that need it
+
+    summary = bootstrap(seed_demo=seed_demo, runs_per_playbook=runs_per_playbook)
+    out.print(
+        f"[green]✓[/] [2/3] {summary['playbooks']} playbooks ({summary['added']} added, "
+        f"{summary['updated']} updated, {summary['unchanged']} unchanged); "
+        f"{summary['runs_seeded']} demo runs logged"
+    )
+    out.print("[green]✓[/] [3/3] the registry now holds:")
+    _print_playbooks(registry.list_playbooks())
+    out.print(
+        "\nNext: [bold].venv/bin/neuralops api[/] then "
+        f"[bold]curl 'http://{settings.api_host}:{settings.api_port}"
+        "/workflows/restart-deployment/runs?limit=5'[/]"
+    )
+
+
+def _was(before: str | None, after: str | None) -> str:
+    return " (already up to date)" if before == after else f" (was {before or 'empty'})"
+
+
+# --- doctor ----------------------------------------------------------------------------------
+
+
+@app.command()
+def doctor(
+    json_out: Annotated[Path, typer.Option(help="Also write the report here as JSON.")] = Path(
+        "reports/prereqs.json"
+    ),
+) -> None:
+    """Which components are configured, reachable or missing, and what each gap blocks."""
+    from neuralops.doctor import Status, diagnose
+
+    report = diagnose(get_settings())
+    colours = {
+        Status.ok: "green",
+        Status.configured: "cyan",
+        Status.embedded: "yellow",
+        Status.unreachable: "red",
+        Status.missing: "magenta",
+    }
+    table = Table("component", "status", "detail", "blocks")
+    for c in report.components:
+        colour = colours[c.status]
+        table.add_row(c.name, f"[{colour}]{c.status}[/]", c.detail, "\n".join(c.blocks))
+    out.print(table)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(report.model_dump_json(indent=2) + "\n")
+    out.print(f"written to {json_out}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# --- db --------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations (idempotent)."""
+    before, after = db.upgrade(get_settings().database_url, revision)
+    out.print(f"database at revision {after}" + _was(before, after))
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the applied and the latest revision."""
+    current = db.current_revision(get_settings().database_url)
+    out.print(f"applied: {current or 'none'}; head: {db.head_revision()}")
+
+
+# --- playbooks -------------------------------------------------------------------------------
+
+
+@playbook_app.command("add")
+def playbook_add(
+    paths: Annotated[list[Path], typer.Argument(help="Manifest files or directories.")],
+) -> None:
+    """Validate manifests and register them, all or none."""
+    _require_schema(get_settings())
+    results = registry.add_playbooks(registry.load_manifests(paths))
+    table = Table("playbook", "version", "change")
+    for r in results:
+        change = r.change.value
+        if r.previous_version and r.change is registry.Change.updated:
+            change += f" (from {r.previous_version})"
+        table.add_row(r.id, r.version, change)
+    out.print(table)
+
+
+@playbook_app.command("list")
+def playbook_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every registered playbook."""
+    _require_schema(get_settings())
+    playbooks = registry.list_playbooks()
+    if as_json:
+        out.print_json(json.dumps([p.model_dump(mode="json") for p in playbooks]))
+    elif not playbooks:
+        out.print("the registry is empty: `neuralops playbook add DIR` or `neuralops run`")
+    else:
+        _print_playbooks(playbooks)
+
+
+def _print_playbooks(playbooks: list[registry.WorkflowInfo]) -> None:
+    table = Table("id", "version", "title", "safety", "approvers", "runs", "latest run")
+    for p in playbooks:
+        roles = ", ".join(p.allowed_roles)
+        table.add_row(
+            p.id, p.version, p.title, p.safety_mode, roles, str(p.run_count), p.latest_run_id or ""
+        )
+    out.print(table)
+
+
+@playbook_app.command("show")
+def playbook_show(playbook_id: str) -> None:
+    """A playbook's manifest and registry record."""
+    _require_schema(get_settings())
+    info = registry.describe_workflow(playbook_id)
+    if info.kind != "playbook":
+        raise NeuralOpsError(f"'{playbook_id}' has runs but is not a registered playbook")
+    manifest = registry.get_playbook(playbook_id).manifest
+    signed = "signed" if info.signed else "unsigned"
+    out.print(
+        f"[bold]{info.id}[/] {info.version} ({signed}); {info.run_count} runs, "
+        f"latest {info.latest_run_id or 'none'}"
+    )
+    out.print(yaml.safe_dump(manifest, sort_keys=False, width=100), highlight=False)
+
+
+@playbook_app.command("runs")
+def playbook_runs(
+    playbook_id: str,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    page: Annotated[int, typer.Option(min=1)] = 1,
+) -> None:
+    """A page of the playbook's runs, newest first."""
+    _require_schema(get_settings())
+    result = runs.list_runs(playbook_id, limit=limit, page=page)
+    table = Table("run_id", "status", "duration", "created_at (UTC)")
+    for r in result.items:
+        table.add_row(
+            r.run_id, r.status, f"{r.duration_ms / 1000:.1f}s", f"{r.created_at:%Y-%m-%d %H:%M:%S}"
+        )
+    out.print(table)
+    hint = f"; next: --page {result.next_page}" if result.next_page else ""
+    out.print(f"page {result.page} of {result.pages} ({result.total} runs){hint}")
+
+
+# --- api -------------------------------------------------------------------------------------
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Default NEURALOPS_API_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default NEURALOPS_API_PORT.")] = None,
+) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    settings = get_settings()
+    _require_schema(settings)
+    uvicorn.run(
+        "neuralops.api:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+    )

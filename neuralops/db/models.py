@@ -1,0 +1,192 @@
+"""The schema (SQLAlchemy 2.0). Alembic migrations under migrations/ create exactly this."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+RUN_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled", "crashed")
+INCIDENT_STATES = (
+    "suggested",
+    "dry_run_passed",
+    "dry_run_failed",
+    "awaiting_approval",
+    "approved",
+    "rejected",
+    "expired",
+    "executing",
+    "succeeded",
+    "failed",
+)
+CLUSTER_STATUSES = ("pending", "healthy", "unreachable", "disabled")
+SAFETY_MODES = ("manual", "auto")
+
+# JSONB on PostgreSQL (indexable, compact), plain JSON text on SQLite.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on PostgreSQL (timestamptz) and SQLite (naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: NeuralOps stores timezone-aware UTC only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSONType,
+    }
+
+
+class Timestamps:
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WorkflowRun(Timestamps, Base):
+    __tablename__ = "workflow_runs"
+    __table_args__ = (
+        CheckConstraint(_in("status", RUN_STATUSES), name="ck_workflow_runs_status"),
+        CheckConstraint("duration_ms >= 0", name="ck_workflow_runs_duration"),
+        # Paging a workflow's runs newest first; the ETL watermark scans updated_at.
+        Index("ix_workflow_runs_wpk_created", "wpk_id", "created_at", "id"),
+        Index("ix_workflow_runs_updated_at", "updated_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    wpk_id: Mapped[str] = mapped_column(String(128))
+    run_id: Mapped[str] = mapped_column(String(128), unique=True)
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16))
+    duration_ms: Mapped[int] = mapped_column(BigInteger)
+    node_logs: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    cluster: Mapped[str | None] = mapped_column(String(128))
+    flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+
+
+class Playbook(Timestamps, Base):
+    __tablename__ = "playbooks"
+    __table_args__ = (
+        CheckConstraint(_in("safety_mode", SAFETY_MODES), name="ck_playbooks_safety_mode"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text)
+    manifest: Mapped[dict[str, Any]]
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    safety_mode: Mapped[str] = mapped_column(String(8))
+    allowed_roles: Mapped[list[str]] = mapped_column(JSONType)
+    signature: Mapped[str | None] = mapped_column(Text)
+    key_id: Mapped[str | None] = mapped_column(String(200))
+    latest_run_id: Mapped[str | None] = mapped_column(String(128))
+
+
+class InsightSignal(Base):
+    __tablename__ = "insight_signals"
+    __table_args__ = (Index("ix_insight_signals_rule_created", "rule", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    rule: Mapped[str] = mapped_column(String(128))
+    query: Mapped[str] = mapped_column(Text)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    value: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    z: Mapped[float | None] = mapped_column(Float)
+    method: Mapped[str] = mapped_column(String(32))
+    hint: Mapped[str] = mapped_column(Text)
+    correlated: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Incident(Timestamps, Base):
+    __tablename__ = "incidents"
+    __table_args__ = (CheckConstraint(_in("state", INCIDENT_STATES), name="ck_incidents_state"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    signal_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("insight_signals.id", ondelete="SET NULL"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(24), default="suggested")
+    playbook_id: Mapped[str | None] = mapped_column(String(64))
+    recommendations: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    dry_run: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    approver: Mapped[str | None] = mapped_column(String(200))
+    approved_at: Mapped[datetime | None]
+    pre_state: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    post_state: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+
+
+class AuditLog(Base):
+    """Append-only and hash-chained; the database refuses UPDATE and DELETE (migration 0001)."""
+
+    __tablename__ = "audit_logs"
+
+    seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(200), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Cluster(Base):
+    __tablename__ = "clusters"
+    __table_args__ = (CheckConstraint(_in("status", CLUSTER_STATUSES), name="ck_clusters_status"),)
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    work_pool: Mapped[str] = mapped_column(String(128))
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_heartbeat: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default="pending")

@@ -1,0 +1,111 @@
+"""Deterministic demo run history for the shipped catalogue.
+
+Each playbook gets past runs with inputs that satisfy its declared parameters, alert labels
+naming the symptom it was run for, a success rate of its own and realistic durations. Run
+ids are fixed (``demo-<playbook>-<n>``), so seeding twice updates instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from datetime import UTC, datetime, timedelta
+
+from neuralops.manifest import Manifest, Parameter, ParamType
+from neuralops.runs import RunIn
+
+SERVICES = ["payments", "checkout", "search", "auth", "orders", "ledger", "notifications"]
+NAMESPACES = ["payments", "checkout", "search", "identity", "orders", "platform"]
+FAILURES = [
+    "rollout did not complete within 300s: 1 of 3 new replicas unavailable",
+    "admission webhook 'policy.gatekeeper.sh' denied the request",
+    "cannot evict pod: it would violate the PodDisruptionBudget",
+    "timed out waiting for condition job-complete",
+    "the server rejected the patch: field is immutable",
+]
+CANDIDATES = ["1", "3", "5", "30", "300", "512Mi", "1Gi", "2Gi", "500m", "1", "20Gi", "50Gi",
+              "v1", "main", "postgres", "primary", "7", "true"]  # fmt: skip
+
+
+def _stable_fraction(text: str) -> float:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def demo_history(
+    manifests: list[Manifest], *, runs_per_playbook: int = 24, now: datetime | None = None
+) -> list[RunIn]:
+    """Past runs of each playbook over the last 90 days, oldest first within a playbook."""
+    now = now or datetime.now(UTC).replace(microsecond=0)
+    runs: list[RunIn] = []
+    for manifest in manifests:
+        rng = random.Random(manifest.id)  # the same history for the same catalogue
+        success_rate = 0.55 + 0.4 * _stable_fraction(manifest.id)
+        count = runs_per_playbook * (1 + int(_stable_fraction(manifest.id + "#n") * 3))
+        offsets = sorted((rng.uniform(0, 90 * 86400) for _ in range(count)), reverse=True)
+        for n, offset in enumerate(offsets):
+            runs.append(_run(manifest, n, now - timedelta(seconds=offset), rng, success_rate))
+    return runs
+
+
+def _run(
+    manifest: Manifest, n: int, started: datetime, rng: random.Random, success_rate: float
+) -> RunIn:
+    service = rng.choice(SERVICES)
+    namespace = rng.choice(NAMESPACES)
+    symptom = rng.choice(manifest.symptoms)
+    roll = rng.random()
+    status = "succeeded" if roll < success_rate else "cancelled" if roll > 0.98 else "failed"
+    step_ms = [int(rng.lognormvariate(9.5, 0.6)) for _ in manifest.steps]
+    node_logs = [
+        {"name": step.name, "status": "Completed", "duration_ms": ms}
+        for step, ms in zip(manifest.steps, step_ms, strict=True)
+    ]
+    outputs: dict = {"message": f"{manifest.title}: done"}
+    if status == "failed":
+        error = rng.choice(FAILURES)
+        node_logs[-1].update(status="Failed", message=error)
+        outputs = {"error": error}
+    elif status == "cancelled":
+        outputs = {"message": "cancelled by operator"}
+    return RunIn(
+        wpk_id=manifest.id,
+        run_id=f"demo-{manifest.id}-{n:04d}",
+        status=status,
+        duration_ms=sum(step_ms),
+        inputs={
+            "parameters": {
+                p.name: _value(p, service=service, namespace=namespace) for p in manifest.parameters
+            },
+            "alert": {
+                "alertname": "".join(part.title() for part in symptom.split("-")),
+                "severity": rng.choice(["warning", "critical"]),
+                "namespace": namespace,
+                "service": service,
+                "symptom": symptom,
+            },
+        },
+        outputs=outputs,
+        node_logs=node_logs,
+        cluster=rng.choice(["prod-eu-1", "prod-us-1", "staging"]),
+        created_at=started,
+    )
+
+
+def _value(param: Parameter, *, service: str, namespace: str) -> str | int | float | bool:
+    """A value that satisfies the parameter's declared type, bounds and pattern."""
+    if param.default is not None:
+        return param.default
+    if param.type is ParamType.boolean:
+        return True
+    if param.type in (ParamType.integer, ParamType.number):
+        low = param.minimum if param.minimum is not None else 1
+        high = param.maximum if param.maximum is not None else low + 10
+        value = low + (high - low) / 4
+        return int(value) if param.type is ParamType.integer else value
+    name = param.name.lower()
+    preferred = namespace if "namespace" in name else service
+    for candidate in [preferred, f"{service}-0", *CANDIDATES]:
+        if param.pattern is None or re.fullmatch(param.pattern, candidate):
+            return candidate
+    raise ValueError(f"no demo value fits parameter '{param.name}' pattern {param.pattern!r}")

@@ -1,0 +1,121 @@
+"""Prefect flow-run hook that records every flow run in workflow_runs.
+
+NeuralOps attaches it to all of its own flows, so the system records its own history.
+Attach it to your own flows the same way::
+
+    from prefect import flow
+    from neuralops.hooks import run_logger_hooks
+
+    @flow(**run_logger_hooks())            # or run_logger_hooks(wpk_id="my-playbook")
+    def nightly_backup(): ...
+
+The hook never fails the flow: a run that cannot be recorded is logged as a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun, StateType
+
+from neuralops.runs import RunIn, log_run
+from neuralops.settings import get_settings
+
+logger = logging.getLogger("neuralops.hooks")
+
+STATUS_BY_STATE = {
+    StateType.COMPLETED: "succeeded",
+    StateType.FAILED: "failed",
+    StateType.CRASHED: "crashed",
+    StateType.CANCELLED: "cancelled",
+    StateType.CANCELLING: "cancelled",
+}
+# Parameters are stored as run inputs; values under these names never are.
+SECRET_NAME = re.compile(r"token|password|passwd|secret|api[_-]?key|credential|private", re.I)
+MASK = "<REDACTED>"
+MAX_MESSAGE = 2000
+
+
+def run_logger_hooks(wpk_id: str | None = None) -> dict[str, list]:
+    """Keyword arguments for ``@flow`` that record each run (completed, failed, crashed)."""
+
+    def hook(flow: Any, flow_run: FlowRun, state: Any) -> None:
+        record_flow_run(flow, flow_run, state, wpk_id=wpk_id)
+
+    return {"on_completion": [hook], "on_failure": [hook], "on_crashed": [hook]}
+
+
+def record_flow_run(
+    flow: Any, flow_run: FlowRun, state: Any, *, wpk_id: str | None = None
+) -> str | None:
+    """Log one finished flow run; returns its run_id, or None if it could not be recorded."""
+    try:
+        run = flow_run_to_run(flow, flow_run, state, wpk_id=wpk_id)
+        return log_run(run)
+    except Exception:  # the hook must never turn a successful flow into a failed one
+        logger.warning("could not record flow run %s in workflow_runs", flow_run.id, exc_info=True)
+        return None
+
+
+def flow_run_to_run(flow: Any, flow_run: FlowRun, state: Any, *, wpk_id: str | None) -> RunIn:
+    started = flow_run.start_time or flow_run.expected_start_time or datetime.now(UTC)
+    ended = state.timestamp or datetime.now(UTC)
+    parameters = dict(flow_run.parameters or {})
+    outputs: dict[str, Any] = {"state": state.name}
+    if state.message:
+        outputs["message"] = state.message[:MAX_MESSAGE]
+    return RunIn(
+        wpk_id=wpk_id or parameters.get("playbook_id") or flow.name,
+        run_id=str(flow_run.id),
+        status=STATUS_BY_STATE.get(state.type, "failed"),
+        duration_ms=max(0, int((ended - started).total_seconds() * 1000)),
+        inputs=mask_secrets(parameters),
+        outputs=outputs,
+        node_logs=_task_run_logs(flow_run),
+        cluster=parameters.get("cluster") or get_settings().cluster,
+        flow_run_id=flow_run.id,
+        created_at=started,
+    )
+
+
+def mask_secrets(value: Any) -> Any:
+    """Replace values whose key names a secret, at any depth."""
+    if isinstance(value, dict):
+        return {
+            key: MASK if SECRET_NAME.search(str(key)) else mask_secrets(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_secrets(item) for item in value]
+    return value
+
+
+def _task_run_logs(flow_run: FlowRun) -> list[dict[str, Any]]:
+    """One node log per task run, read from the Prefect API (best effort)."""
+    try:
+        with get_client(sync_client=True) as client:
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+            )
+    except Exception:
+        logger.debug("task runs of %s not readable", flow_run.id, exc_info=True)
+        return []
+    logs = []
+    never = datetime.min.replace(tzinfo=UTC)
+    for task_run in sorted(task_runs, key=lambda tr: tr.start_time or never):
+        state = task_run.state
+        logs.append(
+            {
+                "name": task_run.name,
+                "status": state.name if state else "Unknown",
+                "duration_ms": int(task_run.total_run_time.total_seconds() * 1000),
+                "started_at": task_run.start_time,
+                "message": (state.message or "")[:MAX_MESSAGE] if state else None,
+            }
+        )
+    return logs

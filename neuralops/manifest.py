@@ -1,0 +1,194 @@
+"""The playbook manifest: the YAML an SRE writes, validated before it enters the registry.
+
+A manifest declares what a playbook treats (symptoms), when it must not be used
+(contraindications), who may run it (safety), what it may touch (scope), the parameters
+an incident fills in, and the steps: Kubernetes actions or manifests, with ``{{ param }}``
+placeholders that are rendered only at dry-run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from neuralops.errors import InvalidInput
+
+# Playbook ids end up in URLs, file names and work-pool names: keep them boring.
+PLAYBOOK_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+SEMVER_PATTERN = r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$"
+TAG_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+Tag = Annotated[str, Field(pattern=TAG_PATTERN, max_length=64)]
+
+
+class SafetyMode(StrEnum):
+    manual = "manual"
+    auto = "auto"
+
+
+class Action(StrEnum):
+    """Kubernetes actions a step may take. Each maps to one API call at execute time."""
+
+    restart = "restart"  # rollout restart of a Deployment/StatefulSet/DaemonSet
+    rollback = "rollback"  # roll back to the previous ReplicaSet / revision
+    scale = "scale"  # set spec.replicas
+    patch = "patch"  # strategic-merge patch of `target`
+    apply = "apply"  # server-side apply of `manifest`
+    delete = "delete"  # delete `target` (policy forbids namespaces and volumes)
+    cordon = "cordon"
+    uncordon = "uncordon"
+    drain = "drain"  # cordon, then evict pods respecting PodDisruptionBudgets
+    wait = "wait"  # wait until `condition` holds on `target` or `timeout_s` passes
+
+
+class Safety(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: SafetyMode = SafetyMode.manual
+    allowed_roles: list[Tag] = Field(
+        default_factory=lambda: ["org-admin"],
+        min_length=1,
+        description="Roles that may approve (manual) or trigger (auto) this playbook.",
+    )
+
+
+class Scope(BaseModel):
+    """What the playbook may touch. Targets outside the scope fail the dry-run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces (or {{ param }} placeholders); empty means cluster-scoped only.",
+    )
+    kinds: list[str] = Field(min_length=1, description="Kubernetes kinds the steps may act on.")
+
+
+class ParamType(StrEnum):
+    string = "string"
+    integer = "integer"
+    number = "number"
+    boolean = "boolean"
+
+
+class Parameter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    type: ParamType = ParamType.string
+    description: str = Field(min_length=1)
+    required: bool = True
+    default: str | int | float | bool | None = None
+    pattern: str | None = Field(None, description="Regular expression a string value must match.")
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+    api_version: str | None = None
+
+
+class Step(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TAG_PATTERN, max_length=64)
+    description: str = Field(min_length=1)
+    action: Action
+    target: Target | None = None
+    manifest: dict[str, Any] | None = None
+    patch: dict[str, Any] | None = None
+    replicas: int | str | None = None
+    condition: str | None = None
+    timeout_s: int = Field(300, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _fields_for_action(self) -> Step:
+        needs = {
+            Action.apply: ("manifest",),
+            Action.patch: ("target", "patch"),
+            Action.scale: ("target", "replicas"),
+            Action.wait: ("target", "condition"),
+        }.get(self.action, ("target",))
+        missing = [name for name in needs if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"action '{self.action}' needs {', '.join(missing)}")
+        return self
+
+
+class Manifest(BaseModel):
+    """A playbook manifest (schema version 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=PLAYBOOK_ID_PATTERN)
+    version: str = Field(pattern=SEMVER_PATTERN)
+    title: str = Field(min_length=3, max_length=200)
+    description: str = Field(min_length=20)
+    symptoms: list[Tag] = Field(min_length=1, description="What the playbook treats.")
+    contraindications: list[Tag] = Field(
+        default_factory=list, description="Symptoms under which it must not be used."
+    )
+    safety: Safety = Field(default_factory=Safety)
+    scope: Scope
+    parameters: list[Parameter] = Field(default_factory=list)
+    steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        names = [p.name for p in self.parameters]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"parameters: duplicate names {duplicates}")
+        overlap = sorted(set(self.symptoms) & set(self.contraindications))
+        if overlap:
+            raise ValueError(f"contraindications repeat symptoms {overlap}")
+        steps_text = json.dumps([s.model_dump(mode="json") for s in self.steps])
+        scope_text = json.dumps(self.scope.model_dump(mode="json"))
+        undeclared = sorted(set(PLACEHOLDER.findall(steps_text + scope_text)) - set(names))
+        if undeclared:
+            raise ValueError(
+                f"steps use undeclared parameters {undeclared}: add them under 'parameters'"
+            )
+        return self
+
+    def canonical_json(self) -> bytes:
+        """Stable bytes of the manifest: what is hashed and signed."""
+        return json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
+        ).encode()
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json()).hexdigest()
+
+
+def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
+    """Validate a manifest dict, raising InvalidInput that names the file and field."""
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{source}: a playbook manifest must be a YAML mapping")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(exc, source) from None
+
+
+def load_manifest_file(path: Path) -> Manifest:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_manifest(data, str(path))

@@ -1,0 +1,130 @@
+"""One settings object, read from the environment.
+
+Names are ``NEURALOPS_*``; the connection settings also answer to the plain names an
+operator already exports (``POSTGRES_DSN``, ``PROM_URL``, ``VAULT_ADDR``, ...).
+Secrets are ``SecretStr`` so they never print in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from neuralops.errors import ConfigError
+
+POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg"}
+
+
+def _env(name: str) -> AliasChoices:
+    """Accept both NEURALOPS_<NAME> and the plain <NAME>."""
+    return AliasChoices(f"NEURALOPS_{name}", name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEURALOPS_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(
+        Path("~/.neuralops"),
+        description="Holds the SQLite database, LanceDB, local dev keys and the local audit sink.",
+    )
+    postgres_dsn: SecretStr | None = Field(
+        None,
+        validation_alias=_env("POSTGRES_DSN"),
+        description="postgresql://user:pass@host:5432/db; unset means SQLite in the data dir.",
+    )
+    prom_url: str | None = Field(None, validation_alias=_env("PROM_URL"))
+    prom_token: SecretStr | None = Field(None, validation_alias=_env("PROM_TOKEN"))
+    vault_addr: str | None = Field(None, validation_alias=_env("VAULT_ADDR"))
+    vault_role: str | None = Field(None, validation_alias=_env("VAULT_ROLE"))
+    vault_token: SecretStr | None = Field(None, validation_alias=_env("VAULT_TOKEN"))
+    s3_bucket: str | None = Field(None, validation_alias=_env("S3_BUCKET"))
+    s3_endpoint_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "NEURALOPS_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"
+        ),
+    )
+    lancedb_uri: str | None = Field(None, validation_alias=_env("LANCEDB_URI"))
+    prefect_api_url: str | None = Field(None, validation_alias=AliasChoices("PREFECT_API_URL"))
+    cluster: str | None = Field(
+        None, description="Name of the cluster this process runs in (connectors set it)."
+    )
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8787, ge=1, le=65535)
+    api_max_body_bytes: int = Field(2 * 1024 * 1024, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("prom_url", "vault_addr", "s3_endpoint_url", "prefect_api_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.postgres_dsn is None
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "neuralops.db"
+
+    @property
+    def database_url(self) -> URL:
+        """SQLAlchemy URL for the run-history database (psycopg 3 on PostgreSQL)."""
+        if self.postgres_dsn is None:
+            return URL.create("sqlite+pysqlite", database=str(self.sqlite_path))
+        return postgres_url(self.postgres_dsn.get_secret_value())
+
+    @property
+    def vector_uri(self) -> str:
+        return self.lancedb_uri or str(self.data_dir / "lancedb")
+
+    def database_label(self) -> str:
+        """Where the database is, safe to print (password hidden)."""
+        if self.uses_sqlite:
+            return f"SQLite at {self.sqlite_path}"
+        return f"PostgreSQL at {self.database_url.render_as_string(hide_password=True)}"
+
+
+def postgres_url(dsn: str) -> URL:
+    try:
+        url = make_url(dsn)
+    except ArgumentError:
+        raise ConfigError(
+            "POSTGRES_DSN is not a URL: use postgresql://user:password@host:5432/dbname"
+        ) from None
+    if url.drivername not in POSTGRES_SCHEMES:
+        raise ConfigError(
+            f"POSTGRES_DSN scheme '{url.drivername}' is not supported: "
+            "use postgresql://user:password@host:5432/dbname"
+        )
+    return url.set(drivername="postgresql+psycopg")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings; tests call ``get_settings.cache_clear()`` after changing env."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_env_name(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def _env_name(loc: tuple) -> str:
+    field = str(loc[0]) if loc else "?"
+    return field if field.isupper() else f"NEURALOPS_{field.upper()}"

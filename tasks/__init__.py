@@ -1,0 +1,21 @@
+"""Prefect tasks: thin wrappers over neuralops core functions, adding retries and timeouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from neuralops.errors import NeuralOpsError
+
+
+def retry_unless_invalid(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O failures; never retry a NeuralOps error (bad input, conflict, not found):
+    the same input would fail the same way."""
+    return not isinstance(state.data, NeuralOpsError)
+
+
+# Backoff for tasks that talk to a database or a server.
+IO_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [1, 4, 15],
+    "retry_condition_fn": retry_unless_invalid,
+}
