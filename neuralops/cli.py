@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -84,6 +85,7 @@ def run(
         before, after = db.upgrade(settings.database_url)
     out.print(f"[green]✓[/] [1/3] schema at revision {after}" + _was(before, after))
     out.print("[2/3] bootstrap flow: register the catalogue, seed demo history (Prefect)")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.bootstrap import bootstrap  # Prefect loads only for commands that need it
 
     summary = bootstrap(seed_demo=seed_demo, runs_per_playbook=runs_per_playbook)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from datetime import UTC, datetime, timedelta
 
+from neuralops.errors import InvalidInput
 from neuralops.manifest import Manifest, Parameter, ParamType
 from neuralops.runs import RunIn
 
@@ -24,8 +24,6 @@ FAILURES = [
     "timed out waiting for condition job-complete",
     "the server rejected the patch: field is immutable",
 ]
-CANDIDATES = ["1", "3", "5", "30", "300", "512Mi", "1Gi", "2Gi", "500m", "1", "20Gi", "50Gi",
-              "v1", "main", "postgres", "primary", "7", "true"]  # fmt: skip
 
 
 def _stable_fraction(text: str) -> float:
@@ -93,19 +91,16 @@ def _run(
 
 
 def _value(param: Parameter, *, service: str, namespace: str) -> str | int | float | bool:
-    """A value that satisfies the parameter's declared type, bounds and pattern."""
-    if param.default is not None:
-        return param.default
+    """The parameter's default or example; a namespace or service name for the rest."""
+    for value in (param.default, param.example):
+        if value is not None:
+            return value
     if param.type is ParamType.boolean:
         return True
     if param.type in (ParamType.integer, ParamType.number):
-        low = param.minimum if param.minimum is not None else 1
-        high = param.maximum if param.maximum is not None else low + 10
-        value = low + (high - low) / 4
+        value = param.minimum if param.minimum is not None else 1
         return int(value) if param.type is ParamType.integer else value
-    name = param.name.lower()
-    preferred = namespace if "namespace" in name else service
-    for candidate in [preferred, f"{service}-0", *CANDIDATES]:
-        if param.pattern is None or re.fullmatch(param.pattern, candidate):
-            return candidate
-    raise ValueError(f"no demo value fits parameter '{param.name}' pattern {param.pattern!r}")
+    value = namespace if "namespace" in param.name.lower() else service
+    if problem := param.check(value):
+        raise InvalidInput(f"parameter {param.name!r}: give it an example; {value!r} {problem}")
+    return value

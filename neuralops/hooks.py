@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
+from prefect.client.schemas.sorting import TaskRunSort
 
 from neuralops.runs import RunIn, log_run
 from neuralops.settings import get_settings
@@ -39,6 +41,8 @@ STATUS_BY_STATE = {
 SECRET_NAME = re.compile(r"token|password|passwd|secret|api[_-]?key|credential|private", re.I)
 MASK = "<REDACTED>"
 MAX_MESSAGE = 2000
+MAX_NODE_LOGS = 200  # the API's page limit
+TASK_RUN_WAIT_S = 3.0  # a flow without tasks waits this long once, in its final hook
 
 
 def run_logger_hooks(wpk_id: str | None = None) -> dict[str, list]:
@@ -98,15 +102,12 @@ def mask_secrets(value: Any) -> Any:
 def _task_run_logs(flow_run: FlowRun) -> list[dict[str, Any]]:
     """One node log per task run, read from the Prefect API (best effort)."""
     try:
-        with get_client(sync_client=True) as client:
-            task_runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
-            )
+        task_runs = _settled_task_runs(flow_run)
     except Exception:
         logger.debug("task runs of %s not readable", flow_run.id, exc_info=True)
         return []
-    logs = []
     never = datetime.min.replace(tzinfo=UTC)
+    logs = []
     for task_run in sorted(task_runs, key=lambda tr: tr.start_time or never):
         state = task_run.state
         logs.append(
@@ -119,3 +120,23 @@ def _task_run_logs(flow_run: FlowRun) -> list[dict[str, Any]]:
             }
         )
     return logs
+
+
+def _settled_task_runs(flow_run: FlowRun) -> list[TaskRun]:
+    """Prefect 3 reports task runs to the server through events, so the last ones can land a
+    moment after the flow ends: poll until they are all final and stop changing (bounded)."""
+    deadline = time.monotonic() + TASK_RUN_WAIT_S
+    previous: list[tuple] | None = None
+    with get_client(sync_client=True) as client:
+        while True:
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,  # the sync client sends null if unset
+                limit=MAX_NODE_LOGS,
+            )
+            seen = sorted((str(tr.id), str(tr.state_type)) for tr in task_runs)
+            final = all(tr.state is not None and tr.state.is_final() for tr in task_runs)
+            if (task_runs and final and seen == previous) or time.monotonic() > deadline:
+                return task_runs
+            previous = seen
+            time.sleep(0.2)

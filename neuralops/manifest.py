@@ -87,9 +87,45 @@ class Parameter(BaseModel):
     description: str = Field(min_length=1)
     required: bool = True
     default: str | int | float | bool | None = None
+    example: str | int | float | bool | None = Field(
+        None, description="A realistic value, shown to approvers and used by the demo history."
+    )
     pattern: str | None = Field(None, description="Regular expression a string value must match.")
     minimum: float | None = None
     maximum: float | None = None
+
+    @model_validator(mode="after")
+    def _values_fit(self) -> Parameter:
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
+        for field in ("default", "example"):
+            value = getattr(self, field)
+            if value is not None and (problem := self.check(value)):
+                raise ValueError(f"{field} {value!r} {problem}")
+        return self
+
+    def check(self, value: Any) -> str | None:
+        """Why ``value`` does not fit this parameter, or None if it does."""
+        expected = {
+            ParamType.string: (str,),
+            ParamType.integer: (int,),
+            ParamType.number: (int, float),
+            ParamType.boolean: (bool,),
+        }[self.type]
+        if not isinstance(value, expected) or (
+            isinstance(value, bool) and self.type is not ParamType.boolean
+        ):
+            return f"is not of type {self.type.value}"
+        if isinstance(value, str) and self.pattern and not re.fullmatch(self.pattern, value):
+            return f"does not match pattern {self.pattern!r}"
+        if self.minimum is not None and not isinstance(value, str) and value < self.minimum:
+            return f"is below the minimum {self.minimum:g}"
+        if self.maximum is not None and not isinstance(value, str) and value > self.maximum:
+            return f"is above the maximum {self.maximum:g}"
+        return None
 
 
 class Target(BaseModel):

@@ -1,0 +1,44 @@
+# The two commands of the quick start: `make run` and `make test`.
+# Each creates .venv when missing (or when pyproject.toml / constraints.txt changed).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast lint api doctor lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+## The main job on embedded defaults (SQLite, local LanceDB, local Prefect).
+run: $(STAMP)
+	$(BIN)/neuralops run
+
+## The whole test suite, slow tests included, after the linter.
+test: $(STAMP) lint
+	$(BIN)/pytest
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+api: $(STAMP)
+	$(BIN)/neuralops api
+
+doctor: $(STAMP)
+	$(BIN)/neuralops doctor
+
+## Re-pin every package after changing pyproject.toml.
+lock: $(STAMP)
+	{ echo "# Every package in the environment, pinned; regenerate with: make lock"; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v '^neuralops'; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

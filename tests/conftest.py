@@ -1,0 +1,132 @@
+"""Shared fixtures: every database test runs on SQLite and on the real PostgreSQL.
+
+A template database is migrated once per backend and session; each test gets a fresh copy
+(a file copy for SQLite, ``CREATE DATABASE ... TEMPLATE`` for PostgreSQL), so tests are
+isolated without re-running migrations. The environment points the settings at that copy,
+so code that reads the settings (CLI, hooks, flows) uses it too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
+from neuralops import db
+from neuralops.settings import get_settings
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send it to
+
+PG_DSN = os.environ.get(
+    "NEURALOPS_TEST_POSTGRES_DSN", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+ENV_NAMES = (
+    "POSTGRES_DSN",
+    "NEURALOPS_POSTGRES_DSN",
+    "PROM_URL",
+    "VAULT_ADDR",
+    "S3_BUCKET",
+    "LANCEDB_URI",
+    "PREFECT_API_URL",
+    "NEURALOPS_DATA_DIR",
+)
+
+
+def _admin_url() -> URL:
+    return make_url(PG_DSN).set(drivername="postgresql+psycopg")
+
+
+def _postgres_reachable() -> str | None:
+    """None if reachable, else the reason."""
+    try:
+        engine = sa.create_engine(_admin_url(), connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except sa.exc.OperationalError as exc:
+        return f"PostgreSQL at {_admin_url().render_as_string()} unreachable: {exc.orig}"
+    return None
+
+
+def _admin(statement: str) -> None:
+    engine = sa.create_engine(_admin_url(), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(statement))
+    engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test sees the developer's NeuralOps configuration, and none leaks its own."""
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NEURALOPS_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+    db.dispose_engines()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "neuralops.db"
+    url = URL.create("sqlite+pysqlite", database=str(path))
+    db.upgrade(url)
+    db.get_engine(url).dispose()  # checkpoints the WAL into the file we copy
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    reason = _postgres_reachable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI requires PostgreSQL: {reason}")
+        pytest.skip(reason)
+    name = f"neuralops_tpl_{uuid.uuid4().hex[:8]}"
+    _admin(f"CREATE DATABASE {name}")
+    url = _admin_url().set(database=name)
+    db.upgrade(url)
+    db.get_engine(url).dispose()
+    yield name
+    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> URL:
+    """A freshly migrated database of each kind; the settings point at it."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def postgresql_url(postgres_template: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[URL]:
+    """Only PostgreSQL, for what exists only there (JSONB, TRUNCATE triggers)."""
+    name = f"neuralops_t_{uuid.uuid4().hex[:12]}"
+    _admin(f"CREATE DATABASE {name} TEMPLATE {postgres_template}")
+    url = _admin_url().set(database=name)
+    monkeypatch.setenv("POSTGRES_DSN", url.render_as_string(hide_password=False))
+    get_settings.cache_clear()
+    try:
+        yield url
+    finally:
+        db.dispose_engines()
+        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> URL:
+    """Only SQLite, for tests whose subject is not the database."""
+    shutil.copy(sqlite_template, _mkdir(tmp_path / "data") / "neuralops.db")
+    get_settings.cache_clear()
+    return get_settings().database_url
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

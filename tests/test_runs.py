@@ -1,0 +1,160 @@
+"""The run logger: validation, upsert by run_id, latest_run_id, paging, concurrency."""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from neuralops import db, registry, runs
+from neuralops.db.models import WorkflowRun
+from neuralops.errors import InvalidInput, NotFound
+
+
+def _run(run_id: str, wpk_id: str = "restart-deployment", **fields) -> dict:
+    return {
+        "wpk_id": wpk_id,
+        "run_id": run_id,
+        "status": "succeeded",
+        "duration_ms": 1200,
+        "inputs": {"namespace": "payments"},
+        "outputs": {"message": "ok"},
+        "node_logs": [{"name": "restart", "status": "Completed", "duration_ms": 900}],
+        **fields,
+    }
+
+
+@pytest.fixture
+def catalogue(database_url: URL) -> URL:
+    registry.add_playbooks(registry.load_manifests([registry.catalogue_dir()]))
+    return database_url
+
+
+def _rows(url: URL) -> list[WorkflowRun]:
+    with db.session_scope(url) as session:
+        return list(session.scalars(sa.select(WorkflowRun).order_by(WorkflowRun.run_id)))
+
+
+def test_log_run_stores_every_field(database_url: URL) -> None:
+    started = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    assert runs.log_run(_run("r-1", cluster="prod-eu-1", created_at=started)) == "r-1"
+    [row] = _rows(database_url)
+    assert (row.wpk_id, row.status, row.duration_ms, row.cluster) == (
+        "restart-deployment",
+        "succeeded",
+        1200,
+        "prod-eu-1",
+    )
+    assert row.inputs == {"namespace": "payments"}
+    assert row.node_logs == [{"name": "restart", "status": "Completed", "duration_ms": 900}]
+    assert row.created_at == started and row.created_at.tzinfo is not None
+
+
+def test_accepts_the_pydantic_model(database_url: URL) -> None:
+    assert runs.log_run(runs.RunIn.model_validate(_run("r-model"))) == "r-model"
+    assert [r.run_id for r in _rows(database_url)] == ["r-model"]
+
+
+def test_logging_the_same_run_id_twice_updates(database_url: URL) -> None:
+    runs.log_run(_run("r-1", status="running", duration_ms=0))
+    [first] = _rows(database_url)
+    runs.log_run(_run("r-1", status="failed", duration_ms=5000, outputs={"error": "timeout"}))
+    [row] = _rows(database_url)
+    assert (row.id, row.created_at) == (first.id, first.created_at)
+    assert (row.status, row.duration_ms, row.outputs) == ("failed", 5000, {"error": "timeout"})
+    assert row.updated_at >= first.updated_at
+
+
+def test_a_batch_with_repeated_run_ids_keeps_the_last_report(database_url: URL) -> None:
+    runs.log_runs([_run("r-1", status="running"), _run("r-1", status="succeeded")])
+    assert [(r.run_id, r.status) for r in _rows(database_url)] == [("r-1", "succeeded")]
+
+
+def test_latest_run_id_follows_the_newest_run(catalogue: URL) -> None:
+    now = datetime.now(UTC)
+    runs.log_run(_run("r-new", created_at=now))
+    assert registry.describe_workflow("restart-deployment").latest_run_id == "r-new"
+    runs.log_run(_run("r-backfilled", created_at=now - timedelta(days=3)))
+    assert registry.describe_workflow("restart-deployment").latest_run_id == "r-new"
+    runs.log_run(_run("r-newer", created_at=now + timedelta(seconds=1)))
+    assert registry.describe_workflow("restart-deployment").latest_run_id == "r-newer"
+
+
+def test_runs_of_unknown_playbooks_are_kept_without_touching_the_registry(catalogue: URL) -> None:
+    runs.log_run(_run("r-flow", wpk_id="detect"))
+    info = registry.describe_workflow("detect")
+    assert (info.kind, info.latest_run_id, info.run_count) == ("flow", "r-flow", 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"status": "exploded"}, "status"),
+        ({"duration_ms": -1}, "duration_ms"),
+        ({"duration_ms": "fast"}, "duration_ms"),
+        ({"wpk_id": "../../etc/passwd"}, "wpk_id"),
+        ({"run_id": ""}, "run_id"),
+        ({"inputs": ["not", "a", "mapping"]}, "inputs"),
+        ({"outputs": {"ratio": math.nan}}, "outputs"),
+        ({"created_at": "2026-11-01T12:00:00"}, "created_at"),  # naive: whose noon?
+        ({"node_logs": [{"status": "Completed"}]}, "node_logs.0.name"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_bad_payload_names_the_field_and_writes_nothing(
+    database_url: URL, change: dict, field: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        runs.log_runs([_run("r-good"), {**_run("r-bad"), **change}])
+    assert field in [p.field for p in caught.value.problems]
+    assert field in str(caught.value)
+    assert _rows(database_url) == []
+
+
+def test_missing_field_is_named(database_url: URL) -> None:
+    payload = _run("r-1")
+    del payload["status"]
+    with pytest.raises(InvalidInput, match="status: Field required"):
+        runs.log_run(payload)
+
+
+def test_oversized_inputs_are_refused(database_url: URL) -> None:
+    with pytest.raises(InvalidInput, match="inputs"):
+        runs.log_run(_run("r-1", inputs={"blob": "x" * (runs.MAX_JSON_BYTES + 1)}))
+
+
+def test_concurrent_writers_lose_no_rows(catalogue: URL) -> None:
+    def write(batch: int) -> None:
+        for n in range(25):
+            runs.log_run(_run(f"r-{batch}-{n}"))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(write, range(8)))
+    assert len(_rows(catalogue)) == 200
+    assert registry.describe_workflow("restart-deployment").run_count == 200
+
+
+def test_list_runs_pages_newest_first(catalogue: URL) -> None:
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    runs.log_runs([_run(f"r-{n:02d}", created_at=base + timedelta(minutes=n)) for n in range(12)])
+    first = runs.list_runs("restart-deployment", limit=5, page=1)
+    assert [r.run_id for r in first.items] == ["r-11", "r-10", "r-09", "r-08", "r-07"]
+    assert (first.total, first.pages, first.next_page) == (12, 3, 2)
+    last = runs.list_runs("restart-deployment", limit=5, page=3)
+    assert [r.run_id for r in last.items] == ["r-01", "r-00"]
+    assert last.next_page is None
+    assert runs.list_runs("restart-deployment", limit=5, page=4).items == []
+
+
+def test_list_runs_of_a_playbook_without_runs_is_empty(catalogue: URL) -> None:
+    page = runs.list_runs("uncordon-node")
+    assert (page.total, page.items, page.pages) == (0, [], 1)
+
+
+def test_list_runs_of_an_unknown_workflow_is_not_found(database_url: URL) -> None:
+    with pytest.raises(NotFound, match="no-such-thing"):
+        runs.list_runs("no-such-thing")
