@@ -28,7 +28,7 @@ playbook_app = typer.Typer(help="The playbook registry.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(playbook_app, name="playbook")
 
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -193,12 +193,15 @@ def playbook_list(
 
 
 def _print_playbooks(playbooks: list[registry.WorkflowInfo]) -> None:
-    table = Table("id", "version", "title", "safety", "approvers", "runs", "latest run")
+    # Title and latest run only where they fit; `playbook show` has everything.
+    wide = out.width >= 140
+    table = Table("id", "version", "safety", "approvers", "runs")
+    if wide:
+        table.add_column("title")
+        table.add_column("latest run")
     for p in playbooks:
-        roles = ", ".join(p.allowed_roles)
-        table.add_row(
-            p.id, p.version, p.title, p.safety_mode, roles, str(p.run_count), p.latest_run_id or ""
-        )
+        row = [p.id, p.version, p.safety_mode, ",".join(p.allowed_roles), str(p.run_count)]
+        table.add_row(*row, *([p.title, p.latest_run_id or ""] if wide else []))
     out.print(table)
 
 
@@ -215,7 +218,7 @@ def playbook_show(playbook_id: str) -> None:
         f"[bold]{info.id}[/] {info.version} ({signed}); {info.run_count} runs, "
         f"latest {info.latest_run_id or 'none'}"
     )
-    out.print(yaml.safe_dump(manifest, sort_keys=False, width=100), highlight=False)
+    out.print(yaml.safe_dump(manifest, sort_keys=False, width=10**6), highlight=False)
 
 
 @playbook_app.command("runs")

@@ -1,0 +1,3 @@
+from neuralops.cli import main
+
+main()

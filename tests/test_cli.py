@@ -1,0 +1,108 @@
+"""The neuralops CLI: db, playbook add|list|show|runs, and errors an operator can act on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy.engine import URL
+from typer.testing import CliRunner
+
+from neuralops import registry, runs
+from neuralops.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def neuralops(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real console entry point, in a subprocess, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "neuralops", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
+
+
+def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
+    assert "revision 0001 (was empty)" in invoke("db", "upgrade")
+    assert "(already up to date)" in invoke("db", "upgrade")
+    assert "applied: 0001; head: 0001" in invoke("db", "current")
+
+
+def test_playbook_add_list_show(database_url: URL) -> None:
+    added = invoke("playbook", "add", str(registry.catalogue_dir()))
+    assert "restart-deployment" in added and "added" in added
+    assert "unchanged" in invoke("playbook", "add", str(registry.catalogue_dir()))
+    listing = invoke("playbook", "list")
+    assert "raise-memory-limit" in listing and "org-admin" in listing
+    shown = invoke("playbook", "show", "raise-memory-limit")
+    manifest = yaml.safe_load(shown[shown.index("\nid: ") :])
+    assert manifest["id"] == "raise-memory-limit" and manifest["steps"]
+
+
+def test_playbook_runs_pages(database_url: URL) -> None:
+    registry.add_playbooks(registry.load_manifests([registry.catalogue_dir()]))
+    runs.log_runs(
+        [
+            {
+                "wpk_id": "uncordon-node",
+                "run_id": f"r-{n}",
+                "status": "succeeded",
+                "duration_ms": 1000 * n,
+            }
+            for n in range(5)
+        ]
+    )
+    output = invoke("playbook", "runs", "uncordon-node", "--limit", "2", "--page", "2")
+    assert "page 2 of 3 (5 runs); next: --page 3" in output
+    assert output.count("r-") == 2
+
+
+def test_commands_on_an_unmigrated_database_say_how_to_fix_it(tmp_path: Path) -> None:
+    result = neuralops("playbook", "list")
+    assert result.returncode == 2
+    assert "run `neuralops db upgrade`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sqlite_is_announced_once_on_stderr(tmp_path: Path) -> None:
+    result = neuralops("db", "upgrade")
+    assert result.returncode == 0
+    assert result.stderr.count("POSTGRES_DSN is not set: using SQLite") == 1
+    assert "POSTGRES_DSN" not in result.stdout
+
+
+def test_invalid_manifest_exits_2_naming_file_and_field(tmp_path: Path) -> None:
+    invoke("db", "upgrade")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"id": "Bad Id", "version": "1.0.0"}))
+    result = neuralops("playbook", "add", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}: id:" in result.stderr and "steps: Field required" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_postgres_names_the_fix_without_the_password(tmp_path: Path) -> None:
+    dsn = "postgresql://ops:hunter2@127.0.0.1:1/neuralops"
+    result = neuralops("db", "upgrade", env={"POSTGRES_DSN": dsn})
+    assert result.returncode == 2
+    assert "check POSTGRES_DSN" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("command", [["playbook", "show", "nope"], ["playbook", "runs", "nope"]])
+def test_unknown_playbook_exits_2(database_url: URL, command: list[str]) -> None:
+    result = neuralops(*command)
+    assert result.returncode == 2 and "'nope' not found" in result.stderr
