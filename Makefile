@@ -1,5 +1,7 @@
 # The two commands of the quick start: `make run` and `make test`.
 # Each creates .venv when missing (or when pyproject.toml / constraints.txt changed).
+# When torch is needed, install torch==2.13.0 (the local CPU wheel) in this recipe BEFORE
+# anything that depends on it, or pip pulls a multi-GB CUDA build.
 
 PYTHON ?= python3
 VENV := .venv
