@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint api doctor lock clean
+.PHONY: run test test-fast lint api doctor lock clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/neuralops run
 
+## Real components the tests start themselves: Prometheus and promtool (Debian package).
+system-deps:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  echo "installing Debian package prometheus (tests start a real Prometheus)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends prometheus >/dev/null; }
+
 ## The whole test suite, slow tests included, after the linter.
-test: $(STAMP) lint
+test: $(STAMP) system-deps lint
 	$(BIN)/pytest
 
 test-fast: $(STAMP)
