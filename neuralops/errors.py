@@ -44,3 +44,7 @@ class Conflict(NeuralOpsError):
 
 class ConfigError(NeuralOpsError):
     """A setting is missing or malformed; the message names the environment variable."""
+
+
+class Unavailable(NeuralOpsError, ConnectionError):
+    """A server NeuralOps depends on (Prometheus, Vault, S3) did not answer; retrying may help."""

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     )
     prom_url: str | None = Field(None, validation_alias=_env("PROM_URL"))
     prom_token: SecretStr | None = Field(None, validation_alias=_env("PROM_TOKEN"))
+    prom_username: str | None = Field(None, validation_alias=_env("PROM_USERNAME"))
+    prom_password: SecretStr | None = Field(None, validation_alias=_env("PROM_PASSWORD"))
+    prom_timeout_s: float = Field(10.0, gt=0, le=600, description="Per Prometheus request.")
+    replay_file: Path | None = Field(
+        None, description="CSV or Parquet samples to detect on when PROM_URL is unset."
+    )
     vault_addr: str | None = Field(None, validation_alias=_env("VAULT_ADDR"))
     vault_role: str | None = Field(None, validation_alias=_env("VAULT_ROLE"))
     vault_token: SecretStr | None = Field(None, validation_alias=_env("VAULT_TOKEN"))
@@ -51,6 +57,9 @@ class Settings(BaseSettings):
         ),
     )
     lancedb_uri: str | None = Field(None, validation_alias=_env("LANCEDB_URI"))
+    rules_file: Path | None = Field(
+        None, description="Detection rules (YAML); unset means the shipped neuralops/rules."
+    )
     prefect_api_url: str | None = Field(None, validation_alias=AliasChoices("PREFECT_API_URL"))
     cluster: str | None = Field(
         None, description="Name of the cluster this process runs in (connectors set it)."
@@ -60,10 +69,10 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(2 * 1024 * 1024, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("data_dir")
+    @field_validator("data_dir", "replay_file")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
 
     @field_validator("prom_url", "vault_addr", "s3_endpoint_url", "prefect_api_url")
     @classmethod

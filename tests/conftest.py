@@ -19,6 +19,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 from neuralops import db
+from neuralops.local_prometheus import (
+    DemoPrometheus,
+    PrometheusNotInstalled,
+    demo_prometheus,
+    prometheus_binaries,
+)
 from neuralops.settings import get_settings
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send it to
@@ -130,3 +136,53 @@ def sqlite_url(sqlite_template: Path, tmp_path: Path) -> URL:
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# --- Prometheus (issue 3): a real server over the shared demo history -----------------------
+
+# The metric-source settings, so no test reads the developer's PROM_TOKEN or replay file.
+ENV_NAMES += (  # _clean_env reads the module global at call time, so this extends it
+    "NEURALOPS_PROM_URL",
+    "PROM_TOKEN",
+    "NEURALOPS_PROM_TOKEN",
+    "PROM_USERNAME",
+    "NEURALOPS_PROM_USERNAME",
+    "PROM_PASSWORD",
+    "NEURALOPS_PROM_PASSWORD",
+    "NEURALOPS_PROM_TIMEOUT_S",
+    "NEURALOPS_REPLAY_FILE",
+)
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test that needs a missing real component; CI must have them all."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI requires it: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def prometheus_installed() -> None:
+    """For tests that start their own ``LocalPrometheus``: skip (fail in CI) without it."""
+    try:
+        prometheus_binaries()
+    except PrometheusNotInstalled as exc:
+        skip_or_fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def prometheus(
+    prometheus_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DemoPrometheus]:
+    """A real Prometheus (about 1 s to start) holding ``demo_history(now)``.
+
+    Yields a ``DemoPrometheus``: ``.url``; ``.history`` (``.start``/``.end`` unix seconds,
+    60 s apart, ending 3 minutes before the session started; ``.series``); ``.spike``, the
+    injected anomaly on ``http_request_duration_seconds_p99{service="api"}`` (``.timestamp``,
+    ``.end``, ``.value``, ``.baseline``, ``.selector``); ``.server``, the ``LocalPrometheus``.
+    Query ranges relative to ``history.end``, not the wall clock: a long session can pass
+    the 5-minute lookback of an instant query at now. Do not stop this shared server; a
+    test that takes Prometheus down starts its own ``LocalPrometheus``.
+    """
+    with demo_prometheus(tmp_path_factory.mktemp("prometheus")) as demo:
+        yield demo

@@ -59,3 +59,30 @@ def test_invalid_values_name_the_variable(
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=name):
         get_settings()
+
+
+def test_metric_source_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROM_USERNAME", "ops")
+    monkeypatch.setenv("PROM_PASSWORD", "hunter2-secret")
+    monkeypatch.setenv("NEURALOPS_PROM_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("NEURALOPS_REPLAY_FILE", "~/samples.parquet")
+    settings = get_settings()
+    assert settings.prom_username == "ops"
+    assert settings.prom_password is not None
+    assert settings.prom_password.get_secret_value() == "hunter2-secret"
+    assert "hunter2-secret" not in repr(settings)
+    assert settings.prom_timeout_s == 2.5
+    assert settings.replay_file == Path.home() / "samples.parquet"
+
+
+def test_metric_source_defaults() -> None:
+    settings = get_settings()
+    assert settings.prom_timeout_s == 10
+    assert settings.replay_file is None and settings.prom_username is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_prom_timeout_must_be_positive(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("NEURALOPS_PROM_TIMEOUT_S", value)
+    with pytest.raises(ConfigError, match="NEURALOPS_PROM_TIMEOUT_S"):
+        get_settings()

@@ -143,6 +143,10 @@ class InsightSignal(Base):
     window_start: Mapped[datetime]
     window_end: Mapped[datetime]
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    # How often detection found this anomaly again while it was suppressed (dedup/cooldown),
+    # and when it last did (migration 0002).
+    occurrences: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_seen_at: Mapped[datetime]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
