@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import yaml
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
 from neuralops import db, registry, runs
-from neuralops.errors import ConfigError, NeuralOpsError
+from neuralops.errors import ConfigError, InvalidInput, NeuralOpsError
 from neuralops.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -25,8 +27,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 playbook_app = typer.Typer(help="The playbook registry.", no_args_is_help=True)
+signals_app = typer.Typer(help="Anomaly signals found by detection.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(playbook_app, name="playbook")
+app.add_typer(signals_app, name="signals")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -238,6 +242,145 @@ def playbook_runs(
     out.print(table)
     hint = f"; next: --page {result.next_page}" if result.next_page else ""
     out.print(f"page {result.page} of {result.pages} ({result.total} runs){hint}")
+
+
+# --- detection -------------------------------------------------------------------------------
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--label")
+        labels[key] = value
+    return labels
+
+
+@app.command()
+def analyze(
+    query: Annotated[str, typer.Option(help="PromQL query (a selector for a replay file).")],
+    lookback: Annotated[str, typer.Option(help="History for the baseline: 30m, 1h, 1d.")] = "1h",
+    step: Annotated[str | None, typer.Option(help="Resolution; default lookback/120.")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="zscore, ewma, robust or ensemble (default).")
+    ] = None,
+    recent: Annotated[
+        str | None, typer.Option(help="An anomaly this recent counts (default 5m).")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE added to a resulting signal; repeatable.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Is this query anomalous now? Scores it, explains it, and records a signal if it is."""
+    from neuralops import signals
+    from neuralops.sources import source_from_settings
+
+    settings = get_settings()
+    _require_schema(settings)
+    try:
+        request = signals.AnalyzeRequest(
+            query=query,
+            lookback=lookback,
+            step=step,
+            method=method,
+            recent=recent,
+            labels=_labels(label or []),
+        )
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(exc, "analyze") from exc
+    source = source_from_settings(settings)
+    try:
+        result = signals.analyze(request, source)
+    finally:
+        source.close()
+    if as_json:
+        out.print_json(result.model_dump_json())
+        return
+    if result.score is None:
+        out.print(f"{result.series} series; {result.hint}")
+        return
+    anomalous = result.signal_id is not None
+    verdict = "[red]anomalous[/]" if anomalous else "[green]normal[/]"
+    out.print(
+        f"{verdict}  score {result.score:.3f}  z {result.z:+.1f}  method {result.method}  "
+        f"({result.series} series)"
+    )
+    out.print(result.hint, highlight=False)
+    if anomalous:
+        status = "new signal" if result.new_signal else "already signalled"
+        out.print(f"{status}: {result.signal_id}")
+
+
+@signals_app.command("list")
+def signals_list(
+    since: Annotated[
+        str | None, typer.Option(help="Only signals newer than this: a duration (2h) or ISO time.")
+    ] = None,
+    rule: Annotated[str | None, typer.Option(help="Only this rule.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Recorded signals, newest first."""
+    from neuralops import signals
+
+    _require_schema(get_settings())
+    found = signals.list_signals(since=_since(since), rule=rule, limit=limit)
+    if as_json:
+        out.print_json(json.dumps([s.model_dump(mode="json") for s in found]))
+        return
+    if not found:
+        out.print("no signals" + (" matching the filters" if since or rule else " yet"))
+        return
+    table = Table("created (UTC)", "rule", "score", "seen", "hint", "id")
+    for s in found:
+        table.add_row(
+            f"{s.created_at:%Y-%m-%d %H:%M}",
+            s.rule,
+            f"{s.score:.3f}",
+            str(s.occurrences),
+            s.hint,
+            str(s.id),
+        )
+    out.print(table)
+
+
+def _since(value: str | None) -> datetime | None:
+    """'2h' (ago) or an ISO-8601 time; a time without zone is UTC."""
+    if value is None:
+        return None
+    from neuralops.signals import parse_duration
+
+    try:
+        return datetime.now(UTC) - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is neither a duration (2h, 30m) nor an ISO time", param_hint="--since"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command("detect-file")
+def detect_file(
+    input_csv: Annotated[Path, typer.Argument(help="CSV with header timestamp,value.")],
+    output_csv: Annotated[Path, typer.Argument(help="Written as timestamp,value,anomaly_score.")],
+    method: Annotated[str, typer.Option(help="zscore, ewma, robust or ensemble.")] = "ensemble",
+) -> None:
+    """Score a file offline, as a stream in time order (no database, no server)."""
+    from neuralops.detectors import DETECTORS
+    from neuralops.offline import detect_file as score_file
+
+    if method not in DETECTORS:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(sorted(DETECTORS))}", param_hint="--method"
+        )
+    rows = score_file(input_csv, output_csv, method=method)
+    out.print(f"{rows} rows scored with {method} → {output_csv}")
 
 
 # --- api -------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import httpx
 import numpy as np
@@ -492,10 +492,13 @@ class DemoPrometheus:
 
 
 @contextmanager
-def demo_prometheus(workdir: str | Path, now: datetime | None = None) -> Iterator[DemoPrometheus]:
-    """Write :func:`demo_history`, backfill it and run Prometheus on it until the block ends."""
+def demo_prometheus(
+    workdir: str | Path, now: datetime | None = None, **history_options: Any
+) -> Iterator[DemoPrometheus]:
+    """Write :func:`demo_history` (``history_options`` are its keywords), backfill it and run
+    Prometheus on it until the block ends."""
     workdir = Path(workdir)
-    history = demo_history(now or datetime.now(UTC))
+    history = demo_history(now or datetime.now(UTC), **history_options)
     server = LocalPrometheus(workdir)  # checks the binaries before writing anything
     openmetrics = workdir / "history.om"
     write_openmetrics(history, openmetrics)

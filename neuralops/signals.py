@@ -200,6 +200,13 @@ def fingerprint(rule: str, series_labels: dict[str, str]) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def range_end(now: datetime, step: timedelta) -> datetime:
+    """``now`` floored to a multiple of ``step``: successive runs query the same grid points,
+    so an anomaly keeps its timestamps from run to run."""
+    seconds = step.total_seconds()
+    return datetime.fromtimestamp(now.timestamp() // seconds * seconds, tz=UTC)
+
+
 def detect(rule: Rule, batch: SeriesBatch) -> Detection:
     return DETECTORS[rule.method](batch.values)
 
@@ -484,6 +491,9 @@ class AnalyzeRequest(BaseModel):
     step: Duration | None = Field(None, description="Resolution; default lookback / 120.")
     method: Method | None = Field(None, description="Detector; default ensemble.")
     labels: dict[str, str] = Field(default_factory=dict, description="Added to a resulting signal.")
+    recent: Duration | None = Field(
+        None, description="An anomaly this recent counts; default 5m (at least one step)."
+    )
     threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1)
 
     def as_rule(self) -> Rule:
@@ -494,7 +504,7 @@ class AnalyzeRequest(BaseModel):
             title=self.query if len(self.query) <= 60 else "the query",
             lookback=self.lookback,
             step=step,
-            recent=max(step, timedelta(minutes=5)),
+            recent=max(step, self.recent or timedelta(minutes=5)),
             method=self.method or "ensemble",
             threshold=self.threshold,
             labels=self.labels,
@@ -522,7 +532,7 @@ def analyze(
 ) -> AnalyzeResult:
     """Score a query now; store a signal (deduplicated) when it is anomalous."""
     rule = request.as_rule()
-    end = source.now()
+    end = range_end(source.now(), rule.step)
     batch = source.query_range(rule.query, end - rule.lookback, end, rule.step)
     base = {"query": rule.query, "method": rule.method, "series": len(batch.labels)}
     if batch.values.size == 0:

@@ -186,3 +186,28 @@ def prometheus(
     """
     with demo_prometheus(tmp_path_factory.mktemp("prometheus")) as demo:
         yield demo
+
+
+@pytest.fixture(scope="session")
+def live_prometheus(
+    prometheus_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DemoPrometheus]:
+    """Like ``prometheus``, but its samples run on to an hour after the session started, as a
+    scraping Prometheus's would, so queries ending at the wall clock see complete data
+    (``rate()`` windows included). The spike is 15 minutes before the session started."""
+    hour = 3600
+    with demo_prometheus(
+        tmp_path_factory.mktemp("live-prometheus"),
+        end_offset_s=-hour,
+        spike_before_end_s=hour + 15 * 60,
+    ) as demo:
+        yield demo
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """A real Prefect server (SQLite, in a temporary home) for tests that run flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

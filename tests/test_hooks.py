@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from prefect import flow, task
-from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy.engine import URL
 
 from neuralops import registry, runs
 from neuralops.hooks import mask_secrets, run_logger_hooks
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @task
