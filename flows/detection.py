@@ -10,25 +10,31 @@ from prefect.artifacts import create_table_artifact
 from neuralops import signals
 from neuralops.hooks import run_logger_hooks
 from neuralops.settings import get_settings
-from neuralops.sources import source_from_settings
-from tasks.detection import emit_signal_events, find_rule_anomalies, query_rule, record_signals
+from tasks.detection import (
+    emit_signal_events,
+    find_rule_anomalies,
+    metric_source,
+    query_rule,
+    record_signals,
+)
 
 
 @flow(name="detect", log_prints=False, **run_logger_hooks())
-def detect(rules_file: str | None = None) -> dict[str, int]:
+def detect(rules_file: str | None = None, prometheus_block: str | None = None) -> dict[str, int]:
     """Run every rule: query each, score its series, record deduplicated signals, emit events.
 
-    All queries finish before anything is written: a Prometheus outage (after retries) fails
-    the run and writes no partial signals; the next run covers the same span again.
+    ``prometheus_block`` names a NeuralOps Prometheus block (edited in the UI); without it the
+    settings choose the source. All queries finish before anything is written: a Prometheus
+    outage (after retries) fails the run and writes no partial signals; the next run covers
+    the same span again.
     """
-    settings = get_settings()
-    rules = signals.load_rules(rules_file or settings.rules_file)
-    source = source_from_settings(settings)
+    rules = signals.load_rules(rules_file or get_settings().rules_file)
+    source = metric_source(prometheus_block)
     try:
         end = source.now()
     finally:
         source.close()
-    queries = {rule.name: query_rule.submit(rule, end) for rule in rules}
+    queries = {rule.name: query_rule.submit(rule, end, prometheus_block) for rule in rules}
     batches = {name: future.result() for name, future in queries.items()}  # raises on outage
     by_name = {rule.name: rule for rule in rules}
     found = [
@@ -65,13 +71,14 @@ def analyze(
     method: signals.Method | None = None,
     step: str | None = None,
     recent: str | None = None,
+    prometheus_block: str | None = None,
 ) -> dict[str, Any]:
     """Is this query anomalous now? Returns score, method, z and a hint; stores a signal (and
     emits its event) when the score reaches the threshold."""
     request = signals.AnalyzeRequest(
         query=query, lookback=lookback, labels=labels or {}, method=method, step=step, recent=recent
     )
-    source = source_from_settings(get_settings())
+    source = metric_source(prometheus_block)
     try:
         result = signals.analyze(request, source)
     finally:

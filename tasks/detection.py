@@ -11,16 +11,28 @@ from prefect.events import emit_event
 
 from neuralops import signals
 from neuralops.settings import get_settings
-from neuralops.sources import SeriesBatch, source_from_settings
+from neuralops.sources import MetricSource, SeriesBatch, source_from_settings
 from tasks import IO_RETRIES
 
 SIGNAL_EVENT = "neuralops.signal.detected"
 
 
+def metric_source(prometheus_block: str | None = None) -> MetricSource:
+    """The named PrometheusConnection block when given, else the settings (PROM_URL, or the
+    replay file)."""
+    if prometheus_block:
+        from blocks.prometheus import PrometheusConnection
+
+        return PrometheusConnection.load(prometheus_block).source()
+    return source_from_settings(get_settings())
+
+
 @task(name="query-rule", cache_policy=NO_CACHE, task_run_name="query {rule.name}", **IO_RETRIES)
-def query_rule(rule: signals.Rule, end: datetime) -> SeriesBatch:
+def query_rule(
+    rule: signals.Rule, end: datetime, prometheus_block: str | None = None
+) -> SeriesBatch:
     """The rule's query over its lookback; an unreachable server is retried with backoff."""
-    source = source_from_settings(get_settings())
+    source = metric_source(prometheus_block)
     end = signals.range_end(end, rule.step)
     try:
         return source.query_range(rule.query, end - rule.lookback, end, rule.step)

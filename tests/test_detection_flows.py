@@ -174,3 +174,23 @@ def test_prometheus_outage_is_retried_then_fails_without_partial_signals_and_the
         again = detection_flows.detect(rules_file=str(rules))
     assert again["new_signals"] == 1
     assert [s.labels["service"] for s in signals.list_signals()] == ["api"]
+
+
+def test_a_prometheus_block_edited_in_the_ui_is_the_source_when_named(
+    prefect_server, live_prometheus, sqlite_url: URL
+) -> None:
+    from blocks.prometheus import PrometheusConnection
+
+    PrometheusConnection(url=live_prometheus.url, timeout_s=5).save("bench-prom", overwrite=True)
+    assert PrometheusConnection.load("bench-prom").url == live_prometheus.url
+    # No PROM_URL in the environment: only the block knows where Prometheus is.
+    result = detection_flows.analyze(
+        query=live_prometheus.spike.selector,
+        lookback="2h",
+        step="1m",
+        recent=f"{minutes_since(live_prometheus.spike.timestamp)}m",
+        prometheus_block="bench-prom",
+    )
+    assert result["signal_id"] and result["labels"]["service"] == "api"
+    secret = PrometheusConnection(url=live_prometheus.url, token="s3cr3t-token")
+    assert "s3cr3t-token" not in repr(secret) and "s3cr3t-token" not in str(secret.model_dump())
