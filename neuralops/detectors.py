@@ -6,28 +6,52 @@ for gaps, and returns a ``Detection`` of the same shape: the raw ``z`` and a ``s
 strictly before ``t``, so a score never changes when later data arrives. Points that are NaN,
 or whose baseline has fewer than ``min_periods`` points, score NaN ("no opinion"), never 0.
 
-The defaults here are starting points; issue 3 item 6 tunes them by measurement.
+``Stream`` scores a series in pieces, in time order, carrying each detector's state between
+pieces; the result equals scoring the whole series at once, bit for bit. ``detections`` turns
+scores into alerts, one per episode.
+
+Defaults come from reports/detection.md, section ``quality`` (bench/detection.py): each
+method's best configuration on the NAB corpus (../shared/data/nab-dev, standard profile,
+with ``detections(hold=DEFAULT_HOLD)``), except the median/MAD window, where 960 points
+score higher (50 against 44) but cost about 20 times the time of 120 (section ``speed``).
+NAB favours long baselines (its series are days of 5-minute points); a baseline longer
+than the data given uses all of it. ``DEFAULT_THRESHOLD`` is the standard profile's best
+threshold for the ensemble at its defaults (|z| ~ 7), rounded. Scores reach 1.0 in float64
+from |z| ~ 16.7: a threshold cannot tell larger z apart.
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import NamedTuple
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
+from scipy.signal import lfilter
 from scipy.special import erf
 
 # A flat baseline has no spread; any move off it is as surprising as it gets.
 FLOOR = 1e-9
-# |z| = 2 scores 0.68, 4 scores 0.95, 6 scores 0.997.
+# |z| = 2 scores 0.68, 4 scores 0.95, 6 scores 0.997, 7 scores 0.9995.
 SCORE_SCALE = 2.0
-# Bound on the (series x points x window) block the robust detector materializes at once.
-ROBUST_BLOCK_ELEMENTS = 20_000_000
-
-
-def _quiet_all_nan() -> warnings.catch_warnings:
-    # nanmedian warns on all-NaN slices, which are expected here (gaps, warm-up).
-    return warnings.catch_warnings(action="ignore", category=RuntimeWarning)
+# Default parameters, in points (not time); see the module docstring for where they come from.
+ZSCORE_WINDOW = 1920
+EWMA_ALPHA = 0.0005
+ROBUST_WINDOW = 120
+MIN_PERIODS = 10  # no effect on NAB (no gaps, and probation outlasts it): kept as it was
+# The score at which a rule signals by default (|z| ~ 6.96).
+DEFAULT_THRESHOLD = 0.9995
+# Points after a detection during which the same series does not detect again.
+DEFAULT_HOLD = 100
+# Bound on the (series x points x window) block the robust detector sorts at once: small
+# blocks stay in cache, which matters more than the per-block overhead.
+ROBUST_BLOCK_ELEMENTS = 500_000
+# 1.4826 * MAD estimates the standard deviation of normal data; where more than half the
+# baseline is one value (MAD = 0: counts, flat stretches), 1.2533 * the mean absolute
+# deviation from the median does instead, so the next ordinary value is not a 1e9 sigma event.
+MAD_TO_STD = 1.4826
+MEAN_AD_TO_STD = 1.2533
 
 
 class Detection(NamedTuple):
@@ -60,108 +84,422 @@ def _result(z: np.ndarray, squeeze: bool) -> Detection:
     return Detection(z[0], score[0]) if squeeze else Detection(z, score)
 
 
-def rolling_zscore(values: np.ndarray, window: int = 60, min_periods: int = 10) -> Detection:
-    """z of each point against the mean and standard deviation of the previous ``window``
-    points (NaN-aware, O(points) via cumulative sums)."""
-    _check(window, min_periods)
-    x, squeeze = _as_2d(values)
+# --- rolling z-score -------------------------------------------------------------------------
+
+
+@dataclass
+class _ZState:
+    ref: np.ndarray  # each series' first valid value (NaN until seen): sums are taken off it
+    count: np.ndarray  # cumulative sums at the last window + 1 positions
+    total: np.ndarray
+    squares: np.ndarray
+
+
+def _zscore_state(n_series: int, window: int) -> _ZState:
+    zeros = np.zeros((n_series, window + 1))
+    return _ZState(np.full(n_series, np.nan), zeros.astype(np.int64), zeros, zeros.copy())
+
+
+def _zscore_step(
+    x: np.ndarray, state: _ZState, window: int, min_periods: int
+) -> tuple[np.ndarray, _ZState]:
     valid = ~np.isnan(x)
-    filled = np.where(valid, x, 0.0)
-    pad = np.zeros((x.shape[0], 1))
-    count = np.concatenate([pad, np.cumsum(valid, axis=1)], axis=1)
-    total = np.concatenate([pad, np.cumsum(filled, axis=1)], axis=1)
-    squares = np.concatenate([pad, np.cumsum(filled * filled, axis=1)], axis=1)
-    # Baseline of point t: indices [t - window, t - 1].
-    end = np.arange(x.shape[1])
-    start = np.maximum(end - window, 0)
+    # Sums are taken off the first valid value, not 0: a series at 1e9 +- 1 keeps its
+    # variance instead of losing it to cancellation.
+    ref = state.ref.copy()
+    unset = np.isnan(ref) & valid.any(axis=1)
+    if unset.any():
+        ref[unset] = x[unset, np.argmax(valid[unset], axis=1)]
+    filled = np.where(valid, x - ref[:, np.newaxis], 0.0)
+
+    # Cumulative sums continue from the carried ones (cumsum adds in order, so chunked and
+    # whole runs give the same bits). Entry j of an extended array is the sum of the points
+    # before global point offset - window + j, so point offset + i has its baseline
+    # (points t - window .. t - 1) in entries window + i minus entries i.
+    def extend(carried: np.ndarray, new: np.ndarray) -> np.ndarray:
+        out = np.empty((carried.shape[0], window + 1 + new.shape[1]), carried.dtype)
+        out[:, : window + 1] = carried
+        out[:, window + 1 :] = new
+        np.cumsum(out[:, window:], axis=1, out=out[:, window:])
+        return out
+
+    count = extend(state.count, valid)
+    total = extend(state.total, filled)
+    squares = extend(state.squares, filled * filled)
+    n_points = x.shape[1]
+    end = slice(window, window + n_points)
+    start = slice(0, n_points)
     n = count[:, end] - count[:, start]
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = (total[:, end] - total[:, start]) / n
         var = (squares[:, end] - squares[:, start]) / n - mean * mean
     std = np.sqrt(np.maximum(var, 0.0) * n / np.maximum(n - 1, 1))  # sample std
-    z = _standardize(x, mean, std)
+    z = _standardize(x, ref[:, np.newaxis] + mean, std)
     z[(n < min_periods) | ~valid] = np.nan
+    tail = slice(n_points, n_points + window + 1)
+    return z, _ZState(ref, count[:, tail], total[:, tail], squares[:, tail])
+
+
+def rolling_zscore(
+    values: np.ndarray, window: int = ZSCORE_WINDOW, min_periods: int = MIN_PERIODS
+) -> Detection:
+    """z of each point against the mean and standard deviation of the previous ``window``
+    points (NaN-aware, O(points) via cumulative sums)."""
+    _check(window, min_periods)
+    x, squeeze = _as_2d(values)
+    # A window longer than the data sees all of it either way; the state arrays are sized by
+    # the window, so a 1,920-point window over 120 points would cost 16x the memory.
+    window = min(window, max(x.shape[1], min_periods))
+    z, _ = _zscore_step(x, _zscore_state(x.shape[0], window), window, min_periods)
     return _result(z, squeeze)
 
 
-def ewma(values: np.ndarray, alpha: float = 0.05, min_periods: int = 10) -> Detection:
-    """z against an exponentially weighted mean and variance of the points before it.
+# --- EWMA ------------------------------------------------------------------------------------
 
-    The recursion steps through time once, updating every series together; a gap (NaN)
-    leaves a series' state untouched.
+
+@dataclass
+class _EwmaState:
+    ref: np.ndarray  # each series' first valid value (0 until seen): sums are taken off it
+    total: np.ndarray  # sum of keep^age * (x - ref) over the points seen
+    spread: np.ndarray  # the same weights' sum of squared deviations
+    seen: np.ndarray
+
+
+def _ewma_state(n_series: int) -> _EwmaState:
+    zeros = np.zeros(n_series)
+    return _EwmaState(zeros, zeros.copy(), zeros.copy(), np.zeros(n_series, dtype=np.int64))
+
+
+def _weight(count: np.ndarray, alpha: float) -> np.ndarray:
+    """Sum of the weights keep^0 .. keep^(count - 1): count while count << 1/alpha, then
+    1/alpha."""
+    return -np.expm1(count * np.log1p(-alpha)) / alpha
+
+
+def _ewma_filter(
+    values: np.ndarray,
+    ref: np.ndarray,
+    total: np.ndarray,
+    spread: np.ndarray,
+    seen: np.ndarray,
+    alpha: float,
+    min_periods: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """z of gap-free rows; returns z and the final weighted sums.
+
+    Sums are of x - ref (a flat series stays exactly flat, an offset of 1e9 costs no
+    precision). The mean is ref + total / weight, the variance spread / weight, with
+    total' = keep * total + x and spread' = keep * spread + (1 - 1 / weight') * diff^2
+    (diff = x - the mean before x). That is the usual EWMA recursion with an alpha of
+    1 / weight, which starts at 1 and falls to ``alpha``: the first points get the plain
+    mean and variance, not a mean stuck at the first point and a variance that takes
+    ~1/alpha points to grow (which made small alphas fire on every short series). Both
+    recursions are linear with constant coefficients: lfilter runs them in C.
     """
+    keep = 1.0 - alpha
+    count = seen[:, np.newaxis] + np.arange(values.shape[1])  # points before each point
+    # Weights depend on the count only: one row of them when every series has seen as many.
+    low = int(seen.min())
+    table = _weight(np.arange(low, int(seen.max()) + values.shape[1] + 1), alpha)
+    if low == seen.max():
+        weight_before, weight = table[np.newaxis, :-1], table[np.newaxis, 1:]
+    else:
+        weight_before, weight = table[count - low], table[count + 1 - low]
+    shifted = values - ref[:, np.newaxis]
+    totals, _ = lfilter([1.0], [1.0, -keep], shifted, axis=1, zi=keep * total[:, np.newaxis])
+    total_before = np.concatenate([total[:, np.newaxis], totals[:, :-1]], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_before = total_before / weight_before
+        diff = np.where(count > 0, shifted - mean_before, 0.0)
+        step = (1.0 - 1.0 / weight) * diff * diff
+        spreads, _ = lfilter([1.0], [1.0, -keep], step, axis=1, zi=keep * spread[:, np.newaxis])
+        spread_before = np.concatenate([spread[:, np.newaxis], spreads[:, :-1]], axis=1)
+        std_before = np.sqrt(np.maximum(spread_before / weight_before, 0.0))
+    z = _standardize(values, ref[:, np.newaxis] + mean_before, std_before)
+    z[count < min_periods] = np.nan
+    return z, totals[:, -1], spreads[:, -1]
+
+
+def _ewma_step(
+    x: np.ndarray, state: _EwmaState, alpha: float, min_periods: int
+) -> tuple[np.ndarray, _EwmaState]:
+    ref, total, spread = state.ref.copy(), state.total.copy(), state.spread.copy()
+    seen = state.seen.copy()
+    z = np.full_like(x, np.nan)
+    if not x.size:
+        return z, _EwmaState(ref, total, spread, seen)
+    valid = ~np.isnan(x)
+    unset = (seen == 0) & valid.any(axis=1)
+    if unset.any():
+        ref[unset] = x[unset, np.argmax(valid[unset], axis=1)]
+    # Gap-free series go through the filter together; a gap leaves a series' state untouched,
+    # so the others are filtered one by one over their valid points.
+    whole = np.flatnonzero(valid.all(axis=1))
+    if len(whole):
+        z[whole], total[whole], spread[whole] = _ewma_filter(
+            x[whole], ref[whole], total[whole], spread[whole], seen[whole], alpha, min_periods
+        )
+        seen[whole] += x.shape[1]
+    for row in np.flatnonzero(~valid.all(axis=1)):
+        at = np.flatnonzero(valid[row])
+        if len(at):
+            one = slice(row, row + 1)
+            z[row, at], total[one], spread[one] = _ewma_filter(
+                x[one, at], ref[one], total[one], spread[one], seen[one], alpha, min_periods
+            )
+            seen[row] += len(at)
+    return z, _EwmaState(ref, total, spread, seen)
+
+
+def _check_alpha(alpha: float, min_periods: int) -> None:
     if not 0.0 < alpha < 1.0:
         raise ValueError("alpha must be between 0 and 1 (exclusive)")
     _check(max(2, min_periods), min_periods)
+
+
+def ewma(
+    values: np.ndarray, alpha: float = EWMA_ALPHA, min_periods: int = MIN_PERIODS
+) -> Detection:
+    """z against an exponentially weighted mean and variance of the points before it.
+
+    Weights are normalised (as pandas' ``ewm(adjust=True)``): over its first points a series
+    gets the plain mean and variance, over many more the usual EWMA with ``alpha``. A gap
+    (NaN) leaves a series' state untouched.
+    """
+    _check_alpha(alpha, min_periods)
     x, squeeze = _as_2d(values)
-    n_series, n_points = x.shape
-    mean = np.full(n_series, np.nan)
-    var = np.zeros(n_series)
-    seen = np.zeros(n_series, dtype=np.int64)
-    z = np.full_like(x, np.nan)
-    for t in range(n_points):
-        column = x[:, t]
-        valid = ~np.isnan(column)
-        ready = valid & (seen >= min_periods)
-        z[ready, t] = _standardize(column[ready], mean[ready], np.sqrt(var[ready]))
-        first = valid & (seen == 0)
-        mean[first] = column[first]
-        update = valid & ~first
-        diff = column[update] - mean[update]
-        increment = alpha * diff
-        mean[update] += increment
-        var[update] = (1.0 - alpha) * (var[update] + diff * increment)
-        seen[valid] += 1
+    z, _ = _ewma_step(x, _ewma_state(x.shape[0]), alpha, min_periods)
     return _result(z, squeeze)
 
 
-def robust_zscore(values: np.ndarray, window: int = 60, min_periods: int = 10) -> Detection:
+# --- median / MAD ----------------------------------------------------------------------------
+
+
+def _kth_of_valley(dev: np.ndarray, k: int) -> np.ndarray:
+    """The k-th smallest (0-based) along the last axis of rows that fall then rise.
+
+    |sorted window - its median| is such a valley, and the k + 1 smallest of a valley are
+    contiguous, so the k-th smallest is the least of max(dev[a], dev[a + k]) over a: two
+    vectorized passes instead of a second sort.
+    """
+    width = dev.shape[-1]
+    return np.minimum.reduce(np.maximum(dev[..., : width - k], dev[..., k:]), axis=-1)
+
+
+def _median_spread(windows: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and robust spread of each window (last axis, NaN = missing) holding ``n``
+    valid values: the median and MAD are the numbers nanmedian gives, from one sort per
+    window."""
+    width = windows.shape[-1]
+    ordered = np.sort(windows, axis=-1)  # NaN sorts last
+    lo = np.maximum((n - 1) // 2, 0)[..., np.newaxis]
+    hi = np.minimum(n // 2, width - 1)[..., np.newaxis]
+    with np.errstate(invalid="ignore"):
+        median = (
+            np.take_along_axis(ordered, lo, -1)[..., 0]
+            + np.take_along_axis(ordered, hi, -1)[..., 0]
+        ) / 2
+        dev = np.abs(np.subtract(ordered, median[..., np.newaxis], out=ordered), out=ordered)
+    mad = (_kth_of_valley(dev, (width - 1) // 2) + _kth_of_valley(dev, width // 2)) / 2
+    # Windows with gaps (and the warm-up) hold fewer values: sort their deviations instead.
+    partial = n < width
+    if partial.any():
+        rows = dev[partial]
+        rows.sort(axis=-1)
+        count = n[partial][:, np.newaxis]
+        lo, hi = np.maximum((count - 1) // 2, 0), np.minimum(count // 2, width - 1)
+        with np.errstate(invalid="ignore"):
+            mad[partial] = (
+                np.take_along_axis(rows, lo, -1)[:, 0] + np.take_along_axis(rows, hi, -1)[:, 0]
+            ) / 2
+    spread = MAD_TO_STD * mad
+    flat = mad == 0
+    if flat.any():
+        spread[flat] = MEAN_AD_TO_STD * np.nansum(dev[flat], axis=-1) / n[flat]
+    return median, spread
+
+
+def _robust_step(
+    x: np.ndarray, tail: np.ndarray, window: int, min_periods: int
+) -> tuple[np.ndarray, np.ndarray]:
+    n_series, n_points = x.shape
+    # ``tail`` holds the window points before x (NaN before the series began): the baseline
+    # of point t is columns t .. t + window - 1 of the padded series.
+    padded = np.concatenate([tail, x], axis=1)
+    valid = ~np.isnan(padded)
+    cumulative = np.concatenate([np.zeros((n_series, 1), np.int64), np.cumsum(valid, 1)], 1)
+    count = cumulative[:, window : window + n_points] - cumulative[:, :n_points]
+    z = np.full_like(x, np.nan)
+    if not valid.any():
+        return z, padded[:, padded.shape[1] - window :]
+    # Before the data has filled a window, the baselines' leading columns are empty for every
+    # series: sort only the columns that can hold data, in segments that double in width.
+    # (A rule whose lookback is shorter than the window never sorts the empty part.)
+    first = int(np.argmax(valid.any(axis=0)))
+    start = 0
+    while start < n_points:
+        width = min(window, max(1, start + window - first))
+        end = n_points if width == window else min(n_points, start + width)
+        width = min(window, max(1, end - 1 + window - first))
+        if width >= min_periods:  # narrower baselines hold too few points anyway
+            columns = padded[:, start + window - width : end - 1 + window]
+            windows = np.lib.stride_tricks.sliding_window_view(columns, width, axis=1)
+            rows = max(1, ROBUST_BLOCK_ELEMENTS // max(1, (end - start) * width))
+            for block in range(0, n_series, rows):
+                part = (slice(block, block + rows), slice(start, end))
+                median, spread = _median_spread(windows[part[0]], count[part])
+                z[part] = _standardize(x[part], median, spread)
+        start = end
+    z[(count < min_periods) | np.isnan(x)] = np.nan
+    return z, padded[:, padded.shape[1] - window :]
+
+
+def robust_zscore(
+    values: np.ndarray, window: int = ROBUST_WINDOW, min_periods: int = MIN_PERIODS
+) -> Detection:
     """z against the median and MAD of the previous ``window`` points: one outlier in the
-    baseline does not hide the next one, nor flag normal points after it."""
+    baseline does not hide the next one, nor flag normal points after it. Where the MAD is 0
+    (most of the baseline one value) the mean absolute deviation from the median stands in;
+    only a baseline that is all one value has no spread."""
     _check(window, min_periods)
     x, squeeze = _as_2d(values)
-    n_series, n_points = x.shape
-    # Window t of the padded series holds points [t - window, t - 1].
-    padded = np.concatenate([np.full((n_series, window), np.nan), x], axis=1)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, window, axis=1)[:, :n_points]
-    z = np.full_like(x, np.nan)
-    rows = max(1, ROBUST_BLOCK_ELEMENTS // max(1, n_points * window))
-    for block in range(0, n_series, rows):
-        part = windows[block : block + rows]
-        n = np.sum(~np.isnan(part), axis=2)
-        with np.errstate(all="ignore"), _quiet_all_nan():
-            median = np.nanmedian(part, axis=2)
-            mad = np.nanmedian(np.abs(part - median[..., np.newaxis]), axis=2)
-        # 1.4826 * MAD estimates the standard deviation of normal data.
-        block_z = _standardize(x[block : block + rows], median, 1.4826 * mad)
-        block_z[n < min_periods] = np.nan
-        z[block : block + rows] = block_z
-    z[np.isnan(x)] = np.nan
+    z, _ = _robust_step(x, np.full((x.shape[0], window), np.nan), window, min_periods)
     return _result(z, squeeze)
 
 
-def ensemble(values: np.ndarray, window: int = 60, min_periods: int = 10) -> Detection:
+# --- ensemble --------------------------------------------------------------------------------
+
+
+def _median_of_three(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """nanmedian of three arrays, elementwise, without nanmedian's cost (it sorts)."""
+    all_valid = ~(np.isnan(a) | np.isnan(b) | np.isnan(c))
+    middle = np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+    # One or two valid: the mean of the smallest and largest valid (fmin/fmax skip NaN).
+    low = np.fmin(np.fmin(a, b), c)
+    high = np.fmax(np.fmax(a, b), c)
+    return np.where(all_valid, middle, (low + high) / 2)
+
+
+def ensemble(
+    values: np.ndarray,
+    window: int = ZSCORE_WINDOW,
+    min_periods: int = MIN_PERIODS,
+    alpha: float = EWMA_ALPHA,
+    robust_window: int = ROBUST_WINDOW,
+) -> Detection:
     """The median of the three detectors' z (and its score): one detector misfiring, such as
-    the plain z-score right after an outlier, does not decide alone."""
+    the plain z-score right after an outlier, does not decide alone. ``window`` is the
+    z-score's, ``alpha`` the EWMA's, ``robust_window`` the median/MAD's; each defaults to
+    that detector's own default."""
+    _check(robust_window, min_periods)
     x, squeeze = _as_2d(values)
-    stacked = np.stack(
-        [
-            rolling_zscore(x, window, min_periods).z,
-            ewma(x, min_periods=min_periods).z,
-            robust_zscore(x, window, min_periods).z,
-        ]
+    z = _median_of_three(
+        rolling_zscore(x, window, min_periods).z,
+        ewma(x, alpha, min_periods).z,
+        robust_zscore(x, robust_window, min_periods).z,
     )
-    with np.errstate(all="ignore"), _quiet_all_nan():
-        z = np.nanmedian(stacked, axis=0)
     return _result(z, squeeze)
 
 
-DETECTORS = {
+DETECTORS: dict[str, Callable[..., Detection]] = {
     "zscore": rolling_zscore,
     "ewma": ewma,
     "robust": robust_zscore,
     "ensemble": ensemble,
 }
+
+
+# --- detections ------------------------------------------------------------------------------
+
+
+def detections(
+    score: np.ndarray, threshold: float = DEFAULT_THRESHOLD, hold: int = DEFAULT_HOLD
+) -> np.ndarray:
+    """Points that detect: the score reaches ``threshold`` and no point in the ``hold``
+    points before it did (``hold=0``: every point that reaches it).
+
+    An anomaly lasts several points and a detector keeps firing through it; one detection
+    per episode is what an alert wants, and what NAB rewards (reports/detection.md, section
+    quality). Causal: point t looks at points t - hold .. t only. NaN never detects.
+    """
+    if hold < 0:
+        raise ValueError("hold must be 0 or more points")
+    values = np.asarray(score, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        reached = values >= threshold
+    if hold == 0 or not reached.size:
+        return reached
+    flat = reached.reshape(-1, reached.shape[-1])
+    count = np.concatenate([np.zeros((len(flat), 1), np.int64), np.cumsum(flat, axis=1)], 1)
+    t = np.arange(flat.shape[1])
+    before = count[:, t] - count[:, np.maximum(t - hold, 0)]  # points t - hold .. t - 1
+    return (flat & (before == 0)).reshape(reached.shape)
+
+
+# --- streaming -------------------------------------------------------------------------------
+
+
+class Stream:
+    """One detector over series that arrive in pieces, in time order.
+
+    ``update(piece)`` scores the new points exactly as the whole-series call would have
+    (same bits), carrying only what the detector needs: the last ``window`` + 1 cumulative
+    sums (z-score), the weighted sums and count (EWMA), the last ``window`` points (median
+    / MAD). ``Stream("ewma", alpha=0.01)`` takes the method's parameters by name.
+    """
+
+    def __init__(self, method: str = "ensemble", **params: Any) -> None:
+        if method not in DETECTORS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(DETECTORS)}")
+        signature = inspect.signature(DETECTORS[method]).parameters
+        defaults = {name: p.default for name, p in signature.items() if name != "values"}
+        unknown = set(params) - set(defaults)
+        if unknown:
+            raise ValueError(f"{method} takes no parameter {', '.join(sorted(unknown))}")
+        self.method = method
+        self.params: dict[str, Any] = {**defaults, **params}
+        for name in ("window", "robust_window"):
+            if name in self.params:
+                _check(self.params[name], self.params["min_periods"])
+        if "alpha" in self.params:
+            _check_alpha(self.params["alpha"], self.params["min_periods"])
+        self._state: dict[str, Any] | None = None
+        self._n_series: int | None = None
+
+    def _robust_window(self) -> int:
+        return self.params["robust_window" if self.method == "ensemble" else "window"]
+
+    def _initial(self, n_series: int) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        if self.method in ("ewma", "ensemble"):
+            state["ewma"] = _ewma_state(n_series)
+        if self.method in ("zscore", "ensemble"):
+            state["zscore"] = _zscore_state(n_series, self.params["window"])
+        if self.method in ("robust", "ensemble"):
+            state["robust"] = np.full((n_series, self._robust_window()), np.nan)
+        return state
+
+    def update(self, values: np.ndarray) -> Detection:
+        x, squeeze = _as_2d(values)
+        if self._state is None:
+            self._n_series = x.shape[0]
+            self._state = self._initial(x.shape[0])
+        elif x.shape[0] != self._n_series:
+            raise ValueError(f"expected {self._n_series} series per piece, got {x.shape[0]}")
+        p, state = self.params, self._state
+        zs = []
+        if self.method in ("zscore", "ensemble"):
+            z, state["zscore"] = _zscore_step(x, state["zscore"], p["window"], p["min_periods"])
+            zs.append(z)
+        if self.method in ("ewma", "ensemble"):
+            z, state["ewma"] = _ewma_step(x, state["ewma"], p["alpha"], p["min_periods"])
+            zs.append(z)
+        if self.method in ("robust", "ensemble"):
+            z, state["robust"] = _robust_step(
+                x, state["robust"], self._robust_window(), p["min_periods"]
+            )
+            zs.append(z)
+        return _result(zs[0] if len(zs) == 1 else _median_of_three(*zs), squeeze)
 
 
 def _check(window: int, min_periods: int) -> None:

@@ -14,7 +14,6 @@ core: no Prefect here; flows emit the events.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import re
 import uuid
@@ -41,7 +40,14 @@ from sqlalchemy.orm import Session
 
 from neuralops.db import session_scope
 from neuralops.db.models import InsightSignal, utcnow
-from neuralops.detectors import DEFAULT_THRESHOLD, DETECTORS, Detection
+from neuralops.detectors import (
+    DEFAULT_THRESHOLD,
+    DETECTORS,
+    EWMA_ALPHA,
+    ROBUST_WINDOW,
+    ZSCORE_WINDOW,
+    Detection,
+)
 from neuralops.errors import InvalidInput, NotFound
 from neuralops.sources import MetricSource, SeriesBatch
 
@@ -281,15 +287,24 @@ def hint(rule: Rule, labels: dict[str, str], z: float, value: float, started: fl
 
 
 def baseline_name(rule: Rule) -> str:
-    """The baseline the method compares with, in words: '1h rolling mean', '39m EWMA'."""
-    params = inspect.signature(DETECTORS[rule.method]).parameters
-    if rule.method == "ewma":
-        alpha = params["alpha"].default
-        span = format_duration(rule.step * round(2 / alpha - 1))  # EWMA's equivalent span
-        return f"{span} EWMA"
-    window = format_duration(rule.step * params["window"].default)
-    names = {"zscore": "rolling mean", "robust": "rolling median", "ensemble": "baseline"}
-    return f"{window} {names[rule.method]}"
+    """The baseline the method compares with, in words: '1h rolling mean', '2h EWMA'.
+
+    A baseline longer than the lookback uses all of it, so the lookback caps the span named.
+    """
+    spans = {
+        "zscore": ZSCORE_WINDOW,
+        "ewma": round(2 / EWMA_ALPHA - 1),  # the EWMA's equivalent span
+        "robust": ROBUST_WINDOW,
+        "ensemble": max(ZSCORE_WINDOW, ROBUST_WINDOW),
+    }
+    span = format_duration(min(rule.step * spans[rule.method], rule.lookback))
+    names = {
+        "zscore": "rolling mean",
+        "ewma": "EWMA",
+        "robust": "rolling median",
+        "ensemble": "baseline",
+    }
+    return f"{span} {names[rule.method]}"
 
 
 def correlated_series(

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from neuralops.detectors import DETECTORS, robust_zscore, rolling_zscore
+from neuralops.detectors import (
+    DEFAULT_HOLD,
+    DEFAULT_THRESHOLD,
+    DETECTORS,
+    Stream,
+    detections,
+    ewma,
+    robust_zscore,
+    rolling_zscore,
+)
 
 METHODS = sorted(DETECTORS)
 rng = np.random.default_rng(7)
@@ -22,7 +33,9 @@ def noisy(n: int = 400, series: int = 1) -> np.ndarray:
 @pytest.mark.parametrize("method", METHODS)
 def test_a_spike_scores_near_one_and_above_everything_else(method: str) -> None:
     x = noisy()[0]
-    x[300] += 15
+    # The defaults are long baselines (tuned on NAB): a spike stands out against the whole
+    # series, its seasonal swing (+-5) included, not just against the noise (sd 1).
+    x[300] += 25
     score = DETECTORS[method](x).score
     assert score[300] > 0.99
     assert score[300] > np.nanpercentile(np.delete(score, 300), 99)
@@ -122,3 +135,120 @@ def test_bad_parameters_are_named(kwargs: dict, message: str) -> None:
 def test_three_dimensional_input_is_refused() -> None:
     with pytest.raises(ValueError, match="1-D or 2-D"):
         rolling_zscore(np.ones((2, 2, 2)))
+
+
+def test_robust_matches_a_plain_nanmedian_loop() -> None:
+    x = np.round(noisy(150)[0], 1)  # ties, as real data has
+    x[40:47] = np.nan
+    x[90] = np.nan
+    expected = np.full_like(x, np.nan)
+    for t in range(len(x)):
+        base = x[max(0, t - 21) : t]
+        base = base[~np.isnan(base)]
+        if len(base) >= 5 and not np.isnan(x[t]):
+            median = np.median(base)
+            mad = np.median(np.abs(base - median))
+            expected[t] = (x[t] - median) / (1.4826 * mad)
+    np.testing.assert_array_equal(robust_zscore(x, window=21, min_periods=5).z, expected)
+
+
+def test_robust_spread_falls_back_to_the_mean_deviation_when_mad_is_zero() -> None:
+    # Mostly one value: the MAD is 0, yet an ordinary value is not a billion-sigma event.
+    x = np.tile([3.0, 3.0, 3.0, 4.0], 31)
+    z = robust_zscore(x, window=20).z
+    assert np.nanmax(np.abs(z[40:])) < 5
+    base = x[103:123]
+    expected = (x[123] - 3.0) / (1.2533 * np.mean(np.abs(base - 3.0)))
+    assert z[123] == pytest.approx(expected)
+    flat = np.full(60, 7.0)
+    flat[50] = 7.1
+    assert robust_zscore(flat, window=20).score[50] == 1.0  # only a flat baseline has no spread
+
+
+def test_ewma_matches_a_plain_loop() -> None:
+    x = noisy(200)[0]
+    x[50:55] = np.nan
+    alpha, expected = 0.1, np.full_like(x, np.nan)
+    mean, var, seen = 0.0, 0.0, 0
+    for t, value in enumerate(x):
+        if np.isnan(value):
+            continue
+        if seen >= 5:
+            expected[t] = (value - mean) / np.sqrt(var)
+        seen += 1
+        rate = alpha / (1 - (1 - alpha) ** seen)  # 1, then falling to alpha
+        diff = value - mean
+        mean += rate * diff
+        var = (1 - rate) * (var + rate * diff * diff)
+    np.testing.assert_allclose(ewma(x, alpha=alpha, min_periods=5).z, expected, rtol=1e-9)
+
+
+def test_ewma_with_a_small_alpha_starts_from_the_plain_mean_and_variance() -> None:
+    # A short series and a long memory: early points are judged against what came before,
+    # not against the first point with a variance still growing.
+    x = noisy(60)[0]
+    z = ewma(x, alpha=0.001).z
+    for t in (20, 40, 59):
+        base = x[:t]
+        assert z[t] == pytest.approx((x[t] - base.mean()) / base.std(), rel=0.02)
+
+
+def test_a_large_offset_does_not_cancel_the_variance_away() -> None:
+    x = 1e9 + rng.normal(0, 1, 300)
+    x[250] += 8
+    assert rolling_zscore(x).z[250] == pytest.approx(8, abs=2.5)
+    assert rolling_zscore(x).score[250] > 0.99
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_streaming_in_pieces_equals_the_whole_bit_for_bit(method: str) -> None:
+    x = noisy(500, series=3)
+    x[0, 100:130] = np.nan
+    x[1, :20] = np.nan
+    x[2, 300] = np.inf
+    whole = DETECTORS[method](x, min_periods=5)
+    cuts = [0, 1, 2, 9, 60, 61, 250, 499, 500]
+    stream = Stream(method, min_periods=5)
+    pieces = [stream.update(x[:, a:b]) for a, b in pairwise(cuts)]
+    np.testing.assert_array_equal(np.concatenate([p.z for p in pieces], axis=1), whole.z)
+    np.testing.assert_array_equal(np.concatenate([p.score for p in pieces], axis=1), whole.score)
+
+
+def test_stream_checks_its_method_parameters_and_series_count() -> None:
+    with pytest.raises(ValueError, match="unknown method"):
+        Stream("magic")
+    with pytest.raises(ValueError, match="no parameter window"):
+        Stream("ewma", window=10)
+    with pytest.raises(ValueError, match="alpha"):
+        Stream("ensemble", alpha=2.0)
+    stream = Stream("zscore")
+    stream.update(np.ones((2, 5)))
+    with pytest.raises(ValueError, match="expected 2 series"):
+        stream.update(np.ones((3, 5)))
+
+
+def test_detections_fire_once_per_episode() -> None:
+    score = np.array([0.0, 1, 1, 0, 0, 0, 1, 0, 1, np.nan, 1])
+    assert detections(score, 0.5, hold=0).tolist() == (score >= 0.5).tolist()
+    assert np.flatnonzero(detections(score, 0.5, hold=2)).tolist() == [1, 6]
+    # 8 and 10 come within 3 points of one that reached it (6, 8): one episode. Per series.
+    both = detections(np.stack([score, score[::-1]]), 0.5, hold=3)
+    assert [np.flatnonzero(row).tolist() for row in both] == [[1, 6], [0, 8]]
+    with pytest.raises(ValueError, match="hold"):
+        detections(score, 0.5, hold=-1)
+
+
+def test_detections_are_causal_and_default_to_the_module_threshold() -> None:
+    x = noisy()[0]
+    x[300] += 30
+    found = detections(DETECTORS["ensemble"](x).score)
+    assert found[300] and DEFAULT_HOLD > 0 and 0 < DEFAULT_THRESHOLD < 1
+    score = DETECTORS["ensemble"](x).score
+    changed = score.copy()
+    changed[320:] = 1.0
+    np.testing.assert_array_equal(detections(score)[:320], detections(changed)[:320])
+
+
+def test_a_window_longer_than_the_data_equals_the_whole_history() -> None:
+    x = noisy(n=150, series=3)
+    np.testing.assert_array_equal(rolling_zscore(x, window=5000).z, rolling_zscore(x, 150).z)

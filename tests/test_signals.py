@@ -278,3 +278,19 @@ def test_analyze_with_no_matching_series_says_so(tmp_path: Path, sqlite_url: URL
     result = signals.analyze(signals.AnalyzeRequest(query="nothing_here"), source)
     assert result.series == 0 and result.signal_id is None
     assert result.hint == "the query returned no data"
+
+
+@pytest.mark.parametrize(
+    ("method", "lookback", "step", "named"),
+    [
+        ("zscore", "2h", "1m", "2h rolling mean"),
+        ("robust", "6h", "1m", "2h rolling median"),
+        ("robust", "6h", "30s", "1h rolling median"),
+        ("ewma", "3h", "1m", "3h EWMA"),
+        ("ensemble", "1h", "15s", "1h baseline"),
+    ],
+)
+def test_hints_name_the_baseline_the_detector_actually_had(
+    method: str, lookback: str, step: str, named: str
+) -> None:
+    assert signals.baseline_name(rule(method=method, lookback=lookback, step=step)) == named

@@ -109,7 +109,7 @@ def test_cli_analyze_explains_the_spike_and_signals_list_shows_it(prom, sqlite_u
     )
     assert result.exit_code == 0, result.output
     assert "anomalous" in result.output and "service=api" in result.output
-    assert re.search(r"is \d+\.\dσ above its 1h baseline", result.output)
+    assert re.search(r"is \d+\.\dσ above its 2h baseline", result.output)
     signal_id = re.search(r"new signal: ([0-9a-f-]{36})", result.output).group(1)
 
     listed = runner.invoke(app, ["signals", "list", "--since", "1h", "--json"])

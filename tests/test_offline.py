@@ -1,0 +1,154 @@
+"""detect_file: a CSV scored as a stream, equal to scoring it whole, validated, atomic."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuralops.detectors import DETECTORS
+from neuralops.errors import InvalidInput
+from neuralops.offline import detect_file
+
+METHODS = sorted(DETECTORS)
+
+
+def series(n: int = 600, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    values = 100 + 10 * np.sin(np.arange(n) / 30) + rng.normal(0, 1, n)
+    values[450] += 40  # the anomaly
+    return values
+
+
+def write_input(path: Path, values: np.ndarray, gaps: tuple[int, ...] = ()) -> Path:
+    lines = ["timestamp,value"]
+    for i, value in enumerate(values):
+        stamp = f"2024-01-{1 + i // 1440:02d} {i // 60 % 24:02d}:{i % 60:02d}:00"
+        lines.append(f"{stamp},{'' if i in gaps else repr(float(value))}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_output(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    return rows[0], rows[1:]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_chunked_scores_equal_whole_file_scores(tmp_path: Path, method: str) -> None:
+    values = series()
+    gaps = (5, 100, 101, 102, 333)
+    source = write_input(tmp_path / "in.csv", values, gaps)
+    whole = values.copy()
+    whole[list(gaps)] = np.nan
+    expected = np.nan_to_num(DETECTORS[method](whole).score, nan=0.0)
+    outputs = []
+    for chunk_rows in (1, 7, 64, 10_000):
+        target = tmp_path / f"out-{chunk_rows}.csv"
+        assert detect_file(source, target, method=method, chunk_rows=chunk_rows) == len(values)
+        outputs.append(target.read_bytes())
+        _, rows = read_output(target)
+        np.testing.assert_array_equal([float(r[2]) for r in rows], expected)  # bit for bit
+    assert all(output == outputs[0] for output in outputs)
+
+
+def test_output_repeats_the_input_and_adds_a_score_in_0_1(tmp_path: Path) -> None:
+    source = write_input(tmp_path / "in.csv", series(), gaps=(200,))
+    detect_file(source, tmp_path / "out.csv")
+    header, rows = read_output(tmp_path / "out.csv")
+    with open(source, newline="") as handle:
+        given = list(csv.reader(handle))[1:]
+    assert header == ["timestamp", "value", "anomaly_score"]
+    assert [r[:2] for r in rows] == given
+    scores = np.array([float(r[2]) for r in rows])
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert scores[0] == 0.0 and scores[200] == 0.0  # no opinion (warm-up, gap) is written 0
+    assert rows[200][1] == ""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_spike_scores_high(tmp_path: Path, method: str) -> None:
+    source = write_input(tmp_path / "in.csv", series())
+    detect_file(source, tmp_path / "out.csv", method=method, chunk_rows=50)
+    scores = np.array([float(r[2]) for r in read_output(tmp_path / "out.csv")[1]])
+    assert scores[450] > 0.99
+    assert scores[450] == scores.max()
+
+
+def test_parameters_reach_the_detector(tmp_path: Path) -> None:
+    source = write_input(tmp_path / "in.csv", series())
+    detect_file(source, tmp_path / "a.csv", method="zscore", params={"window": 20})
+    detect_file(source, tmp_path / "b.csv", method="zscore", params={"window": 200})
+    assert (tmp_path / "a.csv").read_bytes() != (tmp_path / "b.csv").read_bytes()
+    with pytest.raises(InvalidInput, match="no parameter"):
+        detect_file(source, tmp_path / "c.csv", method="zscore", params={"alpha": 0.1})
+    with pytest.raises(InvalidInput, match="unknown method"):
+        detect_file(source, tmp_path / "c.csv", method="magic")
+
+
+def test_timestamps_may_be_iso_with_zone_or_unix_seconds_and_repeat(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    rows = ["2024-01-01T00:00:00Z", "2024-01-01T01:00:00+01:00", "1704070800", "1704070860.5"]
+    source.write_text("timestamp,value\n" + "".join(f"{t},{i}\n" for i, t in enumerate(rows)))
+    assert detect_file(source, tmp_path / "out.csv") == 4
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ("time,value\n2024-01-01 00:00:00,1\n", "line 1, column header"),
+        ("timestamp,value,extra\n", "line 1, column header"),
+        ("", "line 1"),
+        ("timestamp,value\n2024-01-01 00:00:00,1\nyesterday,2\n", "line 3, column timestamp"),
+        (
+            "timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01 00:01:00,abc\n",
+            "line 3, column value",
+        ),
+        ("timestamp,value\n2024-01-01 00:00:00,inf\n", "line 2, column value"),
+        ("timestamp,value\n2024-01-01 00:00:00,1,2\n", "line 2"),
+        (
+            "timestamp,value\n2024-01-01 00:05:00,1\n2024-01-01 00:06:00,1\n"
+            "2024-01-01 00:04:00,1\n",
+            "line 4, column timestamp",
+        ),
+    ],
+)
+def test_bad_input_names_the_line_and_leaves_nothing_behind(
+    tmp_path: Path, body: str, where: str
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(body)
+    target = tmp_path / "out.csv"
+    with pytest.raises(InvalidInput, match=where):
+        detect_file(source, target, chunk_rows=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_an_error_late_in_the_file_keeps_the_previous_output(tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    target.write_text("the previous result\n")
+    source = write_input(tmp_path / "in.csv", series())
+    source.write_text(source.read_text() + "2030-01-01 00:00:00,oops\n")
+    with pytest.raises(InvalidInput, match="line 602, column value: 'oops' is not a number"):
+        detect_file(source, target, chunk_rows=10)  # 60 chunks already written
+    assert target.read_text() == "the previous result\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]
+
+
+def test_missing_input_or_output_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="cannot read"):
+        detect_file(tmp_path / "absent.csv", tmp_path / "out.csv")
+    source = write_input(tmp_path / "in.csv", series())
+    with pytest.raises(InvalidInput, match="cannot write"):
+        detect_file(source, tmp_path / "no" / "such" / "out.csv")
+
+
+def test_blank_lines_and_a_byte_order_mark_are_tolerated(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_bytes(
+        "\ufefftimestamp,value\n2024-01-01 00:00:00,1\n\n2024-01-01 00:01:00,2\n".encode()
+    )
+    assert detect_file(source, tmp_path / "out.csv") == 2
