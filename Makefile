@@ -1,7 +1,7 @@
 # The two commands of the quick start: `make run` and `make test`.
 # Each creates .venv when missing (or when pyproject.toml / constraints.txt changed).
-# When torch is needed, install torch==2.13.0 (the local CPU wheel) in this recipe BEFORE
-# anything that depends on it, or pip pulls a multi-GB CUDA build.
+# torch==2.13.0 (the local CPU wheel) is installed BEFORE anything that depends on it, or pip
+# would pull a multi-GB CUDA build.
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,6 +13,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0  # the local CPU wheel, before its dependents
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 

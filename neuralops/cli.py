@@ -28,9 +28,15 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 playbook_app = typer.Typer(help="The playbook registry.", no_args_is_help=True)
 signals_app = typer.Typer(help="Anomaly signals found by detection.", no_args_is_help=True)
+seed_app = typer.Typer(help="Synthetic data for demos, tests and benchmarks.", no_args_is_help=True)
+etl_app = typer.Typer(
+    help="Run history out of the database: export (redacted) and vectorize.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(playbook_app, name="playbook")
 app.add_typer(signals_app, name="signals")
+app.add_typer(seed_app, name="seed")
+app.add_typer(etl_app, name="etl")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -381,6 +387,114 @@ def detect_file(
         )
     rows = score_file(input_csv, output_csv, method=method)
     out.print(f"{rows} rows scored with {method} → {output_csv}")
+
+
+# --- seed and etl ----------------------------------------------------------------------------
+
+
+def _progress(total: int | None, what: str):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if total:
+        columns.append(TimeRemainingColumn())
+    return Progress(*columns, console=err, transient=True)
+
+
+@seed_app.command("runs")
+def seed_runs(
+    count: Annotated[int, typer.Option(min=1, max=10_000_000, help="How many runs.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Same seed, same runs (ids syn-<seed>-<n>).")] = 0,
+    start: Annotated[int, typer.Option(min=0, help="First run number (to add more).")] = 0,
+    batch: Annotated[int, typer.Option(min=100, max=50_000, help="Runs per transaction.")] = 5000,
+) -> None:
+    """Log realistic synthetic run history (some runs carry planted personal data)."""
+    from itertools import islice
+
+    from neuralops.synthetic import synthetic_runs
+
+    _require_schema(get_settings())
+    generated = synthetic_runs(count, seed=seed, start=start)
+    with _progress(count, "seeding runs") as progress:
+        task = progress.add_task("runs", total=count)
+        while chunk := list(islice(generated, batch)):
+            runs.log_runs(chunk)
+            progress.advance(task, len(chunk))
+    out.print(f"{count} runs seeded (syn-{seed}-{start:07d} .. syn-{seed}-{start + count - 1:07d})")
+
+
+@etl_app.command("export")
+def etl_export(
+    out_path: Annotated[Path, typer.Option("--out", help="runs.jsonl, .ndjson or .parquet")],
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Rows updated since a duration ago (2h) or an ISO time; keeps the watermark."
+        ),
+    ] = None,
+    full: Annotated[bool, typer.Option(help="Everything, and reset the watermark.")] = False,
+) -> None:
+    """Export runs changed since the last export, redacted, as JSONL or Parquet."""
+    from neuralops import etl
+
+    _require_schema(get_settings())
+    pending = None if full or since else etl.count_pending()
+    with _progress(pending, "exporting") as progress:
+        task = progress.add_task("runs", total=pending)
+        result = etl.export_runs(
+            out_path,
+            since=_since(since),
+            full=full,
+            progress=lambda n: progress.update(task, completed=n),
+        )
+    redacted = sum(result.redactions.values())
+    out.print(f"{result.rows} runs exported to {result.path} ({result.format})")
+    if redacted:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(result.redactions.items()))
+        out.print(f"redacted {redacted} values: {kinds}", highlight=False)
+
+
+@etl_app.command("vectorize")
+def etl_vectorize(
+    in_path: Annotated[Path, typer.Option("--in", help="JSONL written by `etl export`.")],
+    embedder: Annotated[
+        str | None, typer.Option(help="auto (default: NEURALOPS_EMBEDDER), minilm or hashing.")
+    ] = None,
+) -> None:
+    """Embed exported runs and upsert them into LanceDB (unchanged runs are skipped)."""
+    from neuralops import vectorize
+    from neuralops.embedding import load_embedder
+    from neuralops.vectorstore import store_from_settings
+
+    settings = get_settings()
+    if not in_path.is_file():
+        raise InvalidInput(f"--in {in_path}: no such file (write it with `neuralops etl export`)")
+    model, warning = load_embedder(embedder or settings.embedder)
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    total = sum(1 for _ in in_path.open("rb"))
+    store = store_from_settings(settings)
+    with _progress(total, "vectorizing") as progress:
+        task = progress.add_task("runs", total=total)
+        result = vectorize.vectorize_records(
+            vectorize.read_jsonl(in_path),
+            store,
+            model,
+            progress=lambda n: progress.update(task, completed=n),
+        )
+    indexed = store.ensure_index()
+    out.print(
+        f"{result.written} vectors written ({result.skipped} unchanged, "
+        f"{result.embedded_texts} texts embedded; model {result.model}; "
+        f"{store.count()} in {settings.vector_uri}" + ("; ANN index built" if indexed else "") + ")"
+    )
 
 
 # --- api -------------------------------------------------------------------------------------

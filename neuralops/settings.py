@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         ),
     )
     lancedb_uri: str | None = Field(None, validation_alias=_env("LANCEDB_URI"))
+    embedder: Literal["auto", "minilm", "hashing"] = Field(
+        "auto",
+        description="auto: MiniLM, or hashing with a warning if its package is absent.",
+    )
+    redaction_key: SecretStr | None = Field(
+        None,
+        description="HMAC key for hashed fields in exported runs; unset means the dev key.",
+    )
     rules_file: Path | None = Field(
         None, description="Detection rules (YAML); unset means the shipped neuralops/rules."
     )

@@ -92,7 +92,7 @@ class WorkflowRun(Timestamps, Base):
         CheckConstraint("duration_ms >= 0", name="ck_workflow_runs_duration"),
         # Paging a workflow's runs newest first; the ETL watermark scans updated_at.
         Index("ix_workflow_runs_wpk_created", "wpk_id", "created_at", "id"),
-        Index("ix_workflow_runs_updated_at", "updated_at"),
+        Index("ix_workflow_runs_updated_at_id", "updated_at", "id"),  # keyset (migration 0003)
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -167,6 +167,19 @@ class Incident(Timestamps, Base):
     pre_state: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     post_state: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+
+
+class EtlWatermark(Base):
+    """How far an incremental export has read workflow_runs: the (updated_at, id) of the last
+    row it exported (migration 0003)."""
+
+    __tablename__ = "etl_watermarks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_updated_at: Mapped[datetime]
+    last_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    rows_exported: Mapped[int] = mapped_column(BigInteger, default=0)
+    exported_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditLog(Base):

@@ -1,0 +1,31 @@
+"""ETL tasks: export (redacted) and vectorize, each one batch-processing task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from neuralops import etl, vectorize
+from neuralops.embedding import load_embedder
+from neuralops.settings import get_settings
+from neuralops.vectorstore import store_from_settings
+from tasks import IO_RETRIES
+
+
+@task(name="export-runs", cache_policy=NO_CACHE, **IO_RETRIES)
+def export_runs(out: Path, full: bool = False) -> etl.ExportResult:
+    """Runs changed since the watermark → redacted JSONL (the watermark moves on success)."""
+    return etl.export_runs(out, full=full)
+
+
+@task(name="vectorize-runs", cache_policy=NO_CACHE, **IO_RETRIES)
+def vectorize_runs(path: Path, embedder: str | None = None) -> vectorize.VectorizeResult:
+    """Embed the exported runs and upsert them into LanceDB; unchanged runs are skipped."""
+    settings = get_settings()
+    model, warning = load_embedder(embedder or settings.embedder)
+    store = store_from_settings(settings)
+    result = vectorize.vectorize_records(vectorize.read_jsonl(path), store, model, warning=warning)
+    store.ensure_index()  # once the table is large enough to benefit (see vectorstore)
+    return result
