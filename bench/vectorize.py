@@ -339,7 +339,8 @@ all-MiniLM-L6-v2 on the CPU.
 
 Embedding is the whole cost: the model runs at a few dozen texts per second on this CPU. A
 refresh embeds only the new runs' texts (runs whose summary and model are unchanged are
-skipped), so the hourly `vectorize` flow stays in seconds once the history is in.
+skipped), so an hourly refresh costs about as many seconds as it has new distinct texts
+divided by the model's rate, plus the index upkeep (folding new rows into the ANN index).
 """
     write_section(report, "vectorize", body, title=TITLE)
 
