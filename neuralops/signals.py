@@ -217,6 +217,12 @@ def detect(rule: Rule, batch: SeriesBatch) -> Detection:
     return DETECTORS[rule.method](batch.values)
 
 
+def first_recent(rule: Rule, times: np.ndarray) -> int:
+    """Index of the first point within the rule's ``recent`` span of the last one (the last
+    point always is: ``recent`` is at least a step)."""
+    return int(np.searchsorted(times, times[-1] - rule.recent.total_seconds(), side="right"))
+
+
 def find_anomalies(
     rule: Rule,
     batch: SeriesBatch,
@@ -230,21 +236,20 @@ def find_anomalies(
     """
     if batch.values.size == 0:
         return []
-    detection = detection or detect(rule, batch)
+    if detection is None:
+        detection = detect(rule, batch)
     score = np.nan_to_num(detection.score, nan=0.0)
     times = batch.timestamps
-    recent = times > times[-1] - rule.recent.total_seconds()
-    recent[-1] = True
-    first_recent = int(np.argmax(recent))
-    recent_score = score[:, first_recent:]
+    first = first_recent(rule, times)
+    recent_score = score[:, first:]
     hits = np.flatnonzero(recent_score.max(axis=1) >= rule.threshold)
     candidates = []
-    strength = np.abs(np.nan_to_num(detection.z[:, first_recent:], nan=0.0))
+    strength = np.abs(np.nan_to_num(detection.z[:, first:], nan=0.0))
     for row in hits:
         # The peak is the most extreme recent point above the threshold (scores saturate
         # near 1; |z| still ranks them).
         above = recent_score[row] >= rule.threshold
-        peak = first_recent + int(np.argmax(np.where(above, strength[row], -1.0)))
+        peak = first + int(np.argmax(np.where(above, strength[row], -1.0)))
         # The episode: back from the peak while the score stays above the threshold, and
         # forward to the last point that still does.
         calm_before = np.flatnonzero(score[row, : peak + 1] < rule.threshold)
@@ -563,7 +568,7 @@ def analyze(
     detection = detect(rule, batch)
     found = find_anomalies(rule, batch, detection=detection)
     if found:
-        top = max(found, key=lambda s: s.score)
+        top = max(found, key=lambda s: (s.score, abs(s.z or 0.0)))  # scores saturate at 1
         recorded = record_signals([top], {rule.name: rule.cooldown}, url=url)[0]
         return AnalyzeResult(
             **base,
@@ -576,10 +581,10 @@ def analyze(
             new_signal=recorded.new,
         )
     # Nothing reached the threshold: report the most anomalous recent point anyway.
-    recent = batch.timestamps > batch.timestamps[-1] - rule.recent.total_seconds()
-    score = np.nan_to_num(detection.score[:, recent], nan=-1.0)
+    first = first_recent(rule, batch.timestamps)
+    score = np.nan_to_num(detection.score[:, first:], nan=-1.0)
     row, col = np.unravel_index(int(np.argmax(score)), score.shape)
-    col = int(np.flatnonzero(recent)[col])
+    col += first
     top_score = float(detection.score[row, col])
     if not np.isfinite(top_score):
         return AnalyzeResult(
