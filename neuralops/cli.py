@@ -479,7 +479,8 @@ def etl_vectorize(
     model, warning = load_embedder(embedder or settings.embedder)
     if warning:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    total = sum(1 for _ in in_path.open("rb"))
+    with in_path.open("rb") as lines:  # one cheap pass for the progress bar's total
+        total = sum(1 for _ in lines)
     store = store_from_settings(settings)
     with _progress(total, "vectorizing") as progress:
         task = progress.add_task("runs", total=total)
