@@ -259,25 +259,7 @@ def run_summary(record: Mapping[str, Any]) -> str:
         parts.append(f"status {status}")
 
     inputs = record.get("inputs") if isinstance(record.get("inputs"), Mapping) else {}
-    incident = inputs.get("incident") if isinstance(inputs.get("incident"), Mapping) else {}
-    if not incident and isinstance(inputs.get("alert"), Mapping):
-        # Alertmanager style: the alert's labels, name and summary in one mapping.
-        alert_labels = dict(inputs["alert"])
-        incident = {
-            "alert": alert_labels.pop("alertname", None),
-            "summary": alert_labels.get("summary") or alert_labels.get("description"),
-            "labels": alert_labels,
-        }
-    alert = incident.get("alert") or incident.get("alertname") or inputs.get("alert")
-    if alert:
-        parts.append(f"alert {_clean(alert)}")
-    labels = incident.get("labels") if isinstance(incident.get("labels"), Mapping) else {}
-    kept = sorted((str(k), _clean(v, 80)) for k, v in labels.items() if not _volatile(str(k)) and v)
-    if kept:
-        parts.append("labels " + " ".join(f"{k}={v}" for k, v in kept))
-    description = incident.get("summary") or incident.get("description")
-    if description:
-        parts.append(f"incident: {_clean(description)}")
+    parts.extend(incident_parts(*incident_fields(inputs)))
 
     outputs = record.get("outputs") if isinstance(record.get("outputs"), Mapping) else {}
     for key in ("error", "message"):
@@ -295,6 +277,54 @@ def run_summary(record: Mapping[str, Any]) -> str:
 
     summary = "; ".join(parts)
     return summary if len(summary) <= SUMMARY_CAP else summary[: SUMMARY_CAP - 1].rstrip() + "…"
+
+
+def incident_text(record: Mapping[str, Any]) -> str:
+    """What is embedded for a run: the incident it was started for (``alert ...; labels ...;
+    incident: ...``), so a new incident is compared with past incidents, not with their
+    outcomes; a run logged without any incident falls back to its whole summary."""
+    inputs = record.get("inputs") if isinstance(record.get("inputs"), Mapping) else {}
+    text = "; ".join(incident_parts(*incident_fields(inputs)))
+    if not text:
+        return run_summary(record)
+    return text if len(text) <= SUMMARY_CAP else text[: SUMMARY_CAP - 1].rstrip() + "…"
+
+
+def incident_fields(inputs: Mapping[str, Any]) -> tuple[str | None, dict[str, Any], str | None]:
+    """(alert name, labels, summary) of the incident a run was started for.
+
+    From ``inputs.incident`` (``alert``, ``labels``, ``summary``) or an Alertmanager-style
+    ``inputs.alert`` (``alertname``, its labels and a ``summary``)."""
+    incident = inputs.get("incident") if isinstance(inputs.get("incident"), Mapping) else {}
+    if not incident and isinstance(inputs.get("alert"), Mapping):
+        alert_labels = dict(inputs["alert"])
+        incident = {
+            "alert": alert_labels.pop("alertname", None),
+            "summary": alert_labels.get("summary") or alert_labels.get("description"),
+            "labels": alert_labels,
+        }
+    alert = incident.get("alert") or incident.get("alertname") or inputs.get("alert")
+    labels = incident.get("labels") if isinstance(incident.get("labels"), Mapping) else {}
+    description = incident.get("summary") or incident.get("description")
+    return (
+        str(alert) if alert and not isinstance(alert, Mapping) else None,
+        dict(labels),
+        str(description) if description else None,
+    )
+
+
+def incident_parts(alert: str | None, labels: Mapping[str, Any], summary: str | None) -> list[str]:
+    """``alert <name>``, ``labels <k=v sorted>`` (instance labels left out), ``incident: ...``:
+    the part of a run's summary that describes the incident, and the whole of a query's."""
+    parts = []
+    if alert:
+        parts.append(f"alert {_clean(alert)}")
+    kept = sorted((str(k), _clean(v, 80)) for k, v in labels.items() if not _volatile(str(k)) and v)
+    if kept:
+        parts.append("labels " + " ".join(f"{k}={v}" for k, v in kept))
+    if summary:
+        parts.append(f"incident: {_clean(summary)}")
+    return parts
 
 
 def content_hash(text: str) -> str:

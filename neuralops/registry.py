@@ -220,3 +220,10 @@ def _playbook_info(playbook: Playbook, run_count: int) -> WorkflowInfo:
         created_at=playbook.created_at,
         updated_at=playbook.updated_at,
     )
+
+
+def registered_manifests(*, url: URL | None = None) -> list[Manifest]:
+    """The manifest of every registered playbook (its current version), by id."""
+    with session_scope(url) as session:
+        rows = session.scalars(select(Playbook).order_by(Playbook.id)).all()
+        return [Manifest.model_validate(row.manifest) for row in rows]

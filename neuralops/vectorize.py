@@ -1,10 +1,12 @@
 """Exported runs -> summaries -> vectors -> LanceDB, doing as little embedding as it can.
 
-Embedding is the slow part (tens of summaries a second on a small CPU), so per batch:
-runs whose stored (content hash, model) match are skipped; each distinct summary text is
-embedded once, and an in-memory cache keyed by content hash carries vectors across batches
-(identical incidents repeat a lot). The rest is upserted on run_id, so a re-run never
-duplicates.
+What is embedded is the incident a run handled (``embedding.incident_text``), so the
+recommender compares incidents with incidents; the full run summary is stored beside it for
+full-text search and display, and its hash detects changes. Embedding is the slow part (tens
+of texts a second on a small CPU), so per batch: runs whose stored (summary hash, model)
+match are skipped; each distinct incident text is embedded once, and an in-memory cache keyed
+by its hash carries vectors across batches (identical incidents repeat a lot). The rest is
+upserted on run_id, so a re-run never duplicates.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from neuralops.embedding import Embedder, content_hash, model_id, run_summary
+from neuralops.embedding import Embedder, content_hash, incident_text, model_id, run_summary
 from neuralops.errors import ConfigError, InvalidInput
+from neuralops.incident import run_resource, run_symptoms
 from neuralops.vectorstore import VectorStore
 
 CACHE_MAX = 50_000  # vectors kept across batches: ~75 MiB at 384-d float32
@@ -88,11 +91,11 @@ def vectorize_records(
             if stored.get(run_id) != (row["content_hash"], model)
         ]
         result.skipped += len(batch) - len(todo)
-        # Distinct texts not in the cache, each embedded once.
+        # Distinct incident texts not in the cache, each embedded once.
         missing = {
-            row["content_hash"]: row["summary"]
+            row["embed_hash"]: row["embed_text"]
             for row in todo
-            if cache.get(row["content_hash"]) is None
+            if cache.get(row["embed_hash"]) is None
         }
         if missing:
             vectors = embedder.embed(list(missing.values()))
@@ -100,9 +103,10 @@ def vectorize_records(
                 cache.put(digest, vector)
             result.embedded_texts += len(missing)
         for row in todo:
-            vector = cache.get(row["content_hash"])
+            vector = cache.get(row.pop("embed_hash"))
+            text = row.pop("embed_text")
             if vector is None:  # evicted by this very batch (batch > CACHE_MAX)
-                vector = embedder.embed([row["summary"]])[0]
+                vector = embedder.embed([text])[0]
                 result.embedded_texts += 1
             row["vector"] = vector
             row["model"] = model
@@ -121,12 +125,17 @@ def _prepare(batch: list[Mapping[str, Any]], offset: int) -> dict[str, dict[str,
         if not run_id:
             raise InvalidInput(f"record {offset + i + 1}: run_id is missing")
         summary = run_summary(record)
+        embedded = incident_text(record)
         rows[str(run_id)] = {
             "run_id": str(run_id),
             "wpk_id": record.get("wpk_id"),
             "status": record.get("status"),
+            "resource": run_resource(record),
+            "symptoms": ",".join(run_symptoms(record)) or None,
             "summary": summary,
-            "content_hash": content_hash(summary),
+            "content_hash": content_hash(summary),  # any change (status too) rewrites the row
+            "embed_text": embedded,
+            "embed_hash": content_hash(embedded),
             "created_at": record.get("created_at"),
             "updated_at": record.get("updated_at"),
         }

@@ -22,7 +22,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import IvfHnswSq
+from lancedb.index import FTS, BTree, IvfHnswSq
 
 from neuralops.errors import ConfigError, InvalidInput, Unavailable
 
@@ -36,6 +36,7 @@ EF = 64
 ROWS_PER_PARTITION = 8192
 REMOTE_SCHEMES = ("s3://", "s3+ddb://", "gs://", "az://", "abfs://")
 VECTOR_COLUMN = "vector"
+TEXT_COLUMN = "summary"
 KEY = "run_id"
 _IN_CHUNK = 1000
 
@@ -46,6 +47,8 @@ def schema(dim: int = 384) -> pa.Schema:
             pa.field("run_id", pa.string(), nullable=False),
             pa.field("wpk_id", pa.string()),
             pa.field("status", pa.string()),
+            pa.field("resource", pa.string()),  # namespace/service the run acted on
+            pa.field("symptoms", pa.string()),  # catalogue tags of its incident, comma-separated
             pa.field("summary", pa.string()),
             pa.field("content_hash", pa.string()),
             pa.field("model", pa.string()),
@@ -108,19 +111,29 @@ class VectorStore:
                 raise
             raise Unavailable(f"could not {action} the vector store at {self.uri}: {exc}") from exc
 
+    def connect(self) -> Any:
+        """The LanceDB connection (other tables live next to the runs, e.g. the catalogue)."""
+        if self._db is None:
+            with self._remote_errors("open"):
+                options = self._storage_options or None
+                self._db = lancedb.connect(self.uri, storage_options=options)
+        return self._db
+
     def _open(self, create: bool = False) -> Any:
         if self._table is not None:
             return self._table
+        db = self.connect()
         with self._remote_errors("open"):
-            if self._db is None:
-                options = self._storage_options or None
-                self._db = lancedb.connect(self.uri, storage_options=options)
             try:
-                table = self._db.open_table(self.table_name)
+                table = db.open_table(self.table_name)
             except ValueError:  # "Table ... was not found" (table_exists is not in this API)
                 if not create:
                     return None
-                table = self._db.create_table(self.table_name, schema=self.schema, exist_ok=True)
+                table = db.create_table(self.table_name, schema=self.schema, exist_ok=True)
+        missing = [f for f in self.schema if f.name not in table.schema.names]
+        if missing:  # a table written before these columns existed (new rows fill them)
+            with self._remote_errors("migrate"):
+                table.add_columns(pa.schema(missing))
         stored = table.schema.field(VECTOR_COLUMN).type
         if stored != self.schema.field(VECTOR_COLUMN).type:
             raise ConfigError(
@@ -208,7 +221,16 @@ class VectorStore:
                 found[run_id] = (digest, model)
         return found
 
-    def search(self, vector: np.ndarray, k: int = 10, where: str | None = None) -> list[dict]:
+    def _columns(self, with_vectors: bool) -> list[str]:
+        return [n for n in self.schema.names if with_vectors or n != VECTOR_COLUMN]
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        where: str | None = None,
+        with_vectors: bool = False,
+    ) -> list[dict]:
         """The ``k`` nearest runs by cosine distance, each with ``_distance`` (0 = same)."""
         query_vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         if query_vector.shape != (self.dim,):
@@ -216,8 +238,12 @@ class VectorStore:
         table = self._open()
         if table is None:
             return []
-        columns = [n for n in self.schema.names if n != VECTOR_COLUMN]
-        query = table.search(query_vector).distance_type("cosine").limit(k).select(columns)
+        query = (
+            table.search(query_vector)
+            .distance_type("cosine")
+            .limit(k)
+            .select(self._columns(with_vectors))
+        )
         if where:
             query = query.where(where, prefilter=True)
         if self._index_name(table) is not None:
@@ -225,12 +251,41 @@ class VectorStore:
         with self._remote_errors("query"):
             return query.to_list()
 
-    def _index_name(self, table: Any) -> str | None:
+    def text_search(
+        self, text: str, k: int = 10, where: str | None = None, with_vectors: bool = False
+    ) -> list[dict]:
+        """The ``k`` runs whose summaries best match ``text`` (BM25), each with ``_score``."""
+        table = self._open()
+        if table is None or not text.strip():
+            return []
+        if self._index_name(table, "FTS") is None:  # tables written before FTS existed
+            self._create_text_index(table)
+        query = table.search(text, query_type="fts").limit(k).select(self._columns(with_vectors))
+        if where:
+            query = query.where(where, prefilter=True)
+        with self._remote_errors("query"):
+            return query.to_list()
+
+    def rows(self, where: str, columns: Sequence[str], limit: int = 100) -> list[dict]:
+        """Rows matching a filter (no ranking), at most ``limit``."""
+        table = self._open()
+        if table is None:
+            return []
+        with self._remote_errors("query"):
+            return table.search().where(where).select(list(columns)).limit(limit).to_list()
+
+    def _index_name(self, table: Any, kind: str = "vector") -> str | None:
+        column = {"vector": VECTOR_COLUMN, "FTS": TEXT_COLUMN, "BTREE": "resource"}[kind]
         with self._remote_errors("read"):
             for index in table.list_indices():
-                if VECTOR_COLUMN in index.columns:
+                if column in index.columns:
                     return index.name
         return None
+
+    def _create_text_index(self, table: Any) -> None:
+        # Stemmed, lower-cased English words; ids and numbers stay whole tokens.
+        with self._remote_errors("index"):
+            table.create_index(TEXT_COLUMN, config=FTS(), replace=True)
 
     def ensure_index(self, min_rows: int = INDEX_MIN_ROWS) -> bool:
         """Build the ANN index once the table has ``min_rows``; keep it current after that.
@@ -242,11 +297,17 @@ class VectorStore:
         table = self._open()
         if table is None:
             return False
+        # The full-text index exists from the first row: BM25 needs corpus statistics, and
+        # rows added since it was built are searched unindexed until ``optimize`` folds them in.
+        if self._index_name(table, "FTS") is None:
+            self._create_text_index(table)
         rows = self.count()
         if rows < min_rows:
             return False
         name = self._index_name(table)
         with self._remote_errors("index"):
+            if self._index_name(table, "BTREE") is None:  # recent failures on one resource
+                table.create_index("resource", config=BTree())
             if name is not None:
                 stats = table.index_stats(name)
                 if stats is None or stats.num_unindexed_rows == 0:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from neuralops.embedding import HashingEmbedder, content_hash, run_summary
+from neuralops.embedding import HashingEmbedder, content_hash, incident_text, run_summary
 from neuralops.errors import ConfigError, InvalidInput
 from neuralops.vectorize import VectorizeResult, read_jsonl, vectorize_records
 from neuralops.vectorstore import VectorStore
@@ -49,7 +49,7 @@ def store(tmp_path) -> VectorStore:
 
 
 def test_first_run_writes_all_second_run_skips_all(store):
-    records = [rec(i) for i in range(10)]
+    records = [rec(i, alert=f"Alert{i}") for i in range(10)]
     done: list[int] = []
     first = vectorize_records(
         records, store, CountingEmbedder(), batch_size=4, progress=done.append
@@ -65,20 +65,30 @@ def test_first_run_writes_all_second_run_skips_all(store):
     assert store.count() == 10
 
 
-def test_changed_summary_re_embeds_only_that_run(store):
-    records = [rec(i) for i in range(6)]
+def test_changed_summary_rewrites_only_that_run(store):
+    records = [rec(i, alert=f"Alert{i}") for i in range(6)]
     vectorize_records(records, store, CountingEmbedder())
-    records[3] = rec(3, error="a different failure")
+    records[3] = rec(3, alert="Alert3", error="a different failure")
     embedder = CountingEmbedder()
     result = vectorize_records(records, store, embedder)
     assert (result.written, result.skipped, result.embedded_texts) == (1, 5, 1)
-    assert embedder.texts == [run_summary(records[3])]
+    # The vector is the incident's; the stored summary and its hash are the new ones.
+    assert (
+        embedder.texts == [incident_text(records[3])] == ["alert Alert3; labels namespace=payments"]
+    )
     assert store.fingerprints(["run-3"])["run-3"][0] == content_hash(run_summary(records[3]))
     assert store.count() == 6
 
 
+def test_a_run_without_an_incident_embeds_its_summary(store):
+    record = {**rec(1), "inputs": {"parameters": {"namespace": "payments"}}}
+    embedder = CountingEmbedder()
+    vectorize_records([record], store, embedder)
+    assert embedder.texts == [run_summary(record)]
+
+
 def test_changed_model_re_embeds_everything(store):
-    records = [rec(i) for i in range(6)]
+    records = [rec(i, alert=f"Alert{i}") for i in range(6)]
     vectorize_records(records, store, CountingEmbedder())
     embedder = CountingEmbedder(version="hashing-v2")
     result = vectorize_records(records, store, embedder)
@@ -91,10 +101,8 @@ def test_changed_model_re_embeds_everything(store):
 
 
 def test_duplicate_texts_are_embedded_once_within_and_across_batches(store):
-    # 12 runs, 2 distinct incidents: the ids differ, the summaries do not.
-    records = [
-        rec(i, error="rollout timed out" if i % 2 else "image pull failed") for i in range(12)
-    ]
+    # 12 runs, 2 distinct incidents: the ids and errors differ, the incidents do not.
+    records = [rec(i, alert="KubePodCrashLooping" if i % 2 else "OOMKilled") for i in range(12)]
     embedder = CountingEmbedder()
     result = vectorize_records(records, store, embedder, batch_size=5)
     assert (result.written, result.embedded_texts) == (12, 2)
@@ -105,7 +113,7 @@ def test_duplicate_texts_are_embedded_once_within_and_across_batches(store):
 def test_repeated_run_in_one_batch_keeps_the_last(store):
     result = vectorize_records([rec(1), rec(1, error="later")], store, CountingEmbedder())
     assert store.count() == 1 and result.written == 1
-    assert store.search(HashingEmbedder().embed([run_summary(rec(1, error="later"))])[0], k=1)[0][
+    assert store.search(HashingEmbedder().embed([incident_text(rec(1))])[0], k=1)[0][
         "summary"
     ].endswith("error: later")
 
