@@ -1,11 +1,14 @@
-"""HTTP API: the run logger, run history per workflow, the registry, health and metrics."""
+"""HTTP API: the run logger, run history per workflow, the registry, signals and ad-hoc
+analysis, playbook recommendations, health and metrics."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -17,16 +20,28 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
 from neuralops import __version__, registry, runs, signals
 from neuralops.db import get_engine
-from neuralops.errors import Conflict, InvalidInput, NotFound, Unavailable
+from neuralops.errors import ConfigError, Conflict, InvalidInput, NotFound, Unavailable
+from neuralops.incident import Incident
+from neuralops.recommend import (
+    MAX_TOP,
+    Recommender,
+    RecommendResult,
+    incident_from_signal,
+    recommender_from_settings,
+)
+from neuralops.registry import registered_manifests
 from neuralops.settings import get_settings
 from neuralops.sources import source_from_settings
+from neuralops.vectorstore import store_from_settings
+
+logger = logging.getLogger("neuralops.api")
 
 HTTP_REQUESTS = Counter(
     "neuralops_http_requests_total", "HTTP requests served", ["method", "route", "status"]
@@ -66,6 +81,66 @@ class SignalCollector:
             seen.add_metric([rule, method], n_anomalies)
         yield stored
         yield seen
+
+
+class RecommendRequest(BaseModel):
+    """What to recommend for: a recorded signal or an incident, not both."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"signal_id": "5f29b1e2-9bb5-4016-8919-175230f7ee84", "top": 3},
+                {
+                    "incident": {
+                        "alert": "KubePodOOMKilled",
+                        "summary": "payments-api pods OOMKilled 12 times in 15m",
+                        "labels": {"namespace": "payments", "service": "payments-api"},
+                    }
+                },
+            ]
+        },
+    )
+
+    signal_id: uuid.UUID | None = Field(
+        None, description="A recorded signal (GET /signals): its rule, hint and labels."
+    )
+    incident: Incident | None = Field(
+        None, description="An incident described by hand: alert, summary, labels, symptoms."
+    )
+    top: int = Field(5, ge=1, le=MAX_TOP, description="How many playbooks, best first.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RecommendRequest:
+        if (self.signal_id is None) == (self.incident is None):
+            raise ValueError("give exactly one of signal_id or incident")
+        return self
+
+
+class _Recommenders:
+    """The embedding model, loaded once per app (seconds); the recommender around it is
+    rebuilt per request (milliseconds), so newly vectorized runs and newly registered
+    playbooks count at once: a LanceDB table opened once never sees other writers' rows."""
+
+    def __init__(self, settings: Any, url: URL) -> None:
+        self.settings, self.url = settings, url
+        self._embedder: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Recommender:
+        with self._lock:
+            if self._embedder is None:
+                # Raises ConfigError (no playbooks) before loading anything.
+                built, warning = recommender_from_settings(self.settings, url=self.url)
+                if warning:
+                    logger.warning(warning)
+                getattr(built.embedder, "model", None)  # MiniLM loads lazily: here, once
+                self._embedder = built.embedder
+                return built
+        manifests = registered_manifests(url=self.url)
+        if not manifests:  # the registry was emptied since: the same ConfigError
+            recommender_from_settings(self.settings, url=self.url)
+        return Recommender(store_from_settings(self.settings), self._embedder, manifests)
 
 
 class RunLogged(BaseModel):
@@ -123,6 +198,11 @@ def create_app(database_url: URL | None = None) -> FastAPI:
 
     @app.exception_handler(Unavailable)
     async def upstream_down(_: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+    @app.exception_handler(ConfigError)
+    async def misconfigured(_: Request, exc: ConfigError) -> JSONResponse:
+        # Not the request's fault, and fixed on the server (e.g. register the playbooks).
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
     @app.exception_handler(OperationalError)
@@ -199,5 +279,29 @@ def create_app(database_url: URL | None = None) -> FastAPI:
     @app.get("/signals/{signal_id}", response_model=signals.Signal, tags=["signals"])
     def get_signal(signal_id: uuid.UUID) -> signals.Signal:
         return signals.get_signal(signal_id, url=url)
+
+    recommenders = _Recommenders(settings, url)
+
+    @app.post(
+        "/recommend",
+        response_model=RecommendResult,
+        tags=["recommend"],
+        responses={
+            200: {"description": "The ranked playbooks, or none and the reason."},
+            404: {"description": "The signal does not exist."},
+            422: {"description": "Neither or both of signal_id and incident, or an empty one."},
+            503: {"description": "No playbooks are registered, or a store is unreachable."},
+        },
+    )
+    def post_recommend(request: RecommendRequest) -> RecommendResult:
+        """The registered playbooks that fit this incident, best first: score, success rate
+        on similar past incidents, the runs that justify it, and its safety mode. Playbooks
+        contraindicated for the incident's symptoms are listed in ``excluded``, never ranked;
+        an empty list comes with the ``reason``."""
+        if request.signal_id is not None:
+            incident = incident_from_signal(signals.get_signal(request.signal_id, url=url))
+        else:
+            incident = request.incident
+        return recommenders.get().recommend(incident, top=request.top)
 
     return app

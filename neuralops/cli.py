@@ -7,7 +7,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
@@ -19,6 +19,9 @@ from sqlalchemy.exc import OperationalError
 from neuralops import db, registry, runs
 from neuralops.errors import ConfigError, InvalidInput, NeuralOpsError
 from neuralops.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from neuralops.recommend import RecommendResult
 
 app = typer.Typer(
     help="NeuralOps: anomaly signals, playbook recommendations, approved remediation.",
@@ -389,6 +392,94 @@ def detect_file(
     out.print(f"{rows} rows scored with {method} → {output_csv}")
 
 
+# --- recommend -------------------------------------------------------------------------------
+
+MAX_TOP = 20  # neuralops.recommend.MAX_TOP, not imported here: that module loads LanceDB
+
+
+@app.command()
+def recommend(
+    signal_id: Annotated[
+        str | None,
+        typer.Option("--signal-id", help="A recorded signal's id (`neuralops signals list`)."),
+    ] = None,
+    text: Annotated[
+        str | None,
+        typer.Option(
+            "--text", help="The incident in words: what is wrong and where (alert, service...)."
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, max=MAX_TOP, help="How many playbooks.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Which registered playbooks fix this incident, best first, and why (past similar runs,
+    their outcomes, the symptoms each treats). Give --signal-id or --text."""
+    from neuralops import signals
+    from neuralops.incident import Incident
+
+    if (signal_id is None) == (text is None):
+        raise typer.BadParameter(
+            "give exactly one of --signal-id (a recorded signal) or --text (the incident in words)",
+            param_hint="--signal-id / --text",
+        )
+    if text is not None and not text.strip():
+        raise typer.BadParameter(
+            "the incident text is empty: say what is wrong and where, e.g. "
+            "--text 'payments-api pods OOMKilled in namespace payments'",
+            param_hint="--text",
+        )
+    settings = get_settings()
+    _require_schema(settings)
+    signal = signals.get_signal(signal_id) if signal_id is not None else None  # NotFound: exit 2
+    # Only now: this loads LanceDB (seconds), which an unknown signal id does not need.
+    from neuralops.recommend import incident_from_signal, recommender_from_settings
+
+    if signal is not None:
+        incident = incident_from_signal(signal)
+    else:
+        try:
+            incident = Incident.from_text(text or "")
+        except ValidationError as exc:
+            raise InvalidInput.from_validation(exc, "--text") from exc
+    with err.status("loading the playbook catalogue and the embedding model"):
+        recommender, warning = recommender_from_settings(settings)
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    result = recommender.recommend(incident, top=top)
+    if as_json:
+        out.print_json(result.model_dump_json())
+        return
+    _print_recommendation(result)
+
+
+def _print_recommendation(result: RecommendResult) -> None:
+    from rich.text import Text
+
+    out.print(Text.assemble(("incident  ", "bold"), result.query))
+    symptoms = ", ".join(result.symptoms) or "none recognised"
+    out.print(Text.assemble(("symptoms  ", "bold"), f"{symptoms} ({result.symptom_source})"))
+    if result.recommendations:
+        # The justification is the point: a column of its own where it fits, else a
+        # numbered line under the table.
+        wide = out.width >= 120
+        table = Table("#", "playbook", "score", "success rate", "safety")
+        if wide:
+            table.add_column("justification")
+        for rank, r in enumerate(result.recommendations, start=1):
+            success = "-" if r.success_rate is None else f"{r.success_rate:.0%}"
+            row = [str(rank), Text(r.playbook_id, no_wrap=True), f"{r.score:.3f}"]
+            row += [f"{success} ({r.similar_runs} similar)", r.safety_mode]
+            table.add_row(*row, *([Text(r.justification)] if wide else []))
+        out.print(table)
+        if not wide:
+            for rank, r in enumerate(result.recommendations, start=1):
+                out.print(Text(f"{rank}. {r.playbook_id}: {r.justification}"))
+    else:
+        out.print(Text.assemble(("no recommendation: ", "yellow"), result.reason or ""))
+    for e in result.excluded:
+        out.print(Text(f"not suggested: {e.playbook_id} ({e.reason})"), style="dim")
+
+
 # --- seed and etl ----------------------------------------------------------------------------
 
 
@@ -428,6 +519,92 @@ def seed_runs(
             runs.log_runs(chunk)
             progress.advance(task, len(chunk))
     out.print(f"{count} runs seeded (syn-{seed}-{start:07d} .. syn-{seed}-{start + count - 1:07d})")
+
+
+@seed_app.command("signals")
+def seed_signals(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Record a few realistic demo signals (OOM kills in payments, p99 latency in checkout,
+    a filling PostgreSQL volume) to try `neuralops recommend --signal-id` on. Running it again
+    within a rule's cooldown records nothing new and prints the same ids."""
+    from neuralops import signals
+
+    _require_schema(get_settings())
+    candidates, cooldowns = _demo_signals(datetime.now(UTC))
+    recorded = signals.record_signals(candidates, cooldowns)
+    if as_json:
+        out.print_json(
+            json.dumps([{**r.signal.model_dump(mode="json"), "new": r.new} for r in recorded])
+        )
+        return
+    table = Table("rule", "labels", "recorded")
+    table.add_column("id", no_wrap=True, min_width=36)  # whole: it is copied into commands
+    for r in recorded:
+        shown = ", ".join(f"{k}={v}" for k, v in r.signal.labels.items() if k in _KEY_LABELS)
+        table.add_row(r.signal.rule, shown, "new" if r.new else "already", str(r.signal.id))
+    out.print(table)
+    out.print(f"Next: neuralops recommend --signal-id {recorded[0].signal.id}", highlight=False)
+
+
+_KEY_LABELS = ("namespace", "service", "pod", "persistentvolumeclaim", "symptom")
+
+
+def _demo_signals(now: datetime):
+    """(signal candidates, cooldown per rule): what detection with the shipped rules would
+    record for three incidents in progress at ``now``. Times sit on each rule's step grid, so
+    a second seeding in the same step changes nothing at all."""
+    from datetime import timedelta
+
+    from neuralops import signals
+
+    rules = {r.name: r for r in signals.load_rules(signals.default_rules_path())}
+    payments = {"namespace": "payments", "pod": "payments-api-7d9f8b6c4d-x2x7q"}
+    checkout = {"namespace": "checkout", "service": "checkout-web"}
+    volume = {
+        "namespace": "data",
+        "persistentvolumeclaim": "pgdata-postgres-main-0",
+        "pod": "postgres-main-0",
+    }
+    # rule, series labels, value, z, score, minutes since the episode started, correlated
+    demo = [
+        (
+            "oom-kills",
+            payments,
+            4.0,
+            9.1,
+            0.998,
+            12,
+            [("container-memory", payments, 0.93), ("pod-restarts", payments, 0.88)],
+        ),
+        ("http-latency-p99", checkout, 2.41, 6.4, 0.991, 9, [("http-error-ratio", checkout, 0.71)]),
+        ("pvc-usage", volume, 0.934, 5.3, 0.97, 40, []),
+    ]
+    candidates = []
+    for name, labels, value, z, score, minutes, related in demo:
+        rule = rules[name]
+        end = signals.range_end(now, rule.step)
+        start = end - max(timedelta(minutes=minutes) // rule.step, 1) * rule.step
+        candidates.append(
+            signals.SignalIn(
+                rule=rule.name,
+                query=rule.query,
+                labels={**labels, **rule.labels},
+                value=value,
+                score=score,
+                z=z,
+                method=rule.method,
+                hint=signals.hint(rule, labels, z, value, start.timestamp()),
+                correlated=[
+                    {"rule": other, "labels": series, "correlation": r}
+                    for other, series, r in related
+                ],
+                window_start=start,
+                window_end=end,
+                fingerprint=signals.fingerprint(rule.name, labels),
+            )
+        )
+    return candidates, {r.name: r.cooldown for r in rules.values()}
 
 
 @etl_app.command("export")

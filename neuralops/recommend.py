@@ -12,8 +12,8 @@
    candidate either; with none left the answer is an empty list and the reason.
 3. Scoring, each feature in [0, 1], combined with ``Weights`` chosen by
    ``bench/recommend.py`` on a tuning split (reports/recommend.md):
-   ``relevance`` (fused rank), ``similarity`` (best cosine to the playbook or one of its
-   similar runs), ``treats`` (it lists one of the incident's symptoms), ``success`` (its
+   ``relevance`` (fused rank; from history, only runs that resolved their incident count),
+   ``similarity`` (best cosine to the playbook or to a similar incident it resolved), ``treats`` (it lists one of the incident's symptoms), ``success`` (its
    outcome on similar incidents, weighted by similarity and age, smoothed toward 0.5 so one
    lucky run does not dominate), ``recency`` (how recently it last worked on a similar
    incident), minus ``failure`` times its recent failures on this same resource.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -156,12 +157,14 @@ class Candidates:
         tries = np.bincount(self.run_playbook[known], weight[known], count)
         success = (wins + PRIOR * PRIOR_STRENGTH) / (tries + PRIOR_STRENGTH)
 
+        # Only incidents a playbook resolved make it look right: being tried a lot and
+        # failing must not raise it.
         best_run = np.zeros(count)
-        similar = self.run_similar
-        np.maximum.at(best_run, self.run_playbook[similar], self.run_similarity[similar])
+        resolved = self.run_similar & (self.run_outcome == 1)
+        np.maximum.at(best_run, self.run_playbook[resolved], self.run_similarity[resolved])
         similarity = np.clip(np.maximum(self.catalogue_similarity, best_run), 0, 1)
 
-        worked = (self.run_outcome == 1) & similar
+        worked = resolved
         youngest = np.full(count, np.inf)
         np.minimum.at(youngest, self.run_playbook[worked], self.run_age_days[worked])
         recency = np.power(0.5, youngest / HALF_LIFE_DAYS)  # inf -> 0
@@ -278,7 +281,7 @@ class Catalogue:
         hits = (
             self.table.search(text, query_type="fts")
             .limit(len(self.manifests))
-            .select(["playbook_id"])
+            .select(["playbook_id", "_score"])
             .to_list()
         )
         return [h["playbook_id"] for h in hits]
@@ -299,6 +302,7 @@ class Recommender:
         self.weights = weights
         self.catalogue = Catalogue(store, embedder, manifests)
         self.model = model_id(embedder)
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="recommend")
 
     def candidates(
         self,
@@ -318,10 +322,23 @@ class Recommender:
         where = f"created_at < {_timestamp_sql(before)}" if before else None
 
         use_vectors, use_text = retrieval != "bm25", retrieval != "embedding"
-        vector_hits = self.store.search(query, NEIGHBOURS, where) if use_vectors else []
-        text_hits = (
-            self.store.text_search(words, NEIGHBOURS, where, with_vectors=True) if use_text else []
-        )
+        # The four lookups are independent I/O (LanceDB releases the GIL): run them together.
+        pending = {
+            "vector": self._pool.submit(self.store.search, query, NEIGHBOURS, where)
+            if use_vectors
+            else None,
+            "text": self._pool.submit(
+                self.store.text_search, words, NEIGHBOURS, where, with_vectors=True
+            )
+            if use_text
+            else None,
+            "catalogue": self._pool.submit(self.catalogue.text_ranking, words)
+            if use_text
+            else None,
+            "failures": self._pool.submit(self._recent_failures, incident.resource, now),
+        }
+        found = {key: job.result() if job else [] for key, job in pending.items()}
+        vector_hits, text_hits = found["vector"], found["text"]
         by_id: dict[str, dict[str, Any]] = {}
         for hit in vector_hits:
             by_id[hit["run_id"]] = {**hit, "similarity": 1.0 - float(hit["_distance"])}
@@ -336,7 +353,7 @@ class Recommender:
         runs = [by_id[r] for r in ordered if by_id[r].get("wpk_id") in self.catalogue.index]
 
         # Playbook rankings: catalogue by vector and by text; history by each playbook's
-        # best-ranked run in each run list.
+        # best-ranked run in each run list among the runs that resolved their incident.
         catalogue_similarity = self.catalogue.vectors @ query
         lists: list[list[str]] = []
         if use_vectors:
@@ -344,7 +361,7 @@ class Recommender:
             lists.append([manifests[i].id for i in order])
             lists.append(_playbooks_in_order(vector_hits))
         if use_text:
-            lists.append(self.catalogue.text_ranking(words))
+            lists.append(found["catalogue"])
             lists.append(_playbooks_in_order(text_hits))
         fused = _rrf(lists, PLAYBOOK_RRF_K)
         best = len(lists) / (PLAYBOOK_RRF_K + 1)
@@ -385,7 +402,7 @@ class Recommender:
             runs=[
                 {k: r.get(k) for k in ("run_id", "status", "created_at", "resource")} for r in runs
             ],
-            failures=self._recent_failures(incident.resource, now),
+            failures=found["failures"],
         )
 
     def _recent_failures(self, resource: str | None, now: datetime) -> dict[int, list[dict]]:
@@ -520,8 +537,10 @@ class Recommender:
 
 
 def _playbooks_in_order(hits: list[dict[str, Any]]) -> list[str]:
-    """Playbook ids in the order of their first (best) run among ``hits``."""
-    return list(dict.fromkeys(h["wpk_id"] for h in hits if h.get("wpk_id")))
+    """Playbook ids in the order of their best run among ``hits`` that resolved its incident."""
+    return list(
+        dict.fromkeys(h["wpk_id"] for h in hits if h.get("wpk_id") and h["status"] == "succeeded")
+    )
 
 
 def _age(delta: timedelta) -> str:

@@ -15,6 +15,7 @@ recall@10 ~0.97. IVF_PQ was slower to build and lost recall as the table grew.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +40,7 @@ VECTOR_COLUMN = "vector"
 TEXT_COLUMN = "summary"
 KEY = "run_id"
 _IN_CHUNK = 1000
+INDEX_CHECK_S = 60.0
 
 
 def schema(dim: int = 384) -> pa.Schema:
@@ -100,6 +102,7 @@ class VectorStore:
         self._storage_options = dict(storage_options or {})
         self._db: Any = None  # connected on first use: an object store may be slow to answer
         self._table: Any = None
+        self._index_seen: dict[str, tuple[bool, float]] = {}
 
     @contextlib.contextmanager
     def _remote_errors(self, action: str) -> Iterator[None]:
@@ -242,11 +245,11 @@ class VectorStore:
             table.search(query_vector)
             .distance_type("cosine")
             .limit(k)
-            .select(self._columns(with_vectors))
+            .select([*self._columns(with_vectors), "_distance"])
         )
         if where:
             query = query.where(where, prefilter=True)
-        if self._index_name(table) is not None:
+        if self._indexed(table, "vector"):
             query = search_params(query)
         with self._remote_errors("query"):
             return query.to_list()
@@ -258,9 +261,13 @@ class VectorStore:
         table = self._open()
         if table is None or not text.strip():
             return []
-        if self._index_name(table, "FTS") is None:  # tables written before FTS existed
+        if not self._indexed(table, "FTS"):  # tables written before FTS existed
             self._create_text_index(table)
-        query = table.search(text, query_type="fts").limit(k).select(self._columns(with_vectors))
+        query = (
+            table.search(text, query_type="fts")
+            .limit(k)
+            .select([*self._columns(with_vectors), "_score"])
+        )
         if where:
             query = query.where(where, prefilter=True)
         with self._remote_errors("query"):
@@ -274,6 +281,16 @@ class VectorStore:
         with self._remote_errors("query"):
             return table.search().where(where).select(list(columns)).limit(limit).to_list()
 
+    def _indexed(self, table: Any, kind: str) -> bool:
+        """Whether ``table`` has that index, looked up at most every INDEX_CHECK_S seconds
+        (listing indexes costs a few ms per query; another process may add one meanwhile)."""
+        now = time.monotonic()
+        known = self._index_seen.get(kind)
+        if known is None or now - known[1] > INDEX_CHECK_S:
+            known = (self._index_name(table, kind) is not None, now)
+            self._index_seen[kind] = known
+        return known[0]
+
     def _index_name(self, table: Any, kind: str = "vector") -> str | None:
         column = {"vector": VECTOR_COLUMN, "FTS": TEXT_COLUMN, "BTREE": "resource"}[kind]
         with self._remote_errors("read"):
@@ -286,6 +303,7 @@ class VectorStore:
         # Stemmed, lower-cased English words; ids and numbers stay whole tokens.
         with self._remote_errors("index"):
             table.create_index(TEXT_COLUMN, config=FTS(), replace=True)
+        self._index_seen["FTS"] = (True, time.monotonic())
 
     def ensure_index(self, min_rows: int = INDEX_MIN_ROWS) -> bool:
         """Build the ANN index once the table has ``min_rows``; keep it current after that.
@@ -304,6 +322,7 @@ class VectorStore:
         rows = self.count()
         if rows < min_rows:
             return False
+        self._index_seen.clear()  # indexes change below
         name = self._index_name(table)
         with self._remote_errors("index"):
             if self._index_name(table, "BTREE") is None:  # recent failures on one resource

@@ -1,0 +1,285 @@
+"""The recommender on a real LanceDB store with the real MiniLM model."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import lancedb
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+
+from neuralops.embedding import MiniLMEmbedder
+from neuralops.incident import Incident, infer_symptoms, resource_of, run_resource
+from neuralops.recommend import DEFAULT_WEIGHTS, MIN_SIMILARITY, Recommender, incident_from_signal
+from neuralops.registry import catalogue_dir, load_manifests
+from neuralops.vectorize import vectorize_records
+from neuralops.vectorstore import VectorStore
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> MiniLMEmbedder:
+    return MiniLMEmbedder()
+
+
+@pytest.fixture(scope="module")
+def manifests():
+    return load_manifests([catalogue_dir()])
+
+
+def run(
+    n: int,
+    playbook: str,
+    status: str,
+    *,
+    alert: str = "KubeLatencyHigh",
+    symptom: str = "high-latency",
+    namespace: str = "checkout",
+    service: str = "checkout-web",
+    summary: str = "p99 latency of checkout-web above 2s for 5m in checkout",
+    age: timedelta = timedelta(days=20),
+) -> dict:
+    created = (NOW - age - timedelta(minutes=n)).isoformat()
+    return {
+        "run_id": f"r-{playbook}-{status}-{n}",
+        "wpk_id": playbook,
+        "status": status,
+        "duration_ms": 60_000,
+        "inputs": {
+            "alert": {
+                "alertname": alert,
+                "namespace": namespace,
+                "service": service,
+                "severity": "critical",
+                "symptom": symptom,
+                "summary": summary,
+            }
+        },
+        "outputs": {"message": "done"} if status == "succeeded" else {"error": "rollout stuck"},
+        "node_logs": [],
+        "created_at": created,
+        "updated_at": created,
+    }
+
+
+def latency_incident(**labels: str) -> Incident:
+    return Incident(
+        alert="KubeLatencyHigh",
+        summary="p99 latency of checkout-web above 3s for 10m in checkout",
+        labels={"namespace": "checkout", "service": "checkout-web", "symptom": "high-latency"}
+        | labels,
+    )
+
+
+def oom_incident() -> Incident:
+    return Incident(
+        alert="KubePodOOMKilled",
+        summary="payments-api pods OOMKilled 12 times in 15m in payments",
+        labels={"namespace": "payments", "pod": "payments-api-7d9f8b6c4d-x2x7q"},
+    )
+
+
+def build(tmp_path, embedder, manifests, records, name="store") -> Recommender:
+    store = VectorStore(str(tmp_path / name))
+    if records:
+        vectorize_records(records, store, embedder)
+        store.ensure_index()
+    return Recommender(store, embedder, manifests)
+
+
+def ids(result) -> list[str]:
+    return [r.playbook_id for r in result.recommendations]
+
+
+# --- incidents ---------------------------------------------------------------------------
+
+
+def test_incident_needs_some_text():
+    with pytest.raises(ValidationError, match="the incident is empty"):
+        Incident(summary="   ", labels={"namespace": " "})
+    with pytest.raises(ValidationError, match="not a tag"):
+        Incident(summary="x", symptoms=["Out Of Memory"])
+
+
+def test_symptoms_declared_win_over_inferred():
+    assert infer_symptoms("KubePodOOMKilled") == ["oom-killed"]
+    assert infer_symptoms("pods forbidden: exceeded quota compute-resources") == ["quota-exceeded"]
+    assert infer_symptoms("write failed: no space left on device") == ["disk-full"]
+    assert infer_symptoms("the coffee machine is empty") == []
+    declared = Incident(summary="OOMKilled", labels={"symptom": "quota-exceeded, disk-full"})
+    assert declared.known_symptoms() == ["quota-exceeded", "disk-full"]
+    assert declared.symptom_source == "declared"
+    assert oom_incident().symptom_source == "inferred"
+
+
+def test_resource_is_namespace_and_workload():
+    assert oom_incident().resource == "payments/payments-api"
+    assert resource_of({"namespace": "data", "pod": "postgres-main-0"}) == "data/postgres-main"
+    assert resource_of({"severity": "page"}) is None
+    record = {"inputs": {"parameters": {"namespace": "orders", "target": "orders-api"}}}
+    assert run_resource(record) == "orders/orders-api"
+
+
+def test_a_signal_becomes_an_incident():
+    signal = SimpleNamespace(
+        rule="oom-kills",
+        hint="OOM kills of namespace=payments pod=payments-api-x is 9σ above its 3h baseline",
+        labels={"namespace": "payments", "pod": "payments-api-x", "symptom": "oom-killed"},
+    )
+    incident = incident_from_signal(signal)
+    assert incident.alert == "oom-kills" and incident.known_symptoms() == ["oom-killed"]
+
+
+# --- ranking -----------------------------------------------------------------------------
+
+
+def test_cold_start_works_from_the_catalogue_alone(tmp_path, embedder, manifests):
+    recommender = build(tmp_path, embedder, manifests, [])
+    result = recommender.recommend(oom_incident(), now=NOW)
+    assert ids(result)[0] == "raise-memory-limit"
+    first = result.recommendations[0]
+    assert first.evidence == [] and first.success_rate is None and first.similar_runs == 0
+    assert "no similar past runs" in first.justification
+    assert "treats oom-killed" in first.justification
+    assert 0 <= first.score <= 1 and first.safety_mode == "manual"
+    # restart-deployment restarts OOMKilled pods in vain: the catalogue says so.
+    assert "restart-deployment" not in ids(result)
+    assert {e.playbook_id for e in result.excluded} >= {"restart-deployment"}
+
+
+def test_history_of_success_ranks_the_fix_first(tmp_path, embedder, manifests):
+    cold = build(tmp_path, embedder, manifests, [], name="cold")
+    before = {
+        r.playbook_id: r.score for r in cold.recommend(latency_incident(), top=10).recommendations
+    }
+    history = [run(i, "scale-up-deployment", "succeeded") for i in range(7)]
+    history += [run(7, "scale-up-deployment", "failed")]
+    history += [run(10 + i, "adjust-hpa-limits", "failed") for i in range(6)]
+    recommender = build(tmp_path, embedder, manifests, history)
+    result = recommender.recommend(latency_incident(), now=NOW, top=10)
+
+    assert ids(result)[0] == "scale-up-deployment"
+    first = result.recommendations[0]
+    assert first.justification.startswith(
+        "7 of 8 similar KubeLatencyHigh incidents resolved by scale-up-deployment"
+    )
+    assert "most similar: run r-scale-up-deployment-" in first.justification
+    assert first.similar_runs == 8 and first.success_rate is not None
+    assert first.success_rate > 0.7
+    assert len(first.evidence) == 5 and all(e.similarity > 0.8 for e in first.evidence)
+    assert {e.status for e in first.evidence} <= {"succeeded", "failed"}
+    # The playbook that kept failing on such incidents scores lower than with no history.
+    failing = next(r for r in result.recommendations if r.playbook_id == "adjust-hpa-limits")
+    assert failing.justification.startswith("0 of 6 similar")
+    assert failing.success_rate is not None and failing.success_rate < 0.3
+    assert failing.score < before["adjust-hpa-limits"] < before["scale-up-deployment"] + 0.2
+
+
+def test_recent_failure_on_the_same_resource_is_penalised(tmp_path, embedder, manifests):
+    history = [run(i, "scale-up-deployment", "succeeded", age=timedelta(days=40)) for i in range(4)]
+    history += [
+        run(4 + i, "scale-up-deployment", "failed", age=timedelta(days=1)) for i in range(2)
+    ]
+    recommender = build(tmp_path, embedder, manifests, history)
+    here = recommender.recommend(latency_incident(), now=NOW, top=10)
+    elsewhere = recommender.recommend(
+        latency_incident(namespace="search", service="search-api"), now=NOW, top=10
+    )
+    mine = next(r for r in here.recommendations if r.playbook_id == "scale-up-deployment")
+    theirs = next(r for r in elsewhere.recommendations if r.playbook_id == "scale-up-deployment")
+    assert "demoted: failed 2x on checkout/checkout-web in the last 7 days" in mine.justification
+    assert mine.features["recent_failures"] == 2 and theirs.features["recent_failures"] == 0
+    assert mine.score < theirs.score - DEFAULT_WEIGHTS.failure / 2
+
+
+def test_contraindicated_playbook_is_filtered_however_similar(tmp_path, embedder, manifests):
+    # raise-memory-limit "worked" on quota incidents before: still never suggested for one.
+    quota = {
+        "alert": "KubeQuotaExceeded",
+        "symptom": "quota-exceeded",
+        "namespace": "payments",
+        "service": "payments-api",
+        "summary": "pods forbidden: exceeded quota compute-resources in payments",
+    }
+    history = [run(i, "raise-memory-limit", "succeeded", **quota) for i in range(6)]
+    recommender = build(tmp_path, embedder, manifests, history)
+    incident = Incident(
+        alert="KubeQuotaExceeded",
+        summary="pods forbidden: exceeded quota compute-resources in payments",
+        labels={"namespace": "payments", "service": "payments-api"},
+    )
+    result = recommender.recommend(incident, now=NOW, top=20)
+    assert result.symptoms == ["quota-exceeded"] and result.symptom_source == "inferred"
+    assert ids(result)[0] == "raise-resource-quota"
+    assert "raise-memory-limit" not in ids(result)
+    excluded = {e.playbook_id: e.reason for e in result.excluded}
+    assert excluded["raise-memory-limit"] == "contraindicated: the incident shows quota-exceeded"
+
+
+def test_no_good_candidate_is_an_empty_list_with_a_reason(tmp_path, embedder, manifests):
+    recommender = build(tmp_path, embedder, manifests, [])
+    result = recommender.recommend(Incident(summary="the coffee machine is empty"), now=NOW)
+    assert result.recommendations == []
+    assert result.reason is not None
+    assert "no playbook treats this incident" in result.reason
+    assert f"needs {MIN_SIMILARITY:.2f}" in result.reason
+
+
+def test_before_hides_later_history(tmp_path, embedder, manifests):
+    history = [run(i, "scale-up-deployment", "succeeded", age=timedelta(days=2)) for i in range(5)]
+    recommender = build(tmp_path, embedder, manifests, history)
+    now = recommender.recommend(latency_incident(), now=NOW)
+    earlier = recommender.recommend(latency_incident(), before=NOW - timedelta(days=3))
+    assert now.recommendations[0].similar_runs == 5
+    assert all(r.similar_runs == 0 for r in earlier.recommendations)
+
+
+def test_results_are_deterministic_for_the_same_data(tmp_path, embedder, manifests):
+    history = [run(i, "scale-up-deployment", "succeeded") for i in range(3)]
+    history += [run(3 + i, "restart-deployment", "failed") for i in range(3)]
+    history += [run(6 + i, "rollback-rollout", "succeeded") for i in range(2)]
+    recommender = build(tmp_path, embedder, manifests, history)
+    first = recommender.recommend(latency_incident(), now=NOW, top=20)
+    again = recommender.recommend(latency_incident(), now=NOW, top=20)
+    fresh = Recommender(VectorStore(str(tmp_path / "store")), embedder, manifests)
+    assert first == again == fresh.recommend(latency_incident(), now=NOW, top=20)
+    scores = [r.score for r in first.recommendations]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert len(recommender.recommend(latency_incident(), now=NOW, top=2).recommendations) == 2
+
+
+def test_catalogue_vectors_are_reused_until_a_manifest_changes(tmp_path, manifests):
+    class Counting(MiniLMEmbedder):
+        texts = 0
+
+        def embed(self, texts):
+            Counting.texts += len(texts)
+            return super().embed(texts)
+
+    store = VectorStore(str(tmp_path / "store"))
+    Recommender(store, Counting(), manifests)
+    assert Counting.texts == len(manifests)
+    Recommender(store, Counting(), manifests)
+    assert Counting.texts == len(manifests)  # read back from the playbooks table
+    changed = [m.model_copy(update={"description": m.description + " More."}) for m in manifests]
+    Recommender(store, Counting(), changed)
+    assert Counting.texts == 2 * len(manifests)
+
+
+def test_a_store_from_before_resource_and_symptoms_gains_the_columns(tmp_path, embedder):
+    old = pa.schema(
+        [
+            f
+            for f in VectorStore(str(tmp_path / "x")).schema
+            if f.name not in ("resource", "symptoms")
+        ]
+    )
+    lancedb.connect(str(tmp_path / "old")).create_table("runs", schema=old)
+    store = VectorStore(str(tmp_path / "old"))
+    vectorize_records([run(1, "scale-up-deployment", "failed")], store, embedder)
+    row = store.rows("run_id = 'r-scale-up-deployment-failed-1'", ["resource", "symptoms"])[0]
+    assert row == {"resource": "checkout/checkout-web", "symptoms": "high-latency"}
+    assert store.text_search("checkout latency", k=1)[0]["run_id"].startswith("r-scale-up")
