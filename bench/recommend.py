@@ -249,6 +249,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--latency-queries", type=int, default=200)
     parser.add_argument("--report", type=Path)
+    parser.add_argument(
+        "--only", choices=["quality", "latency"], help="one half (latency uses DEFAULT_WEIGHTS)"
+    )
     args = parser.parse_args()
 
     manifests = sorted(load_manifests([catalogue_dir()]), key=lambda m: m.id)
@@ -268,9 +271,8 @@ def main() -> None:
     vectorized = vectorize_records(history, store, embedder, batch_size=2048)
     store.ensure_index()
     vectorize_s = time.perf_counter() - start
-    print(
-        f"vectorized {vectorized.written} runs ({vectorized.embedded_texts} texts) in {vectorize_s:.0f} s"
-    )
+    texts = vectorized.embedded_texts
+    print(f"vectorized {vectorized.written} runs ({texts} texts) in {vectorize_s:.0f} s")
     recommender = Recommender(store, embedder, manifests)
     # Cold start: the same catalogue, no history at all.
     cold_recommender = Recommender(VectorStore(str(work / "empty")), embedder, manifests)
@@ -294,79 +296,87 @@ def main() -> None:
                 )
         return out
 
-    start = time.perf_counter()
-    tune_sets = candidate_sets(tune, modes=("hybrid", "cold"))
-    tune_labels = np.array([index[r["wpk_id"]] for r in tune])
-    weights, tuned, tuned_cold, tried = grid_search(
-        tune_sets["hybrid"], tune_sets["cold"], tune_labels
-    )
-    print(f"grid search: {tried} settings; chosen {weights}; tuning {tuned}, cold {tuned_cold}")
-
-    test_sets = candidate_sets(test, modes=("hybrid", "bm25", "embedding", "cold"))
-    blind_sets = candidate_sets(test, keep_symptom=False, modes=("hybrid",))
-    test_labels = np.array([index[r["wpk_id"]] for r in test])
-    eval_s = time.perf_counter() - start
-
-    def relevance_only(cands: list[Candidates]) -> np.ndarray:
-        return np.stack([c.relevance for c in cands])
-
-    rows = {
-        "BM25 only (catalogue + runs, RRF)": metrics(
-            label_ranks(relevance_only(test_sets["bm25"]), test_labels)
-        ),
-        "embedding only (catalogue + runs, RRF)": metrics(
-            label_ranks(relevance_only(test_sets["embedding"]), test_labels)
-        ),
-        "hybrid retrieval only (no outcomes, no filter)": metrics(
-            label_ranks(relevance_only(test_sets["hybrid"]), test_labels)
-        ),
-        "**recommender** (tuned weights)": metrics(
-            label_ranks(np.stack([score(c, weights) for c in test_sets["hybrid"]]), test_labels)
-        ),
-        "recommender, cold start (catalogue only, no history)": metrics(
-            label_ranks(np.stack([score(c, weights) for c in test_sets["cold"]]), test_labels)
-        ),
-        "recommender, symptom label removed (symptoms read from text)": metrics(
-            label_ranks(np.stack([score(c, weights) for c in blind_sets["hybrid"]]), test_labels)
-        ),
-        "oracle: the generator's own success rates": metrics(
-            label_ranks(oracle_scores(test, manifests), test_labels)
-        ),
-    }
-    for name, m in rows.items():
-        print(f"{name:70s} top1 {m['top1']:.3f} top3 {m['top3']:.3f} mrr {m['mrr']:.3f}")
-
-    # Replay: every incident recommended from the runs before it only.
-    tuned_recommender = Recommender(store, embedder, manifests, weights=weights)
-    succeeded = [r for r in history if r["status"] == "succeeded"]
-    step = max(1, len(succeeded) // args.replay)
-    replayed = succeeded[::step][: args.replay]
-    hits = []
-    for record in replayed:
-        result = tuned_recommender.recommend(query_of(record), top=3, before=when(record))
-        ids = [r.playbook_id for r in result.recommendations]
-        position = history.index(record)
-        hits.append((position, ids[:1] == [record["wpk_id"]], record["wpk_id"] in ids))
-    quarters = np.array_split(np.array(hits, dtype=object), 4)
-    replay_rows = []
-    for k, part in enumerate(quarters):
-        first, last = int(part[0][0]), int(part[-1][0])
-        replay_rows.append(
-            (
-                f"Q{k + 1}: history of {first:,}-{last:,} runs",
-                len(part),
-                float(np.mean([h[1] for h in part])),
-                float(np.mean([h[2] for h in part])),
-            )
+    weights, tuned, tuned_cold, tried, rows, eval_s = DEFAULT_WEIGHTS, {}, {}, 0, {}, 0.0
+    replay_rows, replay_all, hits = [], (0.0, 0.0), []
+    if args.only != "latency":
+        start = time.perf_counter()
+        tune_sets = candidate_sets(tune, modes=("hybrid", "cold"))
+        tune_labels = np.array([index[r["wpk_id"]] for r in tune])
+        weights, tuned, tuned_cold, tried = grid_search(
+            tune_sets["hybrid"], tune_sets["cold"], tune_labels
         )
-    replay_all = (float(np.mean([h[1] for h in hits])), float(np.mean([h[2] for h in hits])))
-    print(f"replay over {len(hits)} incidents: hit@1 {replay_all[0]:.3f} hit@3 {replay_all[1]:.3f}")
+        print(f"grid search: {tried} settings; chosen {weights}; tuning {tuned}, cold {tuned_cold}")
+
+        test_sets = candidate_sets(test, modes=("hybrid", "bm25", "embedding", "cold"))
+        blind_sets = candidate_sets(test, keep_symptom=False, modes=("hybrid",))
+        test_labels = np.array([index[r["wpk_id"]] for r in test])
+        eval_s = time.perf_counter() - start
+
+        def relevance_only(cands: list[Candidates]) -> np.ndarray:
+            return np.stack([c.relevance for c in cands])
+
+        rows = {
+            "BM25 only (catalogue + runs, RRF)": metrics(
+                label_ranks(relevance_only(test_sets["bm25"]), test_labels)
+            ),
+            "embedding only (catalogue + runs, RRF)": metrics(
+                label_ranks(relevance_only(test_sets["embedding"]), test_labels)
+            ),
+            "hybrid retrieval only (no outcomes, no filter)": metrics(
+                label_ranks(relevance_only(test_sets["hybrid"]), test_labels)
+            ),
+            "**recommender** (tuned weights)": metrics(
+                label_ranks(np.stack([score(c, weights) for c in test_sets["hybrid"]]), test_labels)
+            ),
+            "recommender, cold start (catalogue only, no history)": metrics(
+                label_ranks(np.stack([score(c, weights) for c in test_sets["cold"]]), test_labels)
+            ),
+            "recommender, symptom label removed (symptoms read from text)": metrics(
+                label_ranks(
+                    np.stack([score(c, weights) for c in blind_sets["hybrid"]]), test_labels
+                )
+            ),
+            "oracle: the generator's own success rates": metrics(
+                label_ranks(oracle_scores(test, manifests), test_labels)
+            ),
+        }
+        for name, m in rows.items():
+            print(f"{name:70s} top1 {m['top1']:.3f} top3 {m['top3']:.3f} mrr {m['mrr']:.3f}")
+
+        # Replay: every incident recommended from the runs before it only.
+        tuned_recommender = Recommender(store, embedder, manifests, weights=weights)
+        succeeded = [r for r in history if r["status"] == "succeeded"]
+        step = max(1, len(succeeded) // args.replay)
+        replayed = succeeded[::step][: args.replay]
+        hits = []
+        for record in replayed:
+            result = tuned_recommender.recommend(query_of(record), top=3, before=when(record))
+            ids = [r.playbook_id for r in result.recommendations]
+            position = history.index(record)
+            hits.append((position, ids[:1] == [record["wpk_id"]], record["wpk_id"] in ids))
+        quarters = np.array_split(np.array(hits, dtype=object), 4)
+        replay_rows = []
+        for k, part in enumerate(quarters):
+            first, last = int(part[0][0]), int(part[-1][0])
+            replay_rows.append(
+                (
+                    f"Q{k + 1}: history of {first:,}-{last:,} runs",
+                    len(part),
+                    float(np.mean([h[1] for h in part])),
+                    float(np.mean([h[2] for h in part])),
+                )
+            )
+        replay_all = (
+            float(np.mean([h[1] for h in hits])),
+            float(np.mean([h[2] for h in hits])),
+        )
+        print(f"replay of {len(hits)}: hit@1 {replay_all[0]:.3f} hit@3 {replay_all[1]:.3f}")
 
     # Latency at scale.
     base = store.connect().open_table("runs").to_arrow()
     incidents = [query_of(r) for r in test]
     latency_rows = []
-    for size in args.sizes:
+    for size in args.sizes if args.only != "quality" else []:
         start = time.perf_counter()
         scaled, index_s = scaled_store(base, size, work / f"scale-{size}")
         build_s = time.perf_counter() - start
@@ -374,7 +384,7 @@ def main() -> None:
         lat = latency(scaled_recommender, incidents, args.latency_queries)
         latency_rows.append((size, lat, build_s, index_s))
         print(
-            f"{size:>9,} runs: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms (store built in {build_s:.0f} s)"
+            f"{size:>9,} runs: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms ({build_s:.0f} s)"
         )
     embed_lat = []
     for incident in incidents[: args.latency_queries]:
@@ -429,6 +439,50 @@ def write_report(
         f"{_cores()} cores, Python {platform.python_version()}; LanceDB in a local directory, "
         "all-MiniLM-L6-v2 on the CPU"
     )
+    title = "Recommendation: accuracy, replay and latency"
+    if rows:
+        write_quality(
+            args,
+            env,
+            title,
+            weights,
+            tuned,
+            tuned_cold,
+            tried,
+            rows,
+            replay_rows,
+            replay_all,
+            replayed,
+            n_history,
+            n_tune,
+            n_test,
+            vectorized,
+            vectorize_s,
+            eval_s,
+        )
+    if latency_rows:
+        write_latency(args, env, title, latency_rows, embed_ms)
+
+
+def write_quality(
+    args,
+    env,
+    title,
+    weights,
+    tuned,
+    tuned_cold,
+    tried,
+    rows,
+    replay_rows,
+    replay_all,
+    replayed,
+    n_history,
+    n_tune,
+    n_test,
+    vectorized,
+    vectorize_s,
+    eval_s,
+) -> None:
     quality = [
         "## Accuracy on the held-out split",
         "",
@@ -490,6 +544,12 @@ def write_report(
         *(f"| {name} | {n} | {h1:.3f} | {h3:.3f} |" for name, n, h1, h3 in replay_rows),
         f"| **all** | {replayed} | **{replay_all[0]:.3f}** | **{replay_all[1]:.3f}** |",
     ]
+    write_section(args.report, "recommend-accuracy", "\n".join(quality), title=title)
+    write_section(args.report, "recommend-weights", "\n".join(tuning))
+    write_section(args.report, "recommend-replay", "\n".join(replay))
+
+
+def write_latency(args, env, title, latency_rows, embed_ms) -> None:
     speed = [
         "## Latency",
         "",
@@ -503,16 +563,12 @@ def write_report(
         "| stored runs | p50 | p99 | store written | indexes built |",
         "| ---: | ---: | ---: | ---: | ---: |",
         *(
-            f"| {size:,} | {lat['p50']:.1f} ms | {lat['p99']:.1f} ms | {build:.0f} s | {index:.0f} s |"
+            f"| {size:,} | {lat['p50']:.1f} ms | {lat['p99']:.1f} ms | {build:.0f} s "
+            f"| {index:.0f} s |"
             for size, lat, build, index in latency_rows
         ),
     ]
-    title = "Recommendation: accuracy, replay and latency"
-    write_section(args.report, "recommend-accuracy", "\n".join(quality), title=title)
-    write_section(args.report, "recommend-weights", "\n".join(tuning))
-    write_section(args.report, "recommend-replay", "\n".join(replay))
-    if latency_rows:
-        write_section(args.report, "recommend-latency", "\n".join(speed))
+    write_section(args.report, "recommend-latency", "\n".join(speed), title=title)
 
 
 def _cores() -> int:

@@ -8,9 +8,17 @@ a warning; it never falls back silently, and ``load_embedder("minilm")`` refuses
 Each vector is stored with its model name and version; a different model means the stored
 vectors are not comparable and the vectorize pipeline re-embeds every run.
 
+What is embedded
+----------------
+A run's vector embeds the incident it handled (``incident_text``: the ``alert``, ``labels``
+and ``incident`` parts below), so the recommender finds past incidents like a new one
+whatever was done about them; the outcome is in the row's ``status``. A run logged without
+any incident embeds its whole summary instead.
+
 The run summary
 ---------------
-``run_summary`` builds the embedded text from an exported, already-redacted run record::
+``run_summary`` builds the stored, full-text-searched summary from an exported,
+already-redacted run record::
 
     playbook <wpk_id>; status <status> after <duration bucket>; alert <alertname>;
     labels <k=v sorted by key>; incident: <incident summary>; error: <outputs.error>;
@@ -248,7 +256,7 @@ def _volatile(key: str) -> bool:
 
 
 def run_summary(record: Mapping[str, Any]) -> str:
-    """The text embedded for one run (format in the module docstring)."""
+    """The stored summary of one run (format in the module docstring)."""
     parts = [f"playbook {_clean(record.get('wpk_id')) or 'unknown'}"]
     status = _clean(record.get("status")) or "unknown"
     duration = record.get("duration_ms")

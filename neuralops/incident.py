@@ -183,8 +183,13 @@ class Incident(BaseModel):
         return "; ".join(incident_parts(self.alert, self.labels, self.summary))
 
     def title(self) -> str:
-        """Short name for justifications: the alert name, else the start of the summary."""
+        """Short name for justifications ("7 of 8 similar <title> incidents"): the alert name,
+        else its symptoms, else the start of the summary, else "such"."""
         if self.alert:
             return self.alert
+        if symptoms := self.known_symptoms():
+            return "/".join(symptoms)
         summary = self.summary or ""
-        return summary if len(summary) <= 60 else summary[:59].rstrip() + "…"
+        if not summary:
+            return "such"
+        return summary if len(summary) <= 40 else summary[:39].rstrip() + "…"

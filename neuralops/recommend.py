@@ -13,10 +13,11 @@
 3. Scoring, each feature in [0, 1], combined with ``Weights`` chosen by
    ``bench/recommend.py`` on a tuning split (reports/recommend.md):
    ``relevance`` (fused rank; from history, only runs that resolved their incident count),
-   ``similarity`` (best cosine to the playbook or to a similar incident it resolved), ``treats`` (it lists one of the incident's symptoms), ``success`` (its
-   outcome on similar incidents, weighted by similarity and age, smoothed toward 0.5 so one
-   lucky run does not dominate), ``recency`` (how recently it last worked on a similar
-   incident), minus ``failure`` times its recent failures on this same resource.
+   ``similarity`` (best cosine to the playbook or to a similar incident it resolved),
+   ``treats`` (it lists one of the incident's symptoms), ``success`` (its outcome on similar
+   incidents, weighted by similarity and age, smoothed toward 0.5 so one lucky run does not
+   dominate), ``recency`` (how recently it last worked on a similar incident), minus
+   ``failure`` times its recent failures on this same resource.
 """
 
 from __future__ import annotations
@@ -79,13 +80,13 @@ class Weights:
 
 # Chosen by bench/recommend.py on the tuning split (reports/recommend.md, "Weights").
 DEFAULT_WEIGHTS = Weights(
-    relevance=0.2,
-    similarity=0.1,
+    relevance=0.1,
+    similarity=0.0,
     treats=0.3,
     success=0.3,
-    recency=0.1,
+    recency=0.3,
     failure=0.3,
-    temperature=0.05,
+    temperature=0.1,
 )
 
 
@@ -502,7 +503,8 @@ class Recommender:
                 won_here = sum(candidates.run_outcome[i] == 1 for i in here)
                 text += f" ({won_here} of {len(here)}{where})"
             parts.append(text)
-            first = similar[0]
+            resolved = [i for i in similar if candidates.run_outcome[i] == 1]
+            first = (resolved or similar)[0]
             parts.append(
                 f"most similar: run {candidates.runs[first]['run_id']} "
                 f"({candidates.runs[first]['status']}), {candidates.run_similarity[first]:.2f}"
@@ -574,7 +576,9 @@ def recommender_from_settings(
     settings: Any = None, *, url: Any = None, embedder: str | None = None
 ) -> tuple[Recommender, str | None]:
     """(recommender over the registered playbooks and the configured vector store, a warning
-    when the embedder fell back to hashing). Loading MiniLM takes seconds: keep the result."""
+    when the embedder fell back to hashing). Loading MiniLM takes seconds: a long-lived
+    process keeps the embedder and builds a Recommender per request (~10 ms), so it sees
+    runs and playbooks added since."""
     from neuralops.embedding import load_embedder
     from neuralops.errors import ConfigError
     from neuralops.registry import registered_manifests
