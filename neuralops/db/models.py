@@ -167,6 +167,14 @@ class Incident(Timestamps, Base):
     pre_state: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     post_state: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # Migration 0004: what runs where, why approval is (not) needed, how it ended.
+    parameters: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    cluster: Mapped[str | None] = mapped_column(String(63))
+    mode: Mapped[str | None] = mapped_column(String(8))  # manual | auto, after the breakers
+    mode_reason: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None]  # approval deadline
+    outcome: Mapped[str | None] = mapped_column(String(16))  # resolved | not_resolved
+    run_id: Mapped[str | None] = mapped_column(String(128))  # the execution in workflow_runs
 
 
 class EtlWatermark(Base):
@@ -195,6 +203,22 @@ class AuditLog(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditShipment(Base):
+    """A batch of audit entries (first_seq..last_seq) copied to the archive, with the SHA-256
+    of the batch object (migration 0004). Entries after the last shipped seq are pending."""
+
+    __tablename__ = "audit_shipments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    last_seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    entries: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    object_key: Mapped[str] = mapped_column(String(512))
+    sink: Mapped[str] = mapped_column(String(512))
+    shipped_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Cluster(Base):
