@@ -49,7 +49,54 @@ class Settings(BaseSettings):
     vault_addr: str | None = Field(None, validation_alias=_env("VAULT_ADDR"))
     vault_role: str | None = Field(None, validation_alias=_env("VAULT_ROLE"))
     vault_token: SecretStr | None = Field(None, validation_alias=_env("VAULT_TOKEN"))
+    vault_transit_mount: str = Field("transit", description="Mount path of Vault's transit engine.")
+    signing_key: str = Field(
+        "neuralops-playbooks", description="Vault transit key (ecdsa-p256) that signs playbooks."
+    )
+    signing_key_file: Path | None = Field(
+        None,
+        description="DEV ONLY: a local P-256 private key (PEM) used when VAULT_ADDR is unset; "
+        "unset means <data dir>/keys/signing-dev.pem.",
+    )
+    signing_public_key: Path | None = Field(
+        None,
+        description="PEM public key that playbook signatures must verify against (pinned); "
+        "unset means the key exported from Vault transit, or the dev key's.",
+    )
+    approval_public_key: Path | None = Field(
+        None, description="PEM public key of the identity provider that signs approval tokens."
+    )
+    approval_jwks_url: str | None = Field(
+        None, description="JWKS URL of the identity provider (instead of a PEM key)."
+    )
+    approval_issuer: str | None = Field(None, description="Required `iss` of approval tokens.")
+    approval_audience: str | None = Field(None, description="Required `aud` of approval tokens.")
+    approval_timeout_s: int = Field(
+        3600, gt=0, le=7 * 86400, description="How long a remediation waits for approval."
+    )
+    kill_switch: bool = Field(
+        False, description="Force manual approval for every remediation, whatever the playbook."
+    )
+    storm_max_incidents: int = Field(
+        10, ge=1, description="More incidents than this within storm_window_s forces manual."
+    )
+    storm_window_s: int = Field(900, gt=0)
+    storm_max_failures: int = Field(
+        3, ge=1, description="This many consecutive failed executions of a playbook force manual."
+    )
+    max_remediations_per_cluster: int = Field(
+        2, ge=1, description="Concurrent remediations per cluster (a Prefect concurrency limit)."
+    )
+    settle_s: int = Field(
+        120, ge=0, le=3600, description="Wait after execution before checking the signal again."
+    )
     s3_bucket: str | None = Field(None, validation_alias=_env("S3_BUCKET"))
+    audit_dir: Path | None = Field(
+        None, description="Local audit archive (the default sink); unset means <data dir>/audit."
+    )
+    audit_retention_days: int = Field(
+        365, ge=1, description="S3 Object Lock retention of shipped audit batches, where enabled."
+    )
     s3_endpoint_url: str | None = Field(
         None,
         validation_alias=AliasChoices(
@@ -77,12 +124,16 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(2 * 1024 * 1024, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("data_dir", "replay_file")
+    @field_validator(
+        "data_dir", "replay_file", "signing_key_file", "signing_public_key", "audit_dir"
+    )
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
-    @field_validator("prom_url", "vault_addr", "s3_endpoint_url", "prefect_api_url")
+    @field_validator(
+        "prom_url", "vault_addr", "s3_endpoint_url", "prefect_api_url", "approval_jwks_url"
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value and not value.startswith(("http://", "https://")):
@@ -103,6 +154,10 @@ class Settings(BaseSettings):
         if self.postgres_dsn is None:
             return URL.create("sqlite+pysqlite", database=str(self.sqlite_path))
         return postgres_url(self.postgres_dsn.get_secret_value())
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_dir or self.data_dir / "audit"
 
     @property
     def vector_uri(self) -> str:
