@@ -40,6 +40,8 @@ app.add_typer(playbook_app, name="playbook")
 app.add_typer(signals_app, name="signals")
 app.add_typer(seed_app, name="seed")
 app.add_typer(etl_app, name="etl")
+token_app = typer.Typer(help="Approval tokens (DEV ONLY helpers).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -251,6 +253,120 @@ def playbook_runs(
     out.print(table)
     hint = f"; next: --page {result.next_page}" if result.next_page else ""
     out.print(f"page {result.page} of {result.pages} ({result.total} runs){hint}")
+
+
+# --- playbook signatures (docs/policies/safety.md) -------------------------------------------
+
+
+def _playbook_ids(playbook_id: str | None, every: bool) -> list[str]:
+    from neuralops.signing import registered_ids
+
+    if every == (playbook_id is not None):
+        raise typer.BadParameter("give one playbook ID, or --all (not both)", param_hint="ID")
+    if playbook_id is not None:
+        return [playbook_id]
+    ids = registered_ids()
+    if not ids:
+        raise NeuralOpsError("the registry is empty: `neuralops playbook add DIR` first")
+    return ids
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name in some containers
+        return "cli"
+
+
+@playbook_app.command("sign")
+def playbook_sign(
+    playbook_id: Annotated[str | None, typer.Argument(metavar="ID", help="Playbook id.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Sign every registered playbook.")] = False,
+) -> None:
+    """Sign playbooks (ECDSA P-256 over the canonical manifest) with the Vault transit key, or,
+    without VAULT_ADDR, with the DEV ONLY local key."""
+    from neuralops import signing
+
+    settings = get_settings()
+    _require_schema(settings)
+    ids = _playbook_ids(playbook_id, every)
+    signer = signing.signer_from_settings(settings)
+    if signer.dev:
+        err.print(
+            "[yellow]warning:[/] DEV ONLY: signing with the local key file "
+            f"{signing.dev_key_path(settings)}; set VAULT_ADDR and VAULT_TOKEN to sign with "
+            "Vault transit",
+            highlight=False,
+        )
+    table = Table("playbook", "version", "sha256")
+    signed: list[signing.SignResult] = []
+    for pid in ids:
+        signed.append(signing.sign_playbook(pid, signer, actor=_actor()))
+        table.add_row(pid, signed[-1].version, signed[-1].sha256[:16])
+    out.print(table)
+    key_id = signed[-1].key_id
+    kind = "the DEV key (not for production)" if signer.dev else "Vault transit"
+    out.print(f"{len(signed)} signed with {key_id}: {kind}", highlight=False)
+    pinned = settings.signing_public_key
+    signed_by = signing.split_key_id(key_id)[1]
+    if pinned and signing.key_fingerprint(signing.trusted_public_key(settings)) != signed_by:
+        err.print(
+            f"[yellow]warning:[/] NEURALOPS_SIGNING_PUBLIC_KEY {pinned} is another key: "
+            "these signatures will not verify until it is the signer's public key",
+            highlight=False,
+        )
+
+
+@playbook_app.command("verify")
+def playbook_verify(
+    playbook_id: Annotated[str | None, typer.Argument(metavar="ID", help="Playbook id.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Verify every registered playbook.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check signatures against the trusted key, as the dry-run does; exit 1 if any fails."""
+    from neuralops import signing
+    from neuralops.cosign_enforcer import SignatureRejected, enforce
+    from neuralops.manifest import parse_manifest
+
+    settings = get_settings()
+    _require_schema(settings)
+    ids = _playbook_ids(playbook_id, every)
+    public_key = signing.trusted_public_key(settings)
+    results = []
+    for pid in ids:
+        row = registry.get_playbook(pid)
+        result = {"id": pid, "version": row.version, "key_id": row.key_id}
+        try:
+            enforce(parse_manifest(row.manifest, pid), row.signature, row.key_id, public_key)
+            result |= {"verified": True, "reason": None, "detail": None}
+        except SignatureRejected as exc:
+            result |= {"verified": False, "reason": exc.reason, "detail": exc.detail}
+        results.append(result)
+    failed = [r for r in results if not r["verified"]]
+    trusted = {
+        "fingerprint": signing.key_fingerprint(public_key),
+        "source": signing.trusted_key_source(settings),
+    }
+    if as_json:
+        out.print_json(json.dumps({"trusted_key": trusted, "playbooks": results}))
+    else:
+        table = Table("playbook", "version", "result", "detail")
+        for r in results:
+            verdict = "[green]verified[/]" if r["verified"] else f"[red]{r['reason']}[/]"
+            table.add_row(r["id"], r["version"], verdict, r["detail"] or r["key_id"] or "")
+        out.print(table)
+        out.print(
+            f"{len(results) - len(failed)} verified, {len(failed)} refused; trusted key "
+            f"{trusted['fingerprint']} ({trusted['source']})",
+            highlight=False,
+        )
+        if failed:
+            fix = f"neuralops playbook sign {failed[0]['id'] if len(failed) == 1 else '--all'}"
+            out.print(f"after reviewing the manifests: `{fix}`", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 # --- detection -------------------------------------------------------------------------------
@@ -675,6 +791,149 @@ def etl_vectorize(
     )
 
 
+# --- audit (docs/policies/audit.md) ----------------------------------------------------------
+
+audit_app = typer.Typer(
+    help="The hash-chained audit trail: verify it, ship it to the archive, list it.",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
+
+if TYPE_CHECKING:
+    from neuralops.audit import ShipResult
+
+
+@audit_app.command("verify")
+def audit_verify(
+    archive: Annotated[
+        Path | None,
+        typer.Option(
+            help="Verify a copy of the archive in this directory instead (offline, no database)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Recompute the chain and report the first broken entry (exit 1 when broken)."""
+    from neuralops import audit
+
+    if archive is not None:
+        result = audit.verify_archive(archive)
+    else:
+        _require_schema(get_settings())
+        result = audit.verify_all()
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "entries": result.entries,
+                    "broken_seq": result.broken_seq,
+                    "reason": result.reason,
+                    "source": str(archive) if archive is not None else "database",
+                }
+            )
+        )
+    elif result.ok:
+        out.print(f"[green]audit chain intact: {result.entries} entries[/]", highlight=False)
+    else:
+        out.print(
+            f"[red]audit chain broken at entry {result.broken_seq}: {result.reason}[/]",
+            highlight=False,
+        )
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("ship")
+def audit_ship(
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Entries per archived batch.")
+    ] = 1000,
+    retries: Annotated[
+        int, typer.Option(min=0, max=10, help="Retries per batch (waits 1 s, 2 s, 4 s, ...).")
+    ] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Copy pending audit entries to the archive (S3_BUCKET, else the local audit directory).
+
+    A batch that fails stays pending and is sent by the next run."""
+    from neuralops import audit
+
+    _require_schema(get_settings())
+    sink = audit.sink_from_settings(get_settings())
+    pending = audit.pending_count()
+    total = -(-pending // batch_size)
+    try:
+        if total > 1:
+            with _progress(pending, "shipping audit entries") as progress:
+                task = progress.add_task("entries", total=pending)
+                result = audit.ship(
+                    sink,
+                    batch_size=batch_size,
+                    retries=retries,
+                    progress=lambda _b, n: progress.update(task, completed=n),
+                )
+        else:
+            result = audit.ship(sink, batch_size=batch_size, retries=retries)
+    except audit.ShipIncomplete as exc:
+        _print_shipped(exc.result, as_json)
+        raise
+    _print_shipped(result, as_json)
+
+
+def _print_shipped(result: ShipResult, as_json: bool) -> None:
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "batches": result.batches,
+                    "entries": result.entries,
+                    "pending_left": result.pending_left,
+                    "sink": result.sink,
+                }
+            )
+        )
+        return
+    out.print(
+        f"{result.batches} batches ({result.entries} entries) shipped to {result.sink}; "
+        f"{result.pending_left} pending",
+        highlight=False,
+    )
+
+
+@audit_app.command("list")
+def audit_list(
+    subject: Annotated[str | None, typer.Option(help="Only entries about this subject.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The latest audit entries, newest first."""
+    from rich.markup import escape
+
+    from neuralops import audit
+
+    _require_schema(get_settings())
+    found = audit.recent(subject=subject, limit=limit)
+    if as_json:
+        out.print_json(json.dumps([audit.entry_record(e) for e in found]))
+        return
+    table = Table("seq", "time (UTC)", "actor", "action", "subject", "payload", "hash")
+    for e in found:
+        payload = json.dumps(e.payload, sort_keys=True)
+        table.add_row(
+            str(e.seq),
+            e.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            escape(e.actor),
+            escape(e.action),
+            escape(e.subject),
+            escape(payload if len(payload) <= 60 else payload[:57] + "..."),
+            e.hash[:12],
+        )
+    out.print(table)
+    if not found:
+        out.print("no audit entries" + (f" about {subject}" if subject else ""), highlight=False)
+
+
 # --- api -------------------------------------------------------------------------------------
 
 
@@ -694,3 +953,44 @@ def api(
         host=host or settings.api_host,
         port=port or settings.api_port,
     )
+
+
+# --- token (DEV ONLY) ------------------------------------------------------------------------
+
+
+@token_app.command("issue-dev")
+def token_issue_dev(
+    incident: Annotated[str, typer.Option(help="The incident id the token approves.")],
+    approver: Annotated[str, typer.Option(help="The approver id (the token's `sub`).")],
+    role: Annotated[
+        list[str] | None, typer.Option("--role", help="A role to carry (repeatable).")
+    ] = None,
+    ttl: Annotated[int, typer.Option(min=1, max=7 * 86400, help="Lifetime in seconds.")] = 3600,
+) -> None:
+    """DEV ONLY: print an approval token signed with the local dev key (<data dir>/keys), which
+    NeuralOps accepts only while no identity-provider key is configured."""
+    from neuralops import approval
+
+    settings = get_settings()
+    private, _ = approval.dev_keypair(settings.data_dir)
+    token = approval.issue_dev_token(
+        incident_id=incident,
+        approver=approver,
+        roles=tuple(role or [approval.REQUIRED_ROLE]),
+        ttl_s=ttl,
+        private_key_path=private,
+        issuer=settings.approval_issuer or approval.DEV_ISSUER,
+        audience=settings.approval_audience,
+    )
+    err.print(
+        f"[yellow]warning:[/] DEV ONLY token signed with {private}; never use dev keys in "
+        "production (configure NEURALOPS_APPROVAL_PUBLIC_KEY or NEURALOPS_APPROVAL_JWKS_URL)",
+        highlight=False,
+    )
+    if settings.approval_public_key is not None or settings.approval_jwks_url:
+        err.print(
+            "[yellow]warning:[/] an identity-provider key is configured, so this token "
+            "will be refused (bad_signature)",
+            highlight=False,
+        )
+    typer.echo(token)

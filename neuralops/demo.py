@@ -104,3 +104,58 @@ def _value(param: Parameter, *, service: str, namespace: str) -> str | int | flo
     if problem := param.check(value):
         raise InvalidInput(f"parameter {param.name!r}: give it an example; {value!r} {problem}")
     return value
+
+
+def demo_signals(now: datetime) -> tuple[list, dict]:
+    """(signal candidates, cooldown per rule): what detection with the shipped rules would
+    record for three incidents in progress at ``now``. Times sit on each rule's step grid, so
+    a second seeding in the same step changes nothing at all."""
+    from neuralops import signals
+
+    rules = {r.name: r for r in signals.load_rules(signals.default_rules_path())}
+    payments = {"namespace": "payments", "pod": "payments-api-7d9f8b6c4d-x2x7q"}
+    checkout = {"namespace": "checkout", "service": "checkout-web"}
+    volume = {
+        "namespace": "data",
+        "persistentvolumeclaim": "pgdata-postgres-main-0",
+        "pod": "postgres-main-0",
+    }
+    # rule, series labels, value, z, score, minutes since the episode started, correlated
+    demo = [
+        (
+            "oom-kills",
+            payments,
+            4.0,
+            9.1,
+            0.99999,  # reaches the remediation threshold: the trigger starts remediate
+            12,
+            [("container-memory", payments, 0.93), ("pod-restarts", payments, 0.88)],
+        ),
+        ("http-latency-p99", checkout, 2.41, 6.4, 0.991, 9, [("http-error-ratio", checkout, 0.71)]),
+        ("pvc-usage", volume, 0.934, 5.3, 0.97, 40, []),
+    ]
+    candidates = []
+    for name, labels, value, z, score, minutes, related in demo:
+        rule = rules[name]
+        end = signals.range_end(now, rule.step)
+        start = end - max(timedelta(minutes=minutes) // rule.step, 1) * rule.step
+        candidates.append(
+            signals.SignalIn(
+                rule=rule.name,
+                query=rule.query,
+                labels={**labels, **rule.labels},
+                value=value,
+                score=score,
+                z=z,
+                method=rule.method,
+                hint=signals.hint(rule, labels, z, value, start.timestamp()),
+                correlated=[
+                    {"rule": other, "labels": series, "correlation": r}
+                    for other, series, r in related
+                ],
+                window_start=start,
+                window_end=end,
+                fingerprint=signals.fingerprint(rule.name, labels),
+            )
+        )
+    return candidates, {r.name: r.cooldown for r in rules.values()}

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     approval_timeout_s: int = Field(
         3600, gt=0, le=7 * 86400, description="How long a remediation waits for approval."
     )
+    remediate_min_score: float = Field(
+        0.9999,
+        gt=0,
+        le=1,
+        description="Signals scoring at least this start the remediate flow (the event trigger).",
+    )
     kill_switch: bool = Field(
         False, description="Force manual approval for every remediation, whatever the playbook."
     )

