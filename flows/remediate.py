@@ -39,6 +39,7 @@ from tasks.remediate import (
 )
 
 REFUSED = "approval.refused"
+POLL_S = 2  # how often a paused run asks the server whether it was resumed
 
 
 @flow(name="remediate", log_prints=False, persist_result=True, **run_logger_hooks())
@@ -113,7 +114,10 @@ def _wait_for_approval(
                 )
             else:
                 decision = pause_flow_run(
-                    wait_for_input=ApprovalDecision, timeout=int(remaining) + 1, key=key
+                    wait_for_input=ApprovalDecision,
+                    timeout=int(remaining) + 1,
+                    poll_interval=POLL_S,
+                    key=key,
                 )
         except FlowPauseTimeout:
             return remediation.expire(current.id)

@@ -42,6 +42,8 @@ app.add_typer(seed_app, name="seed")
 app.add_typer(etl_app, name="etl")
 token_app = typer.Typer(help="Approval tokens (DEV ONLY helpers).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+incidents_app = typer.Typer(help="Remediation incidents and their state.", no_args_is_help=True)
+app.add_typer(incidents_app, name="incidents")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -647,7 +649,9 @@ def seed_signals(
     from neuralops import signals
 
     _require_schema(get_settings())
-    candidates, cooldowns = _demo_signals(datetime.now(UTC))
+    from neuralops.demo import demo_signals
+
+    candidates, cooldowns = demo_signals(datetime.now(UTC))
     recorded = signals.record_signals(candidates, cooldowns)
     if as_json:
         out.print_json(
@@ -664,63 +668,6 @@ def seed_signals(
 
 
 _KEY_LABELS = ("namespace", "service", "pod", "persistentvolumeclaim", "symptom")
-
-
-def _demo_signals(now: datetime):
-    """(signal candidates, cooldown per rule): what detection with the shipped rules would
-    record for three incidents in progress at ``now``. Times sit on each rule's step grid, so
-    a second seeding in the same step changes nothing at all."""
-    from datetime import timedelta
-
-    from neuralops import signals
-
-    rules = {r.name: r for r in signals.load_rules(signals.default_rules_path())}
-    payments = {"namespace": "payments", "pod": "payments-api-7d9f8b6c4d-x2x7q"}
-    checkout = {"namespace": "checkout", "service": "checkout-web"}
-    volume = {
-        "namespace": "data",
-        "persistentvolumeclaim": "pgdata-postgres-main-0",
-        "pod": "postgres-main-0",
-    }
-    # rule, series labels, value, z, score, minutes since the episode started, correlated
-    demo = [
-        (
-            "oom-kills",
-            payments,
-            4.0,
-            9.1,
-            0.998,
-            12,
-            [("container-memory", payments, 0.93), ("pod-restarts", payments, 0.88)],
-        ),
-        ("http-latency-p99", checkout, 2.41, 6.4, 0.991, 9, [("http-error-ratio", checkout, 0.71)]),
-        ("pvc-usage", volume, 0.934, 5.3, 0.97, 40, []),
-    ]
-    candidates = []
-    for name, labels, value, z, score, minutes, related in demo:
-        rule = rules[name]
-        end = signals.range_end(now, rule.step)
-        start = end - max(timedelta(minutes=minutes) // rule.step, 1) * rule.step
-        candidates.append(
-            signals.SignalIn(
-                rule=rule.name,
-                query=rule.query,
-                labels={**labels, **rule.labels},
-                value=value,
-                score=score,
-                z=z,
-                method=rule.method,
-                hint=signals.hint(rule, labels, z, value, start.timestamp()),
-                correlated=[
-                    {"rule": other, "labels": series, "correlation": r}
-                    for other, series, r in related
-                ],
-                window_start=start,
-                window_end=end,
-                fingerprint=signals.fingerprint(rule.name, labels),
-            )
-        )
-    return candidates, {r.name: r.cooldown for r in rules.values()}
 
 
 @etl_app.command("export")
@@ -994,3 +941,130 @@ def token_issue_dev(
             highlight=False,
         )
     typer.echo(token)
+
+
+# --- remediation: incidents and approval ----------------------------------------------------
+
+
+@incidents_app.command("list")
+def incidents_list(
+    state: Annotated[str | None, typer.Option(help="Only incidents in this state.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Incidents newest first: state, playbook, mode and outcome."""
+    from neuralops import incidents
+
+    _require_schema(get_settings())
+    found = incidents.list_incidents(state=state, limit=limit)
+    if as_json:
+        out.print_json(json.dumps([i.model_dump(mode="json") for i in found]))
+        return
+    table = Table("created", "state", "playbook", "mode", "outcome")
+    table.add_column("id", no_wrap=True, min_width=36)
+    for i in found:
+        table.add_row(
+            f"{i.created_at:%Y-%m-%d %H:%M}",
+            i.state,
+            i.playbook_id or "-",
+            i.mode or "-",
+            i.outcome or "-",
+            str(i.id),
+        )
+    out.print(table)
+
+
+@incidents_app.command("show")
+def incidents_show(
+    incident_id: Annotated[str, typer.Argument(help="Incident id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """One incident: its state, playbook, parameters, dry-run result and audit trail."""
+    from neuralops import audit, incidents
+
+    _require_schema(get_settings())
+    current = incidents.get(incident_id)
+    trail = audit.recent(subject=incidents.subject(current.id), limit=200)
+    if as_json:
+        body = current.model_dump(mode="json") | {
+            "audit": [audit.entry_record(e) for e in reversed(trail)]
+        }
+        out.print_json(json.dumps(body, default=str))
+        return
+    out.print(f"[bold]incident {current.id}[/]: {current.state}", highlight=False)
+    for label, value in (
+        ("playbook", current.playbook_id),
+        ("parameters", json.dumps(current.parameters or {})),
+        ("mode", f"{current.mode or '-'} ({current.mode_reason or 'n/a'})"),
+        ("approval deadline", current.expires_at),
+        ("approver", current.approver),
+        ("dry-run", (current.dry_run or {}).get("reason") or (current.dry_run and "passed")),
+        ("execution run", current.run_id),
+        ("outcome", current.outcome),
+        ("flow run", current.flow_run_id),
+    ):
+        out.print(f"  {label}: {value if value is not None else '-'}", highlight=False)
+    out.print("[bold]audit trail[/]")
+    for entry in reversed(trail):
+        out.print(f"  {entry.seq:>6} {entry.created_at:%H:%M:%S} {entry.actor}: {entry.action}")
+
+
+@app.command()
+def approve(
+    incident_id: Annotated[str, typer.Argument(help="Incident awaiting approval.")],
+    token: Annotated[
+        str,
+        typer.Option(
+            envvar="NEURALOPS_APPROVAL_TOKEN",
+            help="JWT from the identity provider for this incident (org-admin role); "
+            "or set NEURALOPS_APPROVAL_TOKEN.",
+        ),
+    ],
+    approver: Annotated[str, typer.Option(help="Your id: the token's subject.")],
+    reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approve.")] = False,
+    comment: Annotated[str, typer.Option(help="Why; kept in the audit trail.")] = "",
+) -> None:
+    """Approve (or reject) a remediation waiting for approval, with the same token check as
+    the Prefect UI's Resume form; a valid decision resumes the waiting run with it."""
+    from neuralops import approval, incidents, remediation
+
+    settings = get_settings()
+    _require_schema(settings)
+    current = incidents.get(incident_id)
+    if current.state != "awaiting_approval":
+        err.print(f"[red]error:[/] incident {current.id} is {current.state}, not awaiting approval")
+        raise typer.Exit(2)
+    decision = remediation.ApprovalDecision(
+        decision="reject" if reject else "approve",
+        approver=approver,
+        token=token,
+        comment=comment,
+    )
+    keys = approval.keys_from_settings(settings)
+    if current.flow_run_id is None:  # no run is waiting: apply it here
+        current, refusal = remediation.apply_decision(current.id, decision, keys=keys)
+        if refusal:
+            err.print(f"[red]refused:[/] {refusal}", highlight=False)
+            raise typer.Exit(2)
+        out.print(f"incident {current.id} is {current.state}", highlight=False)
+        return
+    try:  # the same check the run will make, so a bad token fails here, not silently there
+        approval.verify_approval_token(
+            token, incident_id=str(current.id), approver=approver, keys=keys
+        )
+    except approval.ApprovalRefused as exc:
+        incidents.note(
+            current.id,
+            "approval.refused",
+            actor=approver,
+            payload={**exc.audit_payload(), "via": "cli"},
+        )
+        err.print(f"[red]refused:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    from prefect import resume_flow_run
+
+    resume_flow_run(current.flow_run_id, run_input=decision.model_dump())
+    out.print(
+        f"{decision.decision}d: resumed flow run {current.flow_run_id} for incident {current.id}",
+        highlight=False,
+    )

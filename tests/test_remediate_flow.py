@@ -1,0 +1,188 @@
+"""The remediate flow through a real Prefect server: suggest → dry-run → pause → resume with
+input → execute, and the paths that must end safely."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from neuralops import audit, db, incidents, runs
+from neuralops.approval import dev_keypair, issue_dev_token
+from neuralops.demo import demo_signals
+from neuralops.registry import add_playbooks, catalogue_dir, load_manifests
+from neuralops.remediation import ApprovalDecision
+from neuralops.settings import get_settings
+from neuralops.signals import record_signals
+from neuralops.signing import LocalKeySigner, dev_key_path, sign_playbook
+
+pytestmark = pytest.mark.slow
+OOM_PARAMETERS = {"container": "api", "memory_limit": "2Gi"}
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch, prefect_server):
+    monkeypatch.setenv("NEURALOPS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("NEURALOPS_EMBEDDER", "hashing")
+    monkeypatch.setenv("NEURALOPS_SETTLE_S", "0")
+    get_settings.cache_clear()
+    settings = get_settings()
+    db.upgrade()
+    manifests = load_manifests([catalogue_dir()])
+    add_playbooks(manifests)
+    signer = LocalKeySigner(dev_key_path(settings))
+    for manifest in manifests:
+        sign_playbook(manifest.id, signer)
+    candidates, cooldowns = demo_signals(datetime.now(UTC))
+    signals = {r.signal.rule: r.signal for r in record_signals(candidates, cooldowns)}
+    private, _ = dev_keypair(settings.data_dir)
+    yield {"signals": signals, "private_key": private}
+    get_settings.cache_clear()
+    db.dispose_engines()
+
+
+def start(**parameters) -> tuple[threading.Thread, dict]:
+    """Run the flow in a thread (it pauses in-process) and return where its result lands."""
+    from flows.remediate import remediate
+
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["result"] = remediate(**parameters)
+        except BaseException as exc:  # surfaced by the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def paused_incident() -> incidents.IncidentOut:
+    return wait_until(
+        lambda: next(iter(incidents.list_incidents(state="awaiting_approval")), None),
+        what="the incident to await approval",
+    )
+
+
+def flow_state(flow_run_id: uuid.UUID) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state.type.value
+
+
+def resume(flow_run_id: uuid.UUID, decision: ApprovalDecision) -> None:
+    from prefect import resume_flow_run
+
+    wait_until(lambda: flow_state(flow_run_id) == "PAUSED", what="the run to pause")
+    resume_flow_run(flow_run_id, run_input=decision.model_dump())
+
+
+def artifacts(flow_run_id: uuid.UUID) -> dict[str, dict]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        found = client.request(
+            "POST",
+            "/artifacts/filter",
+            json={
+                "artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}},
+                "sort": "CREATED_DESC",
+            },
+        ).json()
+    return {a["key"]: a for a in reversed(found)}  # newest wins
+
+
+def decision(world, incident_id, *, verdict="approve", roles=("org-admin",)) -> ApprovalDecision:
+    token = issue_dev_token(
+        incident_id=incident_id, approver="ana", roles=roles, private_key_path=world["private_key"]
+    )
+    return ApprovalDecision(decision=verdict, approver="ana", token=token, comment="go")
+
+
+def test_approval_in_the_ui_form_resumes_and_executes(world):
+    thread, box = start(signal_id=str(world["signals"]["oom-kills"].id), parameters=OOM_PARAMETERS)
+    current = paused_incident()
+    assert current.playbook_id == "raise-memory-limit" and current.flow_run_id is not None
+    # The operator decides from artifacts on the run page.
+    shown = artifacts(current.flow_run_id)
+    assert {"remediation-incident", "remediation-recommendation", "remediation-dry-run"} <= set(
+        shown
+    )
+    assert "## Dry-run passed" in shown["remediation-dry-run"]["data"]
+    assert "2Gi" in shown["remediation-dry-run"]["data"]
+    rows = json.loads(shown["remediation-recommendation"]["data"])
+    assert rows[0]["playbook"] == "raise-memory-limit"
+
+    # A token with the wrong role: the run keeps waiting, the refusal is audited and shown.
+    resume(current.flow_run_id, decision(world, current.id, roles=("sre",)))
+    wait_until(
+        lambda: incidents.count_notes(current.id, "approval.refused") == 1, what="the refusal"
+    )
+    assert incidents.get(current.id).state == "awaiting_approval"
+    wait_until(lambda: flow_state(current.flow_run_id) == "PAUSED", what="a second pause")
+    assert "org-admin" in artifacts(current.flow_run_id)["approval-refused"]["data"]
+
+    resume(current.flow_run_id, decision(world, current.id))
+    thread.join(60)
+    assert "error" not in box, box.get("error")
+    result = box["result"]
+    assert result["state"] == "succeeded" and result["outcome"] == "unverified"
+    final = incidents.get(current.id)
+    assert final.approver == "ana" and final.post_state
+    assert runs.get_run(final.run_id).status == "succeeded"
+    assert "remediation-result" in artifacts(current.flow_run_id)
+    assert audit.verify().ok
+
+
+def test_rejection_in_the_form_ends_the_incident_without_executing(world):
+    thread, box = start(signal_id=str(world["signals"]["oom-kills"].id), parameters=OOM_PARAMETERS)
+    current = paused_incident()
+    resume(current.flow_run_id, decision(world, current.id, verdict="reject"))
+    thread.join(60)
+    assert box["result"]["state"] == "rejected" and box["result"]["run_id"] is None
+    assert not (get_settings().data_dir / "mock-cluster.json").exists()
+
+
+def test_failed_dry_run_ends_the_run_without_pausing(world):
+    # No parameters for the container and the memory limit: nothing is guessed.
+    thread, box = start(signal_id=str(world["signals"]["oom-kills"].id))
+    thread.join(60)
+    assert box["result"]["state"] == "dry_run_failed"
+    incident = incidents.get(box["result"]["incident_id"])
+    assert "container" in incident.dry_run["reason"]
+
+
+def test_unanswered_approval_expires(world, monkeypatch):
+    monkeypatch.setenv("NEURALOPS_APPROVAL_TIMEOUT_S", "3")
+    get_settings.cache_clear()
+    thread, box = start(signal_id=str(world["signals"]["oom-kills"].id), parameters=OOM_PARAMETERS)
+    thread.join(60)
+    assert box["result"]["state"] == "expired"
+    trail = [
+        e.action for e in audit.recent(subject=incidents.subject(box["result"]["incident_id"]))
+    ]
+    assert trail[0] == "incident.expired"
+
+
+def test_the_form_has_titles_and_help():
+    schema = ApprovalDecision.model_json_schema()["properties"]
+    assert schema["decision"]["enum"] == ["approve", "reject"]
+    for field in ("decision", "approver", "token", "comment"):
+        assert schema[field]["title"] and schema[field]["description"]
