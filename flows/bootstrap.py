@@ -7,13 +7,14 @@ from prefect.artifacts import create_table_artifact
 
 from neuralops import registry
 from neuralops.hooks import run_logger_hooks
-from tasks.registry import register_playbooks
+from tasks.registry import register_block_types, register_playbooks
 from tasks.runs import seed_demo_history
 
 
 @flow(name="bootstrap", log_prints=False, **run_logger_hooks())
 def bootstrap(seed_demo: bool = True, runs_per_playbook: int = 24) -> dict[str, int]:
     """Register the shipped catalogue (idempotent) and, for the demo, seed its run history."""
+    register_block_types()
     changes = register_playbooks()
     seeded = seed_demo_history(runs_per_playbook) if seed_demo else 0
     playbooks = registry.list_playbooks()

@@ -456,3 +456,18 @@ def verify_outcome(
             url=url,
         )
     return updated
+
+
+def expire_overdue(*, now: datetime | None = None, url: URL | None = None) -> list[uuid.UUID]:
+    """Expire incidents still awaiting approval past their deadline: a suspended run that
+    nobody resumes holds no process that could notice its own timeout."""
+    now = now or datetime.now(UTC)
+    expired = []
+    for waiting in incidents.list_incidents(state="awaiting_approval", limit=1000, url=url):
+        if waiting.expires_at is not None and waiting.expires_at <= now:
+            try:
+                expire(waiting.id, url=url)
+            except incidents.IllegalTransition:  # decided meanwhile
+                continue
+            expired.append(waiting.id)
+    return expired

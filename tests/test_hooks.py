@@ -72,6 +72,11 @@ def test_bootstrap_flow_registers_seeds_and_records_itself(
     total = sum(p.run_count for p in registry.list_playbooks())
     assert total == summary["runs_seeded"]
     assert runs.list_runs("bootstrap").total == 2  # both bootstrap runs recorded by the hook
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:  # the blocks an operator edits in the UI
+        for slug in ("neuralops-prometheus", "neuralops-vault", "neuralops-audit-sink"):
+            assert client.read_block_type_by_slug(slug).name.startswith("NeuralOps")
 
 
 def test_mask_secrets_reaches_nested_values() -> None:

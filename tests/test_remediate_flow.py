@@ -186,3 +186,13 @@ def test_the_form_has_titles_and_help():
     assert schema["decision"]["enum"] == ["approve", "reject"]
     for field in ("decision", "approver", "token", "comment"):
         assert schema[field]["title"] and schema[field]["description"]
+
+
+def test_housekeeping_expires_and_ships_the_audit_trail(world):
+    from flows.housekeeping import housekeeping
+
+    result = housekeeping()
+    assert result["expired"] == [] and result["shipped"] > 0 and result["pending"] == 0
+    archive = get_settings().audit_path
+    assert audit.verify_archive(archive).ok
+    assert housekeeping()["shipped"] == 0  # nothing new: nothing shipped twice

@@ -312,3 +312,10 @@ def _source(settings):
     from neuralops.sources import source_from_settings
 
     return source_from_settings(settings)
+
+
+def test_overdue_approvals_expire(env):
+    waiting = remediation.decide(oom_incident(env).id, settings=env["settings"])
+    assert remediation.expire_overdue(now=waiting.expires_at - timedelta(seconds=1)) == []
+    assert remediation.expire_overdue(now=waiting.expires_at) == [waiting.id]
+    assert incidents.get(waiting.id).state == "expired"
