@@ -105,7 +105,9 @@ def suggest(
         playbook_id=chosen,
         recommendations=recommendations,
         parameters=resolved,
-        cluster=cluster or asked.labels.get("cluster"),
+        # Only an explicit cluster: a `cluster` label in Prometheus often names something else
+        # (a database cluster, a scrape job's cluster).
+        cluster=cluster,
         actor=ACTOR,
         url=url,
     )
@@ -134,6 +136,8 @@ def dry_run(
     """Signature, rendering, policy checks and the server-side dry-run; records the result
     and the pre-state. Any failure ends the incident ``dry_run_failed``."""
     current = incidents.get(incident_id, url=url)
+    if current.cluster and (problem := _cluster_problem(current.cluster, url)):
+        return _dry_run_failed(current.id, problem, {"cluster": current.cluster}, url)
     try:
         manifest = enforce_registered(current.playbook_id, public_key_pem, url=url)
     except SignatureRejected as exc:
@@ -171,6 +175,29 @@ def dry_run(
         dry_run=result,
         pre_state=pre_state,
         url=url,
+    )
+
+
+def _cluster_problem(name: str, url: URL | None) -> str | None:
+    """Why a remediation cannot run on the named cluster, or None. A cluster runs playbooks
+    only through its own connector (work pool ``cluster-<name>``), once registered and
+    healthy; until then nothing is executed there, and never on the local runtime instead."""
+    from neuralops.db import session_scope
+    from neuralops.db.models import Cluster
+
+    with session_scope(url) as session:
+        row = session.get(Cluster, name)
+        if row is None:
+            return (
+                f"cluster {name!r} is not registered: install its connector with "
+                f"`neuralops connector install --cluster {name} ...`, or leave the cluster out "
+                "to run on the local runtime"
+            )
+        if row.status != "healthy":
+            return f"cluster {name!r} is {row.status}: its connector must be healthy to run this"
+    return (
+        f"cluster {name!r}: execution through its connector's work pool (cluster-{name}) is "
+        "not available in this version; run without a cluster for the local runtime"
     )
 
 

@@ -319,3 +319,18 @@ def test_overdue_approvals_expire(env):
     assert remediation.expire_overdue(now=waiting.expires_at - timedelta(seconds=1)) == []
     assert remediation.expire_overdue(now=waiting.expires_at) == [waiting.id]
     assert incidents.get(waiting.id).state == "expired"
+
+
+def test_a_named_cluster_never_falls_back_to_the_local_runtime(env):
+    current = remediation.suggest(
+        env["recommender"],
+        signal_id=str(env["signals"]["oom-kills"].id),
+        parameters=OOM_PARAMETERS,
+        cluster="edge-1",
+    )
+    current = remediation.dry_run(
+        current.id, public_key_pem=env["public_key"], runtime=env["cluster"]
+    )
+    assert current.state == "dry_run_failed" and current.cluster == "edge-1"
+    assert "not registered" in current.dry_run["reason"]
+    assert not env["cluster"].path.exists()
