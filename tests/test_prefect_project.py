@@ -26,3 +26,57 @@ def test_every_flow_records_its_runs() -> None:
     for deployment in DEPLOYMENTS:
         flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
         assert flow.on_completion_hooks and flow.on_failure_hooks and flow.on_crashed_hooks
+
+
+def test_remediate_is_triggered_by_actionable_signal_events() -> None:
+    from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+    from prefect.events.schemas.events import Resource
+    from pydantic import TypeAdapter
+
+    from tasks.detection import SIGNAL_EVENT
+
+    [remediate] = [d for d in DEPLOYMENTS if d["name"] == "remediate"]
+    [trigger] = [
+        TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in remediate["triggers"]
+    ]
+    assert trigger.expect == {SIGNAL_EVENT}
+    assert trigger.parameters == {"signal_id": "{{ event.payload.id }}"}
+    # The resource of an event emitted by detection matches only when it is actionable.
+    resource = {"prefect.resource.id": "neuralops.signal.1234", "neuralops.rule": "oom-kills"}
+    assert trigger.match.matches(Resource({**resource, "neuralops.remediate": "true"}))
+    assert not trigger.match.matches(Resource({**resource, "neuralops.remediate": "false"}))
+
+
+def test_signal_events_say_whether_they_reach_the_remediation_threshold(monkeypatch) -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    from neuralops.settings import get_settings
+    from neuralops.signals import Signal
+    from tasks import detection
+
+    sent: list[dict] = []
+    monkeypatch.setattr(detection, "emit_event", lambda **event: sent.append(event))
+    monkeypatch.setenv("NEURALOPS_REMEDIATE_MIN_SCORE", "0.999")
+    get_settings.cache_clear()
+    now = datetime.now(UTC)
+    common = dict(
+        rule="oom-kills",
+        query="q",
+        labels={},
+        z=9.0,
+        value=1.0,
+        method="ensemble",
+        hint="h",
+        window_start=now,
+        window_end=now,
+        fingerprint="f",
+        occurrences=1,
+        last_seen_at=now,
+        created_at=now,
+    )
+    signals = [Signal(id=uuid.uuid4(), score=s, **common) for s in (0.998, 0.9995)]
+    detection.emit_signal_events.fn(signals)
+    get_settings.cache_clear()
+    assert [e["resource"]["neuralops.remediate"] for e in sent] == ["false", "true"]
+    assert sent[1]["payload"]["id"] == str(signals[1].id)
