@@ -486,7 +486,7 @@ def write_quality(
     quality = [
         "## Accuracy on the held-out split",
         "",
-        f"Command: `.venv/bin/python bench/recommend.py --report {args.report}`; {env}.",
+        f"Command: `{_command()}`; {env}.",
         "",
         f"Synthetic history (`neuralops.synthetic`, seed {SEED}, 365 days, redacted as the "
         f"vectorize flow does): the oldest {n_history:,} runs are the history "
@@ -557,8 +557,9 @@ def write_latency(args, env, title, latency_rows, embed_ms) -> None:
         f"and catalogue, the recent-failure lookup, scoring), {args.latency_queries} test "
         "incidents per size after 5 warm-up calls. The stores repeat the history's real "
         "vectors, jittered, under new run ids; from 20,000 rows the runs table has its "
-        "IVF_HNSW_SQ vector index and a BTREE index on `resource`; the summaries' BM25 index "
-        f"exists at every size. Embedding the query alone takes {embed_ms:.1f} ms (median).",
+        "IVF_HNSW_SQ vector index and BTREE indexes on `resource` and `created_at`; the "
+        "summaries' BM25 index exists at every size. Embedding the query alone takes "
+        f"{embed_ms:.1f} ms (median). Command: `{_command()}`; {env}.",
         "",
         "| stored runs | p50 | p99 | store written | indexes built |",
         "| ---: | ---: | ---: | ---: | ---: |",
@@ -569,6 +570,10 @@ def write_latency(args, env, title, latency_rows, embed_ms) -> None:
         ),
     ]
     write_section(args.report, "recommend-latency", "\n".join(speed), title=title)
+
+
+def _command() -> str:
+    return " ".join([".venv/bin/python bench/recommend.py", *sys.argv[1:]])
 
 
 def _cores() -> int:

@@ -20,15 +20,21 @@ def expire_overdue() -> list[str]:
 
 
 @task(name="ship-audit", cache_policy=NO_CACHE, **IO_RETRIES)
-def ship_audit() -> audit.ShipResult:
+def ship_audit(audit_block: str | None = None) -> audit.ShipResult:
     """Copy pending audit entries to the archive; a failed upload leaves them pending."""
+    if audit_block:
+        from blocks.audit import AuditSinkBlock
+
+        return audit.ship(AuditSinkBlock.load(audit_block).sink())
     return audit.ship(audit.sink_from_settings(get_settings()))
 
 
 @flow(name="housekeeping", log_prints=False, **run_logger_hooks())
-def housekeeping() -> dict[str, Any]:
+def housekeeping(audit_block: str | None = None) -> dict[str, Any]:
+    """``audit_block`` names a NeuralOps Audit Sink block; without it the settings choose
+    (S3_BUCKET, else the local audit directory)."""
     expired = expire_overdue()
-    shipped = ship_audit()
+    shipped = ship_audit(audit_block)
     create_markdown_artifact(
         key="housekeeping",
         markdown=f"- approvals expired: {len(expired)}\n"

@@ -50,11 +50,15 @@ def remediate(
     parameters: dict[str, Any] | None = None,
     cluster: str | None = None,
     fail_steps: list[str] | None = None,
+    approval_block: str | None = None,
+    vault_block: str | None = None,
 ) -> dict[str, Any]:
     """Remediate a signal (``signal_id``) or an incident payload: the recommended playbook,
     or ``playbook_id``, with ``parameters`` overriding those read from the labels. Runs on
     the local runtime (the mock cluster) unless ``cluster`` names a registered cluster.
-    ``fail_steps`` (tests and drills) makes those steps fail in the mock cluster."""
+    ``fail_steps`` (tests and drills) makes those steps fail in the mock cluster.
+    ``approval_block`` / ``vault_block`` name the NeuralOps Approval Keys / Vault blocks to
+    use instead of the environment's settings."""
     settings = get_settings()
     flow_run = get_run_context().flow_run
     current = incidents.find_by_flow_run(flow_run.id)
@@ -62,17 +66,19 @@ def remediate(
         current = suggest(signal_id, incident, playbook_id, parameters, cluster, flow_run.id)
         _publish_incident(current)
     if current.state == "suggested":
-        current = dry_run(current.id, fail_steps)
+        current = dry_run(current.id, fail_steps, vault_block)
         _publish_dry_run(current)
     if current.state == "dry_run_passed":
         current = decide(current.id)
     if current.state == "awaiting_approval":
-        current = _wait_for_approval(current, from_deployment=flow_run.deployment_id is not None)
+        current = _wait_for_approval(
+            current, from_deployment=flow_run.deployment_id is not None, block=approval_block
+        )
     if current.state == "approved":
         limit = f"remediate-cluster-{current.cluster or 'local'}"
         ensure_cluster_limit(limit, settings.max_remediations_per_cluster)
         with concurrency(limit, occupy=1):
-            current = execute(current.id, fail_steps)
+            current = execute(current.id, fail_steps, vault_block)
     if current.state == "executing":  # a previous attempt died mid-execution
         current = incidents.transition(
             current.id,
@@ -95,7 +101,7 @@ def remediate(
 
 
 def _wait_for_approval(
-    current: incidents.IncidentOut, *, from_deployment: bool
+    current: incidents.IncidentOut, *, from_deployment: bool, block: str | None
 ) -> incidents.IncidentOut:
     """Pause (or suspend) until a valid decision arrives or the deadline passes."""
     logger = get_run_logger()
@@ -121,7 +127,7 @@ def _wait_for_approval(
                 )
         except FlowPauseTimeout:
             return remediation.expire(current.id)
-        current, refusal = check_approval(current.id, decision)
+        current, refusal = check_approval(current.id, decision, block)
         if refusal:
             logger.warning("approval refused: %s", refusal)
             create_markdown_artifact(

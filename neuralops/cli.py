@@ -1063,7 +1063,7 @@ def approve(
         raise typer.Exit(2) from None
     from prefect import resume_flow_run
 
-    resume_flow_run(current.flow_run_id, run_input=decision.model_dump())
+    resume_flow_run(current.flow_run_id, run_input=decision.as_input())
     out.print(
         f"{decision.decision}d: resumed flow run {current.flow_run_id} for incident {current.id}",
         highlight=False,

@@ -138,7 +138,7 @@ def _load(session: Session, incident_id: uuid.UUID, *, lock: bool = False) -> In
             query = query.with_for_update()
     incident = session.scalars(query).one_or_none()
     if incident is None:
-        raise NotFound(f"incident {incident_id} not found: `neuralops incident list` shows them")
+        raise NotFound(f"incident {incident_id} not found: `neuralops incidents list` shows them")
     return incident
 
 

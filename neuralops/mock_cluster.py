@@ -138,9 +138,8 @@ class MockCluster:
             objects[key] = body
             return f"applied {key}"
         if action == "delete":
-            if objects.pop(key, None) is None:
-                raise KeyError(f"{key} not found")
-            return f"deleted {key}"
+            known = objects.pop(key, None) is not None
+            return f"deleted {key}" + ("" if known else " (the mock had no record of it)")
         obj = objects.setdefault(key, _skeleton(kind, namespace, name))
         if action == "patch":
             _merge(obj, step.patch or {})

@@ -63,7 +63,8 @@ _WORD = re.compile(r"[A-Za-z0-9]+")
 @dataclass(frozen=True)
 class Weights:
     """Feature weights (normalised to sum to 1), the recent-failure penalty, and the
-    temperature that turns cosine into evidence weight (exp((cos - 1) / temperature))."""
+    temperature that turns cosine into evidence weight (exp((cos - closest) / temperature),
+    ``closest`` being the best cosine among the incident's similar runs)."""
 
     relevance: float
     similarity: float
@@ -149,10 +150,13 @@ class Candidates:
     def features(self, temperature: float) -> np.ndarray:
         """(P, len(FEATURES)) feature matrix."""
         count = len(self.playbooks)
-        weight = np.exp((self.run_similarity - 1.0) / temperature) * np.power(
+        known = ~np.isnan(self.run_outcome) & self.run_similar
+        # Closeness relative to the closest similar incident: the nearest runs weigh 1 each
+        # against the prior's two pseudo-runs, however high cosines run for this text.
+        closest = self.run_similarity[known].max() if known.any() else 1.0
+        weight = np.exp((self.run_similarity - closest) / temperature) * np.power(
             0.5, self.run_age_days / HALF_LIFE_DAYS
         )
-        known = ~np.isnan(self.run_outcome) & self.run_similar
         succeeded = np.where(known, self.run_outcome, 0.0)
         wins = np.bincount(self.run_playbook[known], (weight * succeeded)[known], count)
         tries = np.bincount(self.run_playbook[known], weight[known], count)

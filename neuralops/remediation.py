@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from sqlalchemy.engine import URL
 
 from neuralops import approval, incidents, policy, runs, safety
@@ -49,7 +49,7 @@ class ApprovalDecision(BaseModel):
         title="Approver id",
         description="Your id at the identity provider: must equal the token's subject.",
     )
-    token: str = Field(
+    token: SecretStr = Field(  # secret: never shown in logs, errors or the run's parameters
         min_length=1,
         title="Approval token",
         description="A JWT from the identity provider for this incident, with the org-admin "
@@ -58,6 +58,10 @@ class ApprovalDecision(BaseModel):
     comment: str = Field(
         "", max_length=2000, title="Comment", description="Why: kept in the audit trail."
     )
+
+    def as_input(self) -> dict[str, Any]:
+        """The decision as ``resume_flow_run`` run input (the token revealed for transport)."""
+        return self.model_dump() | {"token": self.token.get_secret_value()}
 
 
 def suggest(
@@ -189,9 +193,8 @@ def _cluster_problem(name: str, url: URL | None) -> str | None:
         row = session.get(Cluster, name)
         if row is None:
             return (
-                f"cluster {name!r} is not registered: install its connector with "
-                f"`neuralops connector install --cluster {name} ...`, or leave the cluster out "
-                "to run on the local runtime"
+                f"cluster {name!r} is not registered (a cluster joins through its connector); "
+                "leave the cluster out to run on the local runtime"
             )
         if row.status != "healthy":
             return f"cluster {name!r} is {row.status}: its connector must be healthy to run this"
@@ -266,26 +269,26 @@ def apply_decision(
     """(incident, refusal). A token that does not prove an org-admin approver for this
     incident changes nothing but an ``approval.refused`` audit entry; the run keeps waiting."""
     current = incidents.get(incident_id, url=url)
-    fingerprint = approval.token_fingerprint(decision.token) if decision.token else None
     try:
         claims = approval.verify_approval_token(
-            decision.token, incident_id=str(current.id), approver=decision.approver, keys=keys
+            decision.token.get_secret_value(),
+            incident_id=str(current.id),
+            approver=decision.approver,
+            keys=keys,
         )
     except approval.ApprovalRefused as exc:
         incidents.note(
             current.id,
             "approval.refused",
             actor=decision.approver or "unknown",
-            payload={"reason": exc.reason, "message": str(exc), "token_sha256": fingerprint},
+            payload=exc.audit_payload(),
             url=url,
         )
         return current, str(exc)
     payload = {
         "decision": decision.decision,
         "comment": decision.comment,
-        "token_sha256": fingerprint,
-        "token_jti": claims.jti,
-        "token_expires_at": claims.expires_at.isoformat() if claims.expires_at else None,
+        **claims.audit_payload(),  # the token's fingerprint, never the token
     }
     if decision.decision == "reject":
         return incidents.transition(

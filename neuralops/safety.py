@@ -87,8 +87,8 @@ def _storm_reasons(
                 "(NEURALOPS_STORM_MAX_INCIDENTS / NEURALOPS_STORM_WINDOW_S)"
             )
         # Finished executions of this playbook, newest first (updated_at is when it ended).
-        last = session.scalars(
-            select(Incident.state)
+        last = session.execute(
+            select(Incident.state, Incident.outcome)
             .where(
                 Incident.playbook_id == playbook_id,
                 Incident.state.in_(("succeeded", "failed")),
@@ -97,7 +97,10 @@ def _storm_reasons(
             .order_by(Incident.updated_at.desc(), Incident.created_at.desc())
             .limit(failures)
         ).all()
-    if len(last) == failures and all(state == "failed" for state in last):
+    # An execution that ran but did not resolve the signal failed too.
+    if len(last) == failures and all(
+        state == "failed" or outcome == "not_resolved" for state, outcome in last
+    ):
         reasons.append(
             f"playbook {playbook_id} failed its last {failures} executions in a row "
             f"(NEURALOPS_STORM_MAX_FAILURES={failures})"

@@ -19,6 +19,27 @@ from neuralops.signing import trusted_public_key
 from tasks import IO_RETRIES
 
 
+def public_key(vault_block: str | None) -> bytes:
+    """The pinned key playbook signatures must verify against: the PEM pinned in the
+    settings, else the named Vault block's transit key, else the settings' Vault or dev key."""
+    settings = get_settings()
+    if vault_block and not settings.signing_public_key:
+        from blocks.vault import VaultConnection
+
+        return VaultConnection.load(vault_block).signer().public_key_pem(create=False)
+    return trusted_public_key(settings)
+
+
+def approval_keys(approval_block: str | None) -> Any:
+    """The identity provider's keys: the named block (roles claim, algorithms... editable in
+    the UI), else the settings."""
+    if approval_block:
+        from blocks.approval import ApprovalKeysBlock
+
+        return ApprovalKeysBlock.load(approval_block).keys()
+    return keys_from_settings(get_settings())
+
+
 def runtime(fail_steps: list[str] | None = None) -> MockCluster:
     """The local runtime: the mock cluster under the data dir (no Kubernetes can run here)."""
     return MockCluster(get_settings().data_dir / "mock-cluster.json", fail_steps=fail_steps or [])
@@ -47,10 +68,13 @@ def suggest(
 
 
 @task(name="dry-run", cache_policy=NO_CACHE, **IO_RETRIES)
-def dry_run(incident_id: uuid.UUID, fail_steps: list[str] | None = None) -> incidents.IncidentOut:
+def dry_run(
+    incident_id: uuid.UUID, fail_steps: list[str] | None = None, vault_block: str | None = None
+) -> incidents.IncidentOut:
     """Signature, policy checks and the server-side dry-run."""
-    public_key = trusted_public_key(get_settings())
-    return remediation.dry_run(incident_id, public_key_pem=public_key, runtime=runtime(fail_steps))
+    return remediation.dry_run(
+        incident_id, public_key_pem=public_key(vault_block), runtime=runtime(fail_steps)
+    )
 
 
 @task(name="decide", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -61,18 +85,21 @@ def decide(incident_id: uuid.UUID) -> incidents.IncidentOut:
 
 @task(name="check-approval", cache_policy=NO_CACHE, **IO_RETRIES)
 def check_approval(
-    incident_id: uuid.UUID, decision: remediation.ApprovalDecision
+    incident_id: uuid.UUID,
+    decision: remediation.ApprovalDecision,
+    approval_block: str | None = None,
 ) -> tuple[incidents.IncidentOut, str | None]:
     """Apply the approver's decision if the token proves it; else the refusal."""
-    return remediation.apply_decision(
-        incident_id, decision, keys=keys_from_settings(get_settings())
-    )
+    return remediation.apply_decision(incident_id, decision, keys=approval_keys(approval_block))
 
 
 @task(name="execute", cache_policy=NO_CACHE)  # never retried: a step may have half-applied
-def execute(incident_id: uuid.UUID, fail_steps: list[str] | None = None) -> incidents.IncidentOut:
-    public_key = trusted_public_key(get_settings())
-    return remediation.execute(incident_id, public_key_pem=public_key, runtime=runtime(fail_steps))
+def execute(
+    incident_id: uuid.UUID, fail_steps: list[str] | None = None, vault_block: str | None = None
+) -> incidents.IncidentOut:
+    return remediation.execute(
+        incident_id, public_key_pem=public_key(vault_block), runtime=runtime(fail_steps)
+    )
 
 
 @task(name="verify-outcome", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -91,7 +91,7 @@ def resume(flow_run_id: uuid.UUID, decision: ApprovalDecision) -> None:
     from prefect import resume_flow_run
 
     wait_until(lambda: flow_state(flow_run_id) == "PAUSED", what="the run to pause")
-    resume_flow_run(flow_run_id, run_input=decision.model_dump())
+    resume_flow_run(flow_run_id, run_input=decision.as_input())
 
 
 def artifacts(flow_run_id: uuid.UUID) -> dict[str, dict]:
@@ -196,3 +196,48 @@ def test_housekeeping_expires_and_ships_the_audit_trail(world):
     archive = get_settings().audit_path
     assert audit.verify_archive(archive).ok
     assert housekeeping()["shipped"] == 0  # nothing new: nothing shipped twice
+
+
+def test_an_approval_keys_block_chosen_in_the_ui_decides_which_tokens_count(world, tmp_path):
+    """A Keycloak-style IdP (roles under realm_access.roles) configured as a block, not env."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from blocks.approval import ApprovalKeysBlock
+
+    idp = ec.generate_private_key(ec.SECP256R1())
+    private = tmp_path / "idp.pem"
+    private.write_bytes(
+        idp.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = idp.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    ApprovalKeysBlock(
+        public_key_pem=public.decode(), issuer="https://idp.test", roles_claim="realm_access.roles"
+    ).save("idp-test", overwrite=True)
+
+    thread, box = start(
+        signal_id=str(world["signals"]["oom-kills"].id),
+        parameters=OOM_PARAMETERS,
+        approval_block="idp-test",
+    )
+    current = paused_incident()
+    # The dev key's token is not the IdP's: refused.
+    resume(current.flow_run_id, decision(world, current.id))
+    wait_until(lambda: incidents.count_notes(current.id, "approval.refused") == 1, what="refusal")
+    token = issue_dev_token(
+        incident_id=current.id,
+        approver="ana",
+        roles=(),
+        private_key_path=private,
+        issuer="https://idp.test",
+        extra_claims={"realm_access": {"roles": ["org-admin"]}},
+    )
+    resume(current.flow_run_id, ApprovalDecision(decision="approve", approver="ana", token=token))
+    thread.join(60)
+    assert box["result"]["state"] == "succeeded"

@@ -133,3 +133,10 @@ def test_unreachable_object_store_is_unavailable(monkeypatch, tmp_path):
         VectorStore("s3://bucket/vectors").count()
     with pytest.raises(OSError):  # a local directory's errors are not about the network
         VectorStore(str(tmp_path)).count()
+
+
+def test_indexed_search_returns_more_neighbours_than_the_graph_walk_default(store):
+    store.upsert([row(f"r{i}", i) for i in range(400)])
+    assert store.ensure_index(min_rows=300) is True
+    hits = store.search(unit(5), k=vectorstore.EF + 36)
+    assert len(hits) == vectorstore.EF + 36 and hits[0]["run_id"] == "r5"
