@@ -241,3 +241,73 @@ def test_an_approval_keys_block_chosen_in_the_ui_decides_which_tokens_count(worl
     resume(current.flow_run_id, ApprovalDecision(decision="approve", approver="ana", token=token))
     thread.join(60)
     assert box["result"]["state"] == "succeeded"
+
+
+def test_from_a_deployment_the_run_suspends_and_resumes_where_it_stopped(world):
+    """Served as a deployment, the flow suspends (no process waits for the human) and, once
+    resumed with the decision, runs again from the top and continues from the incident."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from flows.remediate import remediate; remediate.serve(name='t')"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: _deployment_exists("remediate/t"), what="the served deployment")
+        flow_run = run_deployment(
+            "remediate/t",
+            parameters={
+                "signal_id": str(world["signals"]["oom-kills"].id),
+                "parameters": OOM_PARAMETERS,
+            },
+            timeout=0,
+        )
+        current = wait_until(
+            lambda: incidents.find_by_flow_run(flow_run.id), timeout=120, what="the incident"
+        )
+        wait_until(
+            lambda: flow_state(flow_run.id) == "PAUSED" and _state_name(flow_run.id) == "Suspended",
+            timeout=120,
+            what="the run to suspend",
+        )
+        resume(flow_run.id, decision(world, current.id))
+        wait_until(lambda: flow_state(flow_run.id) == "COMPLETED", timeout=120, what="completion")
+        final = incidents.get(current.id)
+        assert final.state == "succeeded" and final.approver == "ana"
+        # One incident and one suggestion, though the flow ran twice.
+        assert len(incidents.list_incidents()) == 1
+        assert [e.action for e in audit.recent(subject=incidents.subject(current.id))].count(
+            "incident.suggested"
+        ) == 1
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def _deployment_exists(name: str) -> bool:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except Exception:  # not served yet
+            return False
+    return True
+
+
+def _state_name(flow_run_id: uuid.UUID) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state.name
