@@ -231,3 +231,20 @@ class Cluster(Base):
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_heartbeat: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(String(16), default="pending")
+    # Migration 0005: where the cluster's own credentials live (never the token that
+    # registered it), and its Prometheus for stream-metrics.
+    credential_id: Mapped[str | None] = mapped_column(String(200))
+    prometheus_url: Mapped[str | None] = mapped_column(String(500))
+
+
+class TriggerNonce(Base):
+    """A signed execution trigger's nonce, once used: a replayed trigger finds it here
+    (migration 0005). Rows past ``expires_at`` can be pruned: the trigger itself expired."""
+
+    __tablename__ = "trigger_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cluster: Mapped[str] = mapped_column(String(63))
+    incident_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)
