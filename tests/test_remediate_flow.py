@@ -311,3 +311,30 @@ def _state_name(flow_run_id: uuid.UUID) -> str:
 
     with get_client(sync_client=True) as client:
         return client.read_flow_run(flow_run_id).state.name
+
+
+def test_neuralops_approve_checks_the_token_then_resumes_the_waiting_run(world):
+    from typer.testing import CliRunner
+
+    from neuralops.cli import app
+
+    thread, box = start(signal_id=str(world["signals"]["oom-kills"].id), parameters=OOM_PARAMETERS)
+    current = paused_incident()
+    wait_until(lambda: flow_state(current.flow_run_id) == "PAUSED", what="the run to pause")
+    runner = CliRunner()
+    wrong = decision(world, current.id, roles=("sre",)).token.get_secret_value()
+    refused = runner.invoke(
+        app, ["approve", str(current.id), "--token", wrong, "--approver", "ana"]
+    )
+    assert refused.exit_code == 2 and "org-admin" in refused.output
+    assert incidents.count_notes(current.id, "approval.refused") == 1
+    assert flow_state(current.flow_run_id) == "PAUSED"  # not resumed with a bad token
+
+    good = decision(world, current.id).token.get_secret_value()
+    approved = runner.invoke(
+        app, ["approve", str(current.id), "--token", good, "--approver", "ana"]
+    )
+    assert approved.exit_code == 0, approved.output
+    assert f"resumed flow run {current.flow_run_id}" in approved.output
+    thread.join(60)
+    assert box["result"]["state"] == "succeeded"
