@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Query, Request, Response, status
+from fastapi import Body, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,12 +20,19 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
-from neuralops import __version__, registry, runs, signals
+from neuralops import __version__, clusters, registry, runs, signals
 from neuralops.db import get_engine
 from neuralops.errors import ConfigError, Conflict, InvalidInput, NotFound, Unavailable
 from neuralops.incident import Incident
@@ -151,6 +158,25 @@ class Health(BaseModel):
     status: str
     version: str
     database: str
+
+
+class ClusterRegistration(BaseModel):
+    """A connector registering its cluster; the Vault token is checked, never stored."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    name: str = Field(
+        pattern=clusters.CLUSTER_NAME, description="DNS label, at most 40 characters."
+    )
+    vault_token: SecretStr = Field(description="Vault token proving the right to register.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    prometheus_url: str | None = Field(None, description="The cluster's own Prometheus.")
+
+
+class ClusterHeartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cluster: str = Field(pattern=clusters.CLUSTER_NAME, description="The registered cluster.")
 
 
 def create_app(database_url: URL | None = None) -> FastAPI:
@@ -303,5 +329,64 @@ def create_app(database_url: URL | None = None) -> FastAPI:
         else:
             incident = request.incident
         return recommenders.get().recommend(incident, top=request.top)
+
+    @app.get("/clusters", response_model=list[clusters.ClusterOut], tags=["clusters"])
+    def get_clusters() -> list[clusters.ClusterOut]:
+        """Registered clusters: labels, work pool, last heartbeat and status."""
+        return clusters.list_clusters(url=url)
+
+    @app.post(
+        "/register",
+        status_code=201,
+        response_model=clusters.ClusterOut,
+        tags=["clusters"],
+        responses={
+            401: {"description": "Vault refused the token (invalid, expired or revoked)."},
+            422: {"description": "Bad name, labels or Prometheus URL."},
+            503: {"description": "Vault unreachable, or NeuralOps' own Vault access is broken."},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": ClusterRegistration.model_json_schema()}
+                },
+            }
+        },
+    )
+    def post_register(raw: Annotated[dict[str, Any], Body()]) -> clusters.ClusterOut:
+        """Register a cluster (again: labels updated, credential rotated). The token is
+        exchanged for the cluster's own credential in Vault and never stored or echoed."""
+        # Validated here, not by FastAPI, whose 422 would echo the body (the token with it).
+        try:
+            body = ClusterRegistration.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidInput.from_validation(exc, "register") from None
+        try:
+            return clusters.register(
+                body.name,
+                vault_token=body.vault_token.get_secret_value(),
+                labels=body.labels,
+                prometheus_url=body.prometheus_url,
+                settings=settings,
+                url=url,
+                actor="api",
+            )
+        except clusters.TokenRefused as exc:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                detail=str(exc),
+                headers={"WWW-Authenticate": "Vault"},
+            ) from None
+
+    @app.put(
+        "/healthz",
+        response_model=clusters.ClusterOut,
+        tags=["clusters"],
+        responses={404: {"description": "The cluster is not registered."}},
+    )
+    def put_healthz(body: ClusterHeartbeat) -> clusters.ClusterOut:
+        """A connector's heartbeat (for connectors that run outside Prefect)."""
+        return clusters.heartbeat(body.cluster, url=url)
 
     return app

@@ -1068,3 +1068,101 @@ def approve(
         f"{decision.decision}d: resumed flow run {current.flow_run_id} for incident {current.id}",
         highlight=False,
     )
+
+
+# --- clusters (BYOC connector) ---------------------------------------------------------------
+
+clusters_app = typer.Typer(
+    help="External clusters: registration, heartbeats and status.", no_args_is_help=True
+)
+app.add_typer(clusters_app, name="clusters")
+
+
+@clusters_app.command("list")
+def clusters_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Registered clusters: labels, work pool, last heartbeat and status."""
+    from neuralops import clusters
+
+    _require_schema(get_settings())
+    found = clusters.list_clusters()
+    if as_json:
+        out.print_json(json.dumps([c.model_dump(mode="json") for c in found]))
+        return
+    if not found:
+        out.print("no clusters registered (`neuralops clusters register NAME --vault-token ...`)")
+        return
+    table = Table("name", "status", "work pool", "last heartbeat", "labels")
+    for c in found:
+        table.add_row(
+            c.name,
+            c.status,
+            c.work_pool,
+            f"{c.last_heartbeat:%Y-%m-%d %H:%M:%S}" if c.last_heartbeat else "never",
+            ",".join(f"{k}={v}" for k, v in sorted(c.labels.items())) or "-",
+        )
+    out.print(table)
+
+
+@clusters_app.command("register")
+def clusters_register(
+    name: Annotated[str, typer.Argument(help="Cluster name (DNS label, at most 40 chars).")],
+    vault_token: Annotated[
+        str,
+        typer.Option(
+            "--vault-token",
+            envvar="NEURALOPS_REGISTRATION_TOKEN",
+            help="Vault token proving the right to register (checked, never stored); "
+            "or set NEURALOPS_REGISTRATION_TOKEN to keep it out of the process list.",
+            show_default=False,
+        ),
+    ],
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="KEY=VALUE, repeatable.")
+    ] = None,
+    prometheus_url: Annotated[
+        str | None, typer.Option(help="The cluster's own Prometheus, for stream-metrics.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Register a cluster (again: new labels, rotated credential) and create its work pool."""
+    from neuralops import clusters
+
+    settings = get_settings()
+    _require_schema(settings)
+    registered = clusters.register(
+        name,
+        vault_token=vault_token,
+        labels=_labels(label or []),
+        prometheus_url=prometheus_url,
+        settings=settings,
+        actor=_actor(),
+    )
+    pool_note = _ensure_cluster_pool(registered.work_pool)
+    if as_json:
+        body = registered.model_dump(mode="json") | {"work_pool_note": pool_note}
+        out.print_json(json.dumps(body))
+        return
+    out.print(
+        f"cluster [bold]{registered.name}[/] registered: status {registered.status}, "
+        f"credential {registered.credential_id}",
+        highlight=False,
+    )
+    out.print(pool_note, highlight=False)
+
+
+def _ensure_cluster_pool(pool: str) -> str:
+    """Create the cluster's work pool when a Prefect API is configured; else say how."""
+    from prefect.settings import get_current_settings
+
+    how = f"create it with `prefect work-pool create {pool} --type process`"
+    if not get_current_settings().api.url:
+        return f"work pool {pool}: no Prefect API configured (PREFECT_API_URL); {how}"
+    from tasks.clusters import ensure_work_pool
+
+    try:
+        created = ensure_work_pool(pool)
+    except Exception as exc:  # the API is down or refuses: registration itself stands
+        return f"work pool {pool}: the Prefect API did not answer ({type(exc).__name__}); {how}"
+    return f"work pool {pool} " + ("created" if created else "already exists")

@@ -1,0 +1,69 @@
+"""Cluster tasks: heartbeats, reachability, events and work pools (thin over neuralops.clusters)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from neuralops import clusters
+from neuralops.errors import NotFound
+from tasks import IO_RETRIES
+
+UNREACHABLE_EVENT = "neuralops.cluster.unreachable"
+WORK_POOL_TYPE = "process"
+
+
+@task(name="record-heartbeat", cache_policy=NO_CACHE, **IO_RETRIES)
+def record_heartbeat(cluster: str) -> clusters.ClusterOut:
+    return clusters.heartbeat(cluster)
+
+
+@task(name="mark-unreachable", cache_policy=NO_CACHE, **IO_RETRIES)
+def mark_unreachable(
+    interval_s: float = clusters.HEARTBEAT_INTERVAL_S, missed: int = clusters.MISSED_HEARTBEATS
+) -> list[str]:
+    return clusters.mark_unreachable(interval_s=interval_s, missed=missed)
+
+
+def emit_unreachable_events(names: list[str]) -> int:
+    """One `neuralops.cluster.unreachable` event per cluster that just went silent, resource
+    ``neuralops.cluster.<name>``, the cluster as its payload (automations can page on it)."""
+    for name in names:
+        try:
+            payload = clusters.get_cluster(name).model_dump(mode="json")
+        except NotFound:
+            payload = {"name": name}
+        emit_event(
+            event=UNREACHABLE_EVENT,
+            resource={
+                "prefect.resource.id": f"neuralops.cluster.{name}",
+                "prefect.resource.name": name,
+                "neuralops.cluster": name,
+                "neuralops.work-pool": clusters.work_pool_name(name),
+            },
+            payload=payload,
+        )
+    return len(names)
+
+
+def ensure_work_pool(name: str, *, pool_type: str = WORK_POOL_TYPE) -> bool:
+    """Create the process work pool ``name`` unless it exists; True when it was created.
+    Needs a reachable Prefect API (PREFECT_API_URL)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name,
+                    type=pool_type,
+                    description=f"NeuralOps connector pool for {name}: only that cluster's "
+                    "worker serves it",
+                )
+            )
+        except ObjectAlreadyExists:
+            return False
+    return True
