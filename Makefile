@@ -7,8 +7,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Scanners with dependency trees of their own (checkov pins old boto3, packaging...) live in a
+# separate environment so they never move the project's pins.
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: run test test-fast lint api doctor lock clean system-deps
+.PHONY: run test test-fast lint api doctor lock clean system-deps tools
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +32,16 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends prometheus >/dev/null; }
 
+$(TOOLS_STAMP): tools-constraints.txt
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet -r tools-constraints.txt
+	touch $@
+
+## checkov (the static scan of the connector's manifests) in its own environment.
+tools: $(TOOLS_STAMP)
+
 ## The whole test suite, slow tests included, after the linter.
-test: $(STAMP) system-deps lint
+test: $(STAMP) $(TOOLS_STAMP) system-deps lint
 	$(BIN)/pytest
 
 test-fast: $(STAMP)
@@ -51,4 +63,4 @@ lock: $(STAMP)
 	  $(BIN)/pip freeze --exclude-editable | grep -v '^neuralops'; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache

@@ -42,6 +42,8 @@ app.add_typer(seed_app, name="seed")
 app.add_typer(etl_app, name="etl")
 token_app = typer.Typer(help="Approval tokens (DEV ONLY helpers).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+connector_app = typer.Typer(help="Connect a cluster: register, render.", no_args_is_help=True)
+app.add_typer(connector_app, name="connector")
 incidents_app = typer.Typer(help="Remediation incidents and their state.", no_args_is_help=True)
 app.add_typer(incidents_app, name="incidents")
 
@@ -1166,3 +1168,90 @@ def _ensure_cluster_pool(pool: str) -> str:
     except Exception as exc:  # the API is down or refuses: registration itself stands
         return f"work pool {pool}: the Prefect API did not answer ({type(exc).__name__}); {how}"
     return f"work pool {pool} " + ("created" if created else "already exists")
+
+
+@connector_app.command("install")
+def connector_install(
+    cluster: Annotated[str, typer.Option(help="Cluster name (DNS label, at most 40 chars).")],
+    kubeconfig: Annotated[
+        Path, typer.Option(help="kubeconfig of the cluster (its API server goes in the policy).")
+    ],
+    vault_token: Annotated[
+        str,
+        typer.Option(
+            "--vault-token",
+            envvar="NEURALOPS_REGISTRATION_TOKEN",
+            help="Vault token proving the right to register (checked, exchanged, never stored).",
+            show_default=False,
+        ),
+    ],
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="KEY=VALUE, repeatable.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Where to write connector.yaml (default ./connector-NAME).")
+    ] = None,
+    prometheus_url: Annotated[
+        str | None, typer.Option(help="The cluster's own Prometheus (in-cluster URL).")
+    ] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Connector image, pinned by digest (repo@sha256:...).")
+    ] = None,
+) -> None:
+    """Register the cluster, create its work pool and render its connector's manifests
+    (validated against the Kubernetes schemas) from the Helm chart in deployments/."""
+    from neuralops import clusters, connector
+    from neuralops.registry import registered_manifests
+    from neuralops.signing import trusted_public_key
+
+    settings = get_settings()
+    _require_schema(settings)
+    api_server = connector.kubernetes_api_url(kubeconfig)
+    manifests = registered_manifests()
+    if not manifests:
+        raise InvalidInput("no playbooks are registered: the connector's RBAC is derived from them")
+    from prefect.settings import get_current_settings
+
+    prefect_api = get_current_settings().api.url or settings.prefect_api_url
+    if not prefect_api:
+        raise InvalidInput(
+            "set PREFECT_API_URL to the control plane's Prefect API: the connector polls it"
+        )
+    chart_values = connector.values(
+        cluster,
+        prefect_api_url=prefect_api,
+        signing_public_key=trusted_public_key(settings),
+        manifests=manifests,
+        labels=_labels(label or []),
+        prometheus_url=prometheus_url,
+        kubernetes_api_url=api_server,
+        image=image,
+    )
+    rendered = connector.render(chart_values)
+    connector.validate(rendered.objects)
+    registered = clusters.register(
+        cluster,
+        vault_token=vault_token,
+        labels=_labels(label or []),
+        prometheus_url=prometheus_url,
+        settings=settings,
+        actor=_actor(),
+    )
+    target = connector.write(rendered, output or Path(f"connector-{cluster}"))
+    out.print(
+        f"cluster [bold]{registered.name}[/] registered (credential {registered.credential_id})",
+        highlight=False,
+    )
+    out.print(_ensure_cluster_pool(registered.work_pool), highlight=False)
+    out.print(
+        f"{len(rendered.objects)} objects validated against Kubernetes "
+        f"{connector.KUBERNETES_VERSION} and written to {target}",
+        highlight=False,
+    )
+    out.print(
+        "Next, with the cluster's kubeconfig:\n"
+        f"  kubectl apply -f {target}\n"
+        "  kubectl -n neuralops-connector create secret generic neuralops-connector-prefect "
+        "--from-file=profiles.toml   # a Prefect profile with PREFECT_API_KEY",
+        highlight=False,
+    )
