@@ -9,7 +9,11 @@ Safety by construction:
 - nothing runs unsigned: the signature is enforced at dry-run and again right before
   execution, against the pinned public key (``cosign_enforcer``);
 - nothing runs unchecked: the rendered steps pass the policy checks and a server-side
-  dry-run (the mock cluster's, locally) or the incident ends ``dry_run_failed``;
+  dry-run (the mock cluster's, locally) or the incident ends ``dry_run_failed``; on a
+  registered cluster the server-side dry-run is the connector's, right before it applies;
+- nothing reaches a cluster but a signed trigger: an incident naming a registered, healthy
+  cluster is executed by that cluster's connector (flow ``execute-playbook``, deployment
+  ``execute-playbook/cluster-<name>``), sent an ``ExecutionTrigger`` signed here;
 - nothing runs unapproved: unless the safety decision is ``auto``, only a valid approval
   token for this incident, naming the approver and carrying org-admin, moves it on;
 - nothing goes unrecorded: each step is an audit entry; the execution is logged as a run,
@@ -19,7 +23,7 @@ Safety by construction:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -33,8 +37,19 @@ from neuralops.incident import Incident
 from neuralops.mock_cluster import RUNTIME, MockCluster
 from neuralops.recommend import Recommender, incident_from_signal
 from neuralops.signals import find_anomalies, get_signal, range_end
+from neuralops.triggers import SignedTrigger, new_trigger, sign_trigger
 
 ACTOR = "neuralops:remediate"
+CONNECTOR_DRY_RUN = "server-side dry-run: in the connector at execution"
+
+# Sends a signed trigger to the named cluster's connector and waits: the connector's answer
+# ({ok, stage, results, pre_state, post_state}) or, when its run failed or refused the
+# trigger, {ok: False, error: <why>}.
+Dispatch = Callable[[str, SignedTrigger], Mapping[str, Any]]
+
+
+def connector_runtime(cluster: str) -> str:
+    return f"connector:{cluster}"
 
 
 class ApprovalDecision(BaseModel):
@@ -151,8 +166,14 @@ def dry_run(
     except InvalidInput as exc:
         return _dry_run_failed(current.id, f"parameters: {exc}", {}, url)
     violations = policy.check(manifest, rendered)
-    pre_state = runtime.snapshot(rendered.steps)
-    server = runtime.execute(rendered.steps, dry_run=True)
+    if current.cluster:
+        # The control plane cannot reach into the cluster: its connector dry-runs every step
+        # against its API server right before applying, and applies nothing if one fails.
+        pre_state: dict[str, Any] = {}
+        server = []
+    else:
+        pre_state = runtime.snapshot(rendered.steps)
+        server = runtime.execute(rendered.steps, dry_run=True)
     server_failed = [r for r in server if r.status != "Completed"]
     result = {
         "ok": not violations and not server_failed,
@@ -160,12 +181,14 @@ def dry_run(
         "version": manifest.version,
         "sha256": manifest.sha256(),
         "signature": "verified",
-        "runtime": RUNTIME,
+        "runtime": connector_runtime(current.cluster) if current.cluster else RUNTIME,
         "steps": [s.model_dump(mode="json") for s in rendered.steps],
         "violations": [v.model_dump(mode="json") for v in violations],
         "server_dry_run": [r.model_dump(mode="json") for r in server],
         "diff": policy.diff(rendered, pre_state),
     }
+    if current.cluster:
+        result["server_dry_run_note"] = CONNECTOR_DRY_RUN
     if not result["ok"]:
         reasons = [v.message for v in violations] + [
             f"{r.name}: {r.message}" for r in server_failed
@@ -198,10 +221,7 @@ def _cluster_problem(name: str, url: URL | None) -> str | None:
             )
         if row.status != "healthy":
             return f"cluster {name!r} is {row.status}: its connector must be healthy to run this"
-    return (
-        f"cluster {name!r}: execution through its connector's work pool (cluster-{name}) is "
-        "not available in this version; run without a cluster for the local runtime"
-    )
+    return None
 
 
 def _dry_run_failed(
@@ -317,12 +337,25 @@ def execute(
     public_key_pem: bytes,
     runtime: MockCluster,
     url: URL | None = None,
+    signer: Any = None,
+    dispatch: Dispatch | None = None,
+    trigger_lifetime: timedelta | None = None,
 ) -> incidents.IncidentOut:
     """Run the approved playbook (its signature checked again first), record the post-state
-    and log the execution as a run."""
+    and log the execution as a run. An incident naming a cluster runs through that cluster's
+    connector: a trigger signed with ``signer`` is sent with ``dispatch``."""
     current = incidents.get(incident_id, url=url)
     if current.state != "approved":
         raise InvalidInput(f"incident {current.id} is {current.state}, not approved")
+    if current.cluster:
+        return _execute_on_cluster(
+            current,
+            public_key_pem=public_key_pem,
+            signer=signer,
+            dispatch=dispatch,
+            trigger_lifetime=trigger_lifetime,
+            url=url,
+        )
     try:
         manifest = enforce_registered(current.playbook_id, public_key_pem, url=url)
     except SignatureRejected as exc:  # changed between dry-run and now: refuse
@@ -357,6 +390,111 @@ def execute(
     )
 
 
+def _execute_on_cluster(
+    current: incidents.IncidentOut,
+    *,
+    public_key_pem: bytes,
+    signer: Any,
+    dispatch: Dispatch | None,
+    trigger_lifetime: timedelta | None,
+    url: URL | None,
+) -> incidents.IncidentOut:
+    """Sign a trigger for the incident's cluster and have its connector run it."""
+    from neuralops.mock_cluster import StepResult
+
+    cluster = str(current.cluster)
+    runtime_name = connector_runtime(cluster)
+    refusal: str | None = None
+    extra: dict[str, Any] = {}
+    manifest = None
+    try:
+        manifest = enforce_registered(current.playbook_id, public_key_pem, url=url)
+    except SignatureRejected as exc:  # changed between dry-run and now: refuse
+        refusal, extra = f"signature: {exc}", {"signature": exc.reason}
+    if refusal is None and (problem := _cluster_problem(cluster, url)):
+        refusal, extra = problem, {"cluster": cluster}
+    if refusal is None and (signer is None or dispatch is None):
+        refusal = f"cluster {cluster!r}: no signer or dispatcher to reach its connector"
+    if refusal is not None or manifest is None:
+        incidents.transition(
+            current.id, "executing", actor=ACTOR, payload={"runtime": runtime_name}, url=url
+        )
+        return incidents.transition(
+            current.id,
+            "failed",
+            actor=ACTOR,
+            payload={"reason": refusal, **extra},
+            url=url,
+        )
+    rendered = policy.render(manifest, current.parameters or {})
+    lifetime = {"lifetime": trigger_lifetime} if trigger_lifetime else {}
+    signed = sign_trigger(
+        new_trigger(
+            cluster=cluster,
+            incident_id=current.id,
+            playbook_id=manifest.id,
+            playbook_sha256=manifest.sha256(),
+            parameters=rendered.parameters,
+            steps=rendered.steps,
+            **lifetime,
+        ),
+        signer,
+    )
+    started = datetime.now(UTC)
+    incidents.transition(
+        current.id,
+        "executing",
+        actor=ACTOR,
+        payload={
+            "runtime": runtime_name,
+            "nonce": signed.trigger.nonce,
+            "expires_at": signed.trigger.expires_at.isoformat(),
+            "key_id": signed.key_id,
+        },
+        url=url,
+    )
+    answer = dict(dispatch(cluster, signed))
+    results = [StepResult.model_validate(r) for r in answer.get("results") or []]
+    ok = bool(answer.get("ok")) and bool(results)
+    error = answer.get("error")
+    if not ok and not error and answer.get("stage") == "dry_run":
+        error = "the connector's server-side dry-run failed: nothing was applied"
+    run_id = f"remediate-{current.id}"
+    log_execution(
+        current,
+        manifest.id,
+        results,
+        ok,
+        started,
+        run_id,
+        outcome=None,
+        url=url,
+        runtime_name=runtime_name,
+        error=None if ok else error,
+    )
+    payload: dict[str, Any] = {
+        "run_id": run_id,
+        "runtime": runtime_name,
+        "steps": [r.model_dump(mode="json") for r in results],
+        "stage": answer.get("stage"),
+        "connector_flow_run_id": answer.get("flow_run_id"),
+    }
+    if error:
+        payload["reason"] = str(error)[:2000]
+    fields: dict[str, Any] = {"run_id": run_id}
+    for name in ("pre_state", "post_state"):  # the connector's snapshots of the targets
+        if answer.get(name) is not None:
+            fields[name] = answer[name]
+    return incidents.transition(
+        current.id,
+        "succeeded" if ok else "failed",
+        actor=ACTOR,
+        payload=payload,
+        url=url,
+        **fields,
+    )
+
+
 def log_execution(
     current: incidents.IncidentOut,
     playbook_id: str,
@@ -367,6 +505,8 @@ def log_execution(
     *,
     outcome: str | None,
     url: URL | None = None,
+    runtime_name: str = RUNTIME,
+    error: str | None = None,
 ) -> None:
     """The execution as a run in workflow_runs: its status is the outcome where one was
     verified (an execution that did not resolve the signal failed), else the execution's."""
@@ -377,10 +517,12 @@ def log_execution(
     outputs: dict[str, Any] = {
         "incident_id": str(current.id),
         "outcome": outcome,
-        "runtime": RUNTIME,
+        "runtime": runtime_name,
     }
     if failed:
         outputs["error"] = failed.message
+    elif error:
+        outputs["error"] = error
     elif outcome == "not_resolved":
         outputs["error"] = "the signal was still anomalous after the settle time"
     else:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from neuralops import clusters
+from neuralops import clusters, triggers
 from neuralops.errors import NotFound
+from neuralops.kube import KubernetesRuntime, runtime_from_kubeconfig
+from neuralops.policy import RenderedStep
+from neuralops.settings import get_settings
+from neuralops.signing import trusted_public_key
+from neuralops.triggers import ExecutionTrigger
 from tasks import IO_RETRIES
 
 UNREACHABLE_EVENT = "neuralops.cluster.unreachable"
@@ -67,3 +75,35 @@ def ensure_work_pool(name: str, *, pool_type: str = WORK_POOL_TYPE) -> bool:
         except ObjectAlreadyExists:
             return False
     return True
+
+
+# --- execute-playbook: what a cluster's connector does with a signed trigger -----------------
+
+
+@task(name="accept-trigger", cache_policy=NO_CACHE)  # never retried: acceptance uses the nonce
+def accept_trigger(trigger: dict[str, Any], cluster: str) -> ExecutionTrigger:
+    """Verify the signed trigger for this cluster (signature with the pinned key, lifetime,
+    expiry, cluster, nonce) and record its nonce; ``TriggerRejected`` (audited) otherwise."""
+    settings = get_settings()
+    return triggers.accept_trigger(
+        triggers.parse_signed(trigger),
+        cluster=cluster,
+        public_key_pem=trusted_public_key(settings),
+    )
+
+
+def kube_runtime() -> KubernetesRuntime:
+    """The cluster's Kubernetes API: the kubeconfig at NEURALOPS_KUBECONFIG, else the
+    in-cluster service account (the connector worker's)."""
+    return runtime_from_kubeconfig(os.environ.get("NEURALOPS_KUBECONFIG") or None)
+
+
+@task(name="snapshot", cache_policy=NO_CACHE, **IO_RETRIES)
+def snapshot(steps: list[RenderedStep]) -> dict[str, Any]:
+    return kube_runtime().snapshot(steps)
+
+
+@task(name="apply-steps", cache_policy=NO_CACHE)  # never retried: a step may have half-applied
+def apply_steps(steps: list[RenderedStep], dry_run: bool = False) -> list[dict[str, Any]]:
+    """The steps through the Kubernetes API (``dry_run``: server-side dry-run only)."""
+    return [r.model_dump(mode="json") for r in kube_runtime().execute(steps, dry_run=dry_run)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from prefect import task
@@ -15,8 +16,78 @@ from neuralops.incident import Incident
 from neuralops.mock_cluster import MockCluster
 from neuralops.recommend import recommender_from_settings
 from neuralops.settings import get_settings
-from neuralops.signing import trusted_public_key
+from neuralops.signing import signer_from_settings, trusted_public_key
+from neuralops.triggers import DEFAULT_LIFETIME, SignedTrigger
 from tasks import IO_RETRIES
+
+CONNECTOR_FLOW = "execute-playbook"
+# How long the control plane waits for a connector's run: the trigger's lifetime (after it
+# the connector refuses it as expired) plus time for the steps (a `wait` step polls up to
+# 300 s by default).
+CONNECTOR_TIMEOUT_S = DEFAULT_LIFETIME.total_seconds() + 600
+CONNECTOR_POLL_S = 2.0
+
+
+def connector_deployment(cluster: str) -> str:
+    """The cluster connector's execute-playbook deployment: ``execute-playbook/cluster-<name>``
+    on the cluster's own work pool ``cluster-<name>``."""
+    return f"{CONNECTOR_FLOW}/cluster-{cluster}"
+
+
+def dispatch_to_connector(
+    cluster: str, signed: SignedTrigger, *, timeout_s: float | None = None
+) -> Mapping[str, Any]:
+    """Run the signed trigger on the cluster's connector (``run_deployment``) and wait for
+    it: the connector's result, or ``{"ok": False, "error": ...}`` when its run failed (a
+    refused trigger fails the run with the reason), crashed or did not finish in time."""
+    from prefect.deployments import run_deployment
+
+    name = connector_deployment(cluster)
+    try:
+        flow_run = run_deployment(
+            name,
+            parameters={"trigger": signed.model_dump(mode="json")},
+            timeout=CONNECTOR_TIMEOUT_S if timeout_s is None else timeout_s,
+            poll_interval=CONNECTOR_POLL_S,
+            tags=[f"cluster:{cluster}", f"incident:{signed.trigger.incident_id}"],
+        )
+    except Exception as exc:  # no such deployment, API unreachable
+        return {"ok": False, "error": f"could not start {name}: {type(exc).__name__}: {exc}"}
+    state = flow_run.state
+    where = {"flow_run_id": str(flow_run.id)}
+    if state is None or not state.is_final():
+        _cancel(flow_run.id)
+        return where | {
+            "ok": False,
+            "error": f"{name} (flow run {flow_run.id}) did not finish in time "
+            f"(state {state.name if state else 'unknown'}); cancelled: check the cluster",
+        }
+    if not state.is_completed():
+        return where | {
+            "ok": False,
+            "error": f"{name} (flow run {flow_run.id}) {state.name}: {state.message or ''}",
+        }
+    try:
+        answer = state.result(raise_on_failure=True)
+    except Exception as exc:
+        return where | {
+            "ok": False,
+            "error": f"{name} finished but its result cannot be read: {type(exc).__name__}",
+        }
+    if not isinstance(answer, Mapping):
+        return where | {"ok": False, "error": f"{name} answered {type(answer).__name__}"}
+    return {**answer, **where}
+
+
+def _cancel(flow_run_id: uuid.UUID) -> None:
+    """Best effort: a run that has not accepted its trigger yet must not run it later."""
+    from prefect.states import Cancelling
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
+    except Exception:  # the trigger expires anyway
+        pass
 
 
 def public_key(vault_block: str | None) -> bytes:
@@ -97,8 +168,16 @@ def check_approval(
 def execute(
     incident_id: uuid.UUID, fail_steps: list[str] | None = None, vault_block: str | None = None
 ) -> incidents.IncidentOut:
+    """Locally on the mock cluster; for an incident naming a cluster, through that cluster's
+    connector (a trigger signed with the settings' signer, run by its deployment)."""
+    settings = get_settings()
+    cluster = incidents.get(incident_id).cluster
     return remediation.execute(
-        incident_id, public_key_pem=public_key(vault_block), runtime=runtime(fail_steps)
+        incident_id,
+        public_key_pem=public_key(vault_block),
+        runtime=runtime(fail_steps),
+        signer=signer_from_settings(settings) if cluster else None,
+        dispatch=dispatch_to_connector,
     )
 
 
