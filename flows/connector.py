@@ -34,8 +34,10 @@ def heartbeat(cluster: str | None = None) -> dict[str, str | None]:
 def watch_clusters(
     interval_s: float = HEARTBEAT_INTERVAL_S, missed: int = MISSED_HEARTBEATS
 ) -> list[str]:
-    """Mark clusters silent for ``missed`` heartbeat intervals unreachable and emit a
-    ``neuralops.cluster.unreachable`` event for each; returns their names."""
+    """Record the heartbeats of the clusters' Prefect workers, then mark clusters silent for
+    ``missed`` intervals unreachable and emit a ``neuralops.cluster.unreachable`` event for
+    each; returns their names."""
+    cluster_tasks.record_worker_heartbeats(interval_s, missed)
     changed = cluster_tasks.mark_unreachable(interval_s, missed)
     cluster_tasks.emit_unreachable_events(changed)
     return changed

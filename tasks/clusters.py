@@ -27,6 +27,37 @@ def record_heartbeat(cluster: str) -> clusters.ClusterOut:
     return clusters.heartbeat(cluster)
 
 
+@task(name="worker-heartbeats", cache_policy=NO_CACHE, **IO_RETRIES)
+def record_worker_heartbeats(
+    interval_s: float = clusters.HEARTBEAT_INTERVAL_S, missed: int = clusters.MISSED_HEARTBEATS
+) -> list[str]:
+    """Clusters whose pool has a worker that heartbeated to the Prefect API recently become
+    healthy: the worker in the cluster already heartbeats there, so nothing else has to
+    leave the cluster. Returns their names."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    fresh = timedelta(seconds=interval_s * missed)
+    now = datetime.now(UTC)
+    alive = []
+    with get_client(sync_client=True) as client:
+        for cluster in clusters.list_clusters():
+            try:
+                # limit and offset explicit: the sync client sends nulls the server refuses
+                workers = client.read_workers_for_work_pool(cluster.work_pool, offset=0, limit=100)
+            except (ObjectNotFound, PrefectHTTPStatusError) as exc:
+                if getattr(getattr(exc, "response", None), "status_code", 404) != 404:
+                    raise
+                continue  # the pool was never created: no worker yet
+            beats = [w.last_heartbeat_time for w in workers if w.last_heartbeat_time]
+            if beats and now - max(beats) <= fresh:
+                clusters.heartbeat(cluster.name, at=max(beats))
+                alive.append(cluster.name)
+    return alive
+
+
 @task(name="mark-unreachable", cache_policy=NO_CACHE, **IO_RETRIES)
 def mark_unreachable(
     interval_s: float = clusters.HEARTBEAT_INTERVAL_S, missed: int = clusters.MISSED_HEARTBEATS

@@ -377,3 +377,43 @@ def test_ensure_work_pool_creates_a_process_pool_once(prefect_server) -> None:
     assert ensure_work_pool(pool) is False
     with get_client(sync_client=True) as client:
         assert client.read_work_pool(pool).type == "process"
+
+
+@pytest.mark.slow
+def test_a_real_worker_on_the_cluster_pool_makes_the_cluster_healthy(
+    prefect_server, sqlite_url: URL
+) -> None:
+    """The worker's own heartbeat to the Prefect API is the cluster's: no other traffic
+    has to leave the cluster."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.connector import watch_clusters
+    from tasks.clusters import ensure_work_pool
+
+    name = _name()
+    _add_cluster(name, status="pending")
+    ensure_work_pool(clusters.work_pool_name(name))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool",
+         clusters.work_pool_name(name), "--type", "process"],
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while clusters.get_cluster(name).status != "healthy":
+            assert time.monotonic() < deadline, "the worker never showed up"
+            watch_clusters()
+            time.sleep(1)
+        assert clusters.get_cluster(name).last_heartbeat is not None
+        assert name in [c.name for c in clusters.list_clusters() if c.status == "healthy"]
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
