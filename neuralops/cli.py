@@ -1242,7 +1242,17 @@ def connector_install(
         f"cluster [bold]{registered.name}[/] registered (credential {registered.credential_id})",
         highlight=False,
     )
-    out.print(_ensure_cluster_pool(registered.work_pool), highlight=False)
+    pool_note = _ensure_cluster_pool(registered.work_pool)
+    out.print(pool_note, highlight=False)
+    if pool_note.endswith(("created", "already exists")):
+        from tasks.clusters import ensure_connector_deployments
+
+        ensure_connector_deployments(registered.name)
+        out.print(
+            f"deployments execute-playbook/{registered.work_pool} and "
+            f"stream-metrics/{registered.work_pool} (every minute) on its pool",
+            highlight=False,
+        )
     out.print(
         f"{len(rendered.objects)} objects validated against Kubernetes "
         f"{connector.KUBERNETES_VERSION} and written to {target}",

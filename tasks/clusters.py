@@ -138,3 +138,29 @@ def snapshot(steps: list[RenderedStep]) -> dict[str, Any]:
 def apply_steps(steps: list[RenderedStep], dry_run: bool = False) -> list[dict[str, Any]]:
     """The steps through the Kubernetes API (``dry_run``: server-side dry-run only)."""
     return [r.model_dump(mode="json") for r in kube_runtime().execute(steps, dry_run=dry_run)]
+
+
+STREAM_INTERVAL_S = 60
+
+
+def ensure_connector_deployments(cluster: str, working_dir: str | None = None) -> list[str]:
+    """The cluster's own deployments on its pool: ``execute-playbook/cluster-<name>`` (signed
+    triggers) and ``stream-metrics/cluster-<name>`` (every minute). Needs the Prefect API."""
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    from flows.connector import execute_playbook, stream_metrics
+
+    pool = clusters.work_pool_name(cluster)
+    variables = {"working_dir": working_dir} if working_dir else {}
+    ids = [
+        execute_playbook.to_deployment(
+            name=pool, work_pool_name=pool, job_variables=variables
+        ).apply(),
+        stream_metrics.to_deployment(
+            name=pool,
+            work_pool_name=pool,
+            job_variables=variables,
+            schedules=[IntervalSchedule(interval=STREAM_INTERVAL_S)],
+        ).apply(),
+    ]
+    return [str(i) for i in ids]
