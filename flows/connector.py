@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from neuralops import signals, streaming
+from neuralops import db, signals, streaming
 from neuralops.clusters import HEARTBEAT_INTERVAL_S, MISSED_HEARTBEATS
 from neuralops.errors import ConfigError, InvalidInput
 from neuralops.hooks import run_logger_hooks
@@ -65,6 +65,9 @@ def execute_playbook(trigger: dict[str, Any]) -> dict[str, Any]:
     cluster = get_settings().cluster
     if not cluster:
         raise ConfigError("execute-playbook: NEURALOPS_CLUSTER (the cluster this runs in) is unset")
+    # The connector keeps its nonces and audit entries in its own database (SQLite in the
+    # pod's data dir unless configured otherwise): bring its schema up first (idempotent).
+    db.upgrade()
     accepted = cluster_tasks.accept_trigger(trigger, cluster)
     logger = get_run_logger()
     logger.info(
