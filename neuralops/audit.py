@@ -53,6 +53,9 @@ _SHIP_LOCK_KEY = 0x6E6F_6173  # ... and for recording shipments ("noas")
 _VERIFY_BATCH = 5000
 
 
+HASHED_FIELDS = ("seq", "created_at", "actor", "action", "subject", "payload", "prev_hash")
+
+
 def entry_hash(
     *,
     seq: int,
@@ -105,26 +108,16 @@ def append(
     ).first()
     seq = (last.seq + 1) if last else 1
     prev_hash = last.hash if last else GENESIS
-    body = json.loads(json.dumps(dict(payload or {}), default=str))  # what the JSON column keeps
-    created_at = datetime.now(UTC)
-    entry = AuditLog(
-        seq=seq,
-        created_at=created_at,
-        actor=actor,
-        action=action,
-        subject=subject,
-        payload=body,
-        prev_hash=prev_hash,
-        hash=entry_hash(
-            seq=seq,
-            created_at=created_at,
-            actor=actor,
-            action=action,
-            subject=subject,
-            payload=body,
-            prev_hash=prev_hash,
-        ),
-    )
+    fields = {
+        "seq": seq,
+        "created_at": datetime.now(UTC),
+        "actor": actor,
+        "action": action,
+        "subject": subject,
+        "payload": json.loads(json.dumps(dict(payload or {}), default=str)),  # as stored
+        "prev_hash": prev_hash,
+    }
+    entry = AuditLog(**fields, hash=entry_hash(**fields))
     session.add(entry)
     session.flush()
     return entry
@@ -212,15 +205,7 @@ def check_chain(
             return Verification(
                 count, False, entry.seq, "prev_hash does not match the previous entry"
             )
-        recomputed = entry_hash(
-            seq=entry.seq,
-            created_at=entry.created_at,
-            actor=entry.actor,
-            action=entry.action,
-            subject=entry.subject,
-            payload=entry.payload,
-            prev_hash=entry.prev_hash,
-        )
+        recomputed = entry_hash(**{name: getattr(entry, name) for name in HASHED_FIELDS})
         if recomputed != entry.hash:
             return Verification(count, False, entry.seq, "its content does not match its hash")
         prev_hash, expected_seq = entry.hash, entry.seq + 1
