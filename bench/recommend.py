@@ -36,9 +36,10 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -72,6 +73,26 @@ TEMPERATURES = (0.02, 0.05, 0.1, 0.3)
 FAILURE_PENALTIES = (0.15, 0.3)
 NEAR_BEST = 0.005  # settings within this MRR of the best are ties; cold start decides
 GRID_STEP = 0.1
+
+
+@dataclass
+class Quality:
+    """What the accuracy, weights and replay sections of the report say."""
+
+    weights: Weights
+    tuned: dict[str, float]
+    tuned_cold: dict[str, float]
+    tried: int
+    rows: dict[str, dict[str, float]]
+    replay_rows: list[tuple[str, int, float, float]]
+    replay_all: tuple[float, float]
+    replayed: int
+    n_history: int
+    n_tune: int
+    n_test: int
+    vectorized: Any
+    vectorize_s: float
+    eval_s: float
 
 
 def history_records(total: int) -> list[dict]:
@@ -386,113 +407,61 @@ def main() -> None:
         print(
             f"{size:>9,} runs: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms ({build_s:.0f} s)"
         )
-    embed_lat = []
-    for incident in incidents[: args.latency_queries]:
+    embed_lat = []  # the query embedding alone, for the latency section
+    for incident in incidents[: args.latency_queries] if latency_rows else []:
         t0 = time.perf_counter()
         embedder.embed([incident.text()])
         embed_lat.append((time.perf_counter() - t0) * 1000)
 
     if args.report:
-        write_report(
-            args,
-            weights,
-            tuned,
-            tuned_cold,
-            tried,
-            rows,
-            replay_rows,
-            replay_all,
-            len(hits),
-            latency_rows,
-            statistics.median(embed_lat),
-            len(history),
-            len(tune),
-            len(test),
-            vectorized,
-            vectorize_s,
-            eval_s,
-        )
+        quality = None
+        if args.only != "latency":
+            quality = Quality(
+                weights=weights,
+                tuned=tuned,
+                tuned_cold=tuned_cold,
+                tried=tried,
+                rows=rows,
+                replay_rows=replay_rows,
+                replay_all=replay_all,
+                replayed=len(hits),
+                n_history=len(history),
+                n_tune=len(tune),
+                n_test=len(test),
+                vectorized=vectorized,
+                vectorize_s=vectorize_s,
+                eval_s=eval_s,
+            )
+        embed_ms = statistics.median(embed_lat) if embed_lat else 0.0
+        write_report(args, quality, latency_rows, embed_ms)
         print(f"wrote {args.report}")
 
 
-def write_report(
-    args,
-    weights,
-    tuned,
-    tuned_cold,
-    tried,
-    rows,
-    replay_rows,
-    replay_all,
-    replayed,
-    latency_rows,
-    embed_ms,
-    n_history,
-    n_tune,
-    n_test,
-    vectorized,
-    vectorize_s,
-    eval_s,
-) -> None:
+def write_report(args, quality: Quality | None, latency_rows: list, embed_ms: float) -> None:
     env = (
         f"measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()} with "
         f"{_cores()} cores, Python {platform.python_version()}; LanceDB in a local directory, "
         "all-MiniLM-L6-v2 on the CPU"
     )
     title = "Recommendation: accuracy, replay and latency"
-    if rows:
-        write_quality(
-            args,
-            env,
-            title,
-            weights,
-            tuned,
-            tuned_cold,
-            tried,
-            rows,
-            replay_rows,
-            replay_all,
-            replayed,
-            n_history,
-            n_tune,
-            n_test,
-            vectorized,
-            vectorize_s,
-            eval_s,
-        )
+    if quality is not None:
+        write_quality(args, env, title, quality)
     if latency_rows:
         write_latency(args, env, title, latency_rows, embed_ms)
 
 
-def write_quality(
-    args,
-    env,
-    title,
-    weights,
-    tuned,
-    tuned_cold,
-    tried,
-    rows,
-    replay_rows,
-    replay_all,
-    replayed,
-    n_history,
-    n_tune,
-    n_test,
-    vectorized,
-    vectorize_s,
-    eval_s,
-) -> None:
+def write_quality(args, env: str, title: str, q: Quality) -> None:
     quality = [
         "## Accuracy on the held-out split",
         "",
         f"Command: `{_command()}`; {env}.",
         "",
         f"Synthetic history (`neuralops.synthetic`, seed {SEED}, 365 days, redacted as the "
-        f"vectorize flow does): the oldest {n_history:,} runs are the history "
-        f"({vectorized.embedded_texts:,} distinct incident texts embedded in {vectorize_s:.0f} s); "
-        f"the succeeded runs among the next {args.queries:,} are the tuning split ({n_tune}), and "
-        f"among the {args.queries:,} after those the test split ({n_test}), which nothing was "
+        f"vectorize flow does): the oldest {q.n_history:,} runs are the history "
+        f"({q.vectorized.embedded_texts:,} distinct incident texts embedded in "
+        f"{q.vectorize_s:.0f} s); the succeeded runs among the next {args.queries:,} are the "
+        f"tuning split ({q.n_tune}), and among the {args.queries:,} after those the test split "
+        f"({q.n_test}), which nothing was "
         "tuned on. Each query is a run's incident (alert, labels, summary); the label is the "
         "playbook that resolved it. Several playbooks treat most symptoms and each works better "
         "in some namespaces than in others, so the text alone cannot tell which one worked.",
@@ -501,7 +470,7 @@ def write_quality(
         "| --- | ---: | ---: | ---: |",
         *(
             f"| {name} | {m['top1']:.3f} | {m['top3']:.3f} | {m['mrr']:.3f} |"
-            for name, m in rows.items()
+            for name, m in q.rows.items()
         ),
         "",
         "The baselines rank by reciprocal rank fusion of one retriever over the catalogue and "
@@ -510,15 +479,15 @@ def write_quality(
         "smoothed success rate on similar incidents, recency and the recent-failure penalty. "
         "The oracle ranks by the generator's own probabilities (which playbook is run for that "
         f"symptom and how often it succeeds in that namespace): no ranker can beat it on average. "
-        f"Candidate features for all splits took {eval_s:.0f} s.",
+        f"Candidate features for all splits took {q.eval_s:.0f} s.",
     ]
-    chosen = asdict(weights)
+    chosen = asdict(q.weights)
     tuning = [
         "## Weights",
         "",
         f"Grid search on the tuning split only: feature weights on the simplex in steps of "
         f"{GRID_STEP} x failure penalty {FAILURE_PENALTIES} x evidence temperature "
-        f"{TEMPERATURES} ({tried:,} settings). The best MRR wins; settings within "
+        f"{TEMPERATURES} ({q.tried:,} settings). The best MRR wins; settings within "
         f"{NEAR_BEST} of it count as ties, settled by MRR from the catalogue alone (the same "
         "queries with no history), so the weights also rank well on the first day. The "
         "penalty has a floor of 0.15: not suggesting again what just failed on this resource is "
@@ -529,20 +498,20 @@ def write_quality(
         "| " + " | ".join("---:" for _ in chosen) + " |",
         "| " + " | ".join(f"{v:g}" for v in chosen.values()) + " |",
         "",
-        f"On the tuning split they give top-1 {tuned['top1']:.3f}, top-3 {tuned['top3']:.3f}, "
-        f"MRR {tuned['mrr']:.3f}; from the catalogue alone, MRR {tuned_cold['mrr']:.3f}.",
+        f"On the tuning split they give top-1 {q.tuned['top1']:.3f}, top-3 {q.tuned['top3']:.3f}, "
+        f"MRR {q.tuned['mrr']:.3f}; from the catalogue alone, MRR {q.tuned_cold['mrr']:.3f}.",
     ]
     replay = [
         "## Time-ordered replay",
         "",
-        f"{replayed} succeeded incidents spread evenly over the history, each recommended with "
+        f"{q.replayed} succeeded incidents spread evenly over the history, each recommended with "
         "only the runs logged before it (a `created_at` prefilter on both retrievers), compared "
         "with the playbook that actually resolved it.",
         "",
         "| incidents | n | hit@1 | hit@3 |",
         "| --- | ---: | ---: | ---: |",
-        *(f"| {name} | {n} | {h1:.3f} | {h3:.3f} |" for name, n, h1, h3 in replay_rows),
-        f"| **all** | {replayed} | **{replay_all[0]:.3f}** | **{replay_all[1]:.3f}** |",
+        *(f"| {name} | {n} | {h1:.3f} | {h3:.3f} |" for name, n, h1, h3 in q.replay_rows),
+        f"| **all** | {q.replayed} | **{q.replay_all[0]:.3f}** | **{q.replay_all[1]:.3f}** |",
     ]
     write_section(args.report, "recommend-accuracy", "\n".join(quality), title=title)
     write_section(args.report, "recommend-weights", "\n".join(tuning))
