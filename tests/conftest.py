@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -294,3 +295,65 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
             process.kill()
             process.wait()
         log.close()
+
+
+# --- shared by the remediation and connector tests -------------------------------------------
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
+    """Poll ``condition`` until it returns something truthy (returned), or fail naming it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def deployment_exists(name: str) -> bool:
+    """Whether the Prefect server knows deployment ``flow/name`` (a served one appears late)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return False
+    return True
+
+
+@pytest.fixture
+def signed_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    """A data dir holding the schema, the shipped catalogue registered and signed with the
+    DEV ONLY local key, the demo signals (by rule) and the dev approval key pair."""
+    from datetime import UTC, datetime
+
+    from neuralops.approval import dev_keypair
+    from neuralops.demo import demo_signals
+    from neuralops.registry import add_playbooks, catalogue_dir, load_manifests
+    from neuralops.signals import record_signals
+    from neuralops.signing import LocalKeySigner, dev_key_path, sign_playbook
+
+    monkeypatch.setenv("NEURALOPS_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    settings = get_settings()
+    db.upgrade()
+    manifests = load_manifests([catalogue_dir()])
+    add_playbooks(manifests)
+    signer = LocalKeySigner(dev_key_path(settings))
+    for manifest in manifests:
+        sign_playbook(manifest.id, signer)
+    candidates, cooldowns = demo_signals(datetime.now(UTC))
+    found = {r.signal.rule: r.signal for r in record_signals(candidates, cooldowns)}
+    private, _ = dev_keypair(settings.data_dir)
+    yield {
+        "settings": settings,
+        "manifests": manifests,
+        "signals": found,
+        "signer": signer,
+        "private_key": private,
+    }
+    get_settings.cache_clear()
+    db.dispose_engines()

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ENV_NAMES
+from conftest import ENV_NAMES, deployment_exists, wait_until
 from fake_kube import FakeKubeAPI, FakeKubeServer
 from sqlalchemy import select
 
@@ -91,27 +90,6 @@ def write_kubeconfig(path: Path, server: str) -> Path:
         )
     )
     return path
-
-
-def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _deployment_exists(name: str) -> bool:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_deployment_by_name(name)
-        except Exception:
-            return False
-    return True
 
 
 def _worker_online(pool: str) -> bool:
@@ -205,7 +183,7 @@ def edges(
                 )
             )
         for name in CLUSTERS:
-            wait_until(lambda n=name: _deployment_exists(f"execute-playbook/cluster-{n}"))
+            wait_until(lambda n=name: deployment_exists(f"execute-playbook/cluster-{n}"))
             wait_until(
                 lambda n=name: _worker_online(f"cluster-{n}"),
                 timeout=120,

@@ -5,45 +5,27 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import deployment_exists, wait_until
 
-from neuralops import audit, db, incidents, runs
-from neuralops.approval import dev_keypair, issue_dev_token
-from neuralops.demo import demo_signals
-from neuralops.registry import add_playbooks, catalogue_dir, load_manifests
+from neuralops import audit, incidents, runs
+from neuralops.approval import issue_dev_token
 from neuralops.remediation import ApprovalDecision
 from neuralops.settings import get_settings
-from neuralops.signals import record_signals
-from neuralops.signing import LocalKeySigner, dev_key_path, sign_playbook
 
 pytestmark = pytest.mark.slow
 OOM_PARAMETERS = {"container": "api", "memory_limit": "2Gi"}
 
 
 @pytest.fixture
-def world(tmp_path: Path, monkeypatch, prefect_server):
-    monkeypatch.setenv("NEURALOPS_DATA_DIR", str(tmp_path / "data"))
+def world(signed_catalogue, monkeypatch, prefect_server):
     monkeypatch.setenv("NEURALOPS_EMBEDDER", "hashing")
     monkeypatch.setenv("NEURALOPS_SETTLE_S", "0")
     get_settings.cache_clear()
-    settings = get_settings()
-    db.upgrade()
-    manifests = load_manifests([catalogue_dir()])
-    add_playbooks(manifests)
-    signer = LocalKeySigner(dev_key_path(settings))
-    for manifest in manifests:
-        sign_playbook(manifest.id, signer)
-    candidates, cooldowns = demo_signals(datetime.now(UTC))
-    signals = {r.signal.rule: r.signal for r in record_signals(candidates, cooldowns)}
-    private, _ = dev_keypair(settings.data_dir)
-    yield {"signals": signals, "private_key": private}
-    get_settings.cache_clear()
-    db.dispose_engines()
+    return signed_catalogue
 
 
 def start(**parameters) -> tuple[threading.Thread, dict]:
@@ -61,16 +43,6 @@ def start(**parameters) -> tuple[threading.Thread, dict]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, box
-
-
-def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def paused_incident() -> incidents.IncidentOut:
@@ -264,7 +236,7 @@ def test_from_a_deployment_the_run_suspends_and_resumes_where_it_stopped(world):
         start_new_session=True,
     )
     try:
-        wait_until(lambda: _deployment_exists("remediate/t"), what="the served deployment")
+        wait_until(lambda: deployment_exists("remediate/t"), what="the served deployment")
         flow_run = run_deployment(
             "remediate/t",
             parameters={
@@ -293,17 +265,6 @@ def test_from_a_deployment_the_run_suspends_and_resumes_where_it_stopped(world):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
-
-
-def _deployment_exists(name: str) -> bool:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_deployment_by_name(name)
-        except Exception:  # not served yet
-            return False
-    return True
 
 
 def _state_name(flow_run_id: uuid.UUID) -> str:

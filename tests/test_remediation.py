@@ -8,50 +8,29 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from neuralops import audit, db, incidents, remediation, runs
-from neuralops.approval import dev_keypair, issue_dev_token, keys_from_settings
+from neuralops import audit, incidents, remediation, runs
+from neuralops.approval import issue_dev_token, keys_from_settings
 from neuralops.db import session_scope
 from neuralops.db.models import AuditLog, Playbook
-from neuralops.demo import demo_signals
 from neuralops.embedding import HashingEmbedder
 from neuralops.incident import Incident
 from neuralops.mock_cluster import MockCluster
 from neuralops.recommend import Recommender
-from neuralops.registry import add_playbooks, catalogue_dir, load_manifests
 from neuralops.settings import get_settings
-from neuralops.signals import record_signals
-from neuralops.signing import LocalKeySigner, dev_key_path, sign_playbook
 from neuralops.vectorstore import VectorStore
 
 OOM_PARAMETERS = {"container": "api", "memory_limit": "2Gi"}
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch):
-    """A registered, signed catalogue (dev key), demo signals, a recommender, the mock cluster."""
-    monkeypatch.setenv("NEURALOPS_DATA_DIR", str(tmp_path / "data"))
-    get_settings.cache_clear()
-    settings = get_settings()
-    db.upgrade()
-    manifests = load_manifests([catalogue_dir()])
-    add_playbooks(manifests)
-    signer = LocalKeySigner(dev_key_path(settings))
-    for manifest in manifests:
-        sign_playbook(manifest.id, signer)
-    candidates, cooldowns = demo_signals(datetime.now(UTC))
-    signals = {r.signal.rule: r.signal for r in record_signals(candidates, cooldowns)}
-    recommender = Recommender(VectorStore(str(tmp_path / "lancedb")), HashingEmbedder(), manifests)
-    private, _ = dev_keypair(settings.data_dir)
-    yield {
-        "settings": settings,
-        "signals": signals,
-        "recommender": recommender,
-        "public_key": signer.public_key_pem(),
+def env(signed_catalogue, tmp_path: Path):
+    """The signed catalogue and demo signals, a recommender, the mock cluster."""
+    store = VectorStore(str(tmp_path / "lancedb"))
+    return signed_catalogue | {
+        "recommender": Recommender(store, HashingEmbedder(), signed_catalogue["manifests"]),
+        "public_key": signed_catalogue["signer"].public_key_pem(),
         "cluster": MockCluster(tmp_path / "mock-cluster.json"),
-        "private_key": private,
     }
-    get_settings.cache_clear()
-    db.dispose_engines()
 
 
 def token(env, incident_id, approver="ana", roles=("org-admin",), issued=None) -> str:
