@@ -539,17 +539,72 @@ def test_namespaces_outside_the_scope() -> None:
     assert "declares no namespaces" in violation.message
 
 
-def test_every_rule_is_covered() -> None:
-    assert set(policy.RULES) == {
-        "delete-namespace",
-        "delete-volume",
-        "scale-to-zero",
-        "privileged",
-        "host-path",
-        "wildcard-rbac",
-        "out-of-scope-kind",
-        "out-of-scope-namespace",
-    }
+def _step(action: str, **fields: Any) -> dict[str, Any]:
+    return {"name": "s", "description": "d", "action": action, **fields}
+
+
+# The smallest unsafe playbook for each rule: a rule added to policy.RULES without one here
+# fails the test below, so no rule goes untested.
+ONE_CASE_PER_RULE: dict[str, Any] = {
+    "delete-namespace": lambda: _manifest(
+        [_step("delete", target=_target("payments", "Namespace", None))], kinds=["Namespace"]
+    ),
+    "delete-volume": lambda: _manifest(
+        [_step("delete", target=_target("data", "PersistentVolume", None))],
+        kinds=["PersistentVolume"],
+    ),
+    "scale-to-zero": lambda: _manifest(
+        [_step("scale", target=_target(), replicas="{{ replicas }}")]
+    ),
+    "privileged": lambda: _manifest(
+        [
+            _step(
+                "apply",
+                manifest=_pod_job(
+                    {"containers": [{"name": "c", "securityContext": {"privileged": True}}]}
+                ),
+            )
+        ],
+        kinds=["Job"],
+    ),
+    "host-path": lambda: _manifest(
+        [
+            _step(
+                "apply",
+                manifest=_pod_job(
+                    {
+                        "containers": [{"name": "c"}],
+                        "volumes": [{"name": "r", "hostPath": {"path": "/"}}],
+                    }
+                ),
+            )
+        ],
+        kinds=["Job"],
+    ),
+    "wildcard-rbac": lambda: _manifest(
+        [
+            _step(
+                "apply",
+                manifest={
+                    "kind": "ClusterRole",
+                    "metadata": {"name": "all"},
+                    "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}],
+                },
+            )
+        ],
+        kinds=["ClusterRole"],
+    ),
+    "out-of-scope-kind": lambda: _manifest([_step("delete", target=_target("s", "Secret"))]),
+    "out-of-scope-namespace": lambda: _manifest(
+        [_step("restart", target=_target(namespace="kube-system"))]
+    ),
+}
+
+
+@pytest.mark.parametrize("rule", policy.RULES)
+def test_every_rule_has_a_case_that_fires_it(rule: str) -> None:
+    assert rule in ONE_CASE_PER_RULE, f"add an unsafe case for {rule}"
+    assert rule in _rules(_violations(ONE_CASE_PER_RULE[rule](), replicas=0))
 
 
 # --- diff ----------------------------------------------------------------------------------
