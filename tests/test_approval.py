@@ -9,7 +9,6 @@ import hmac
 import json
 import logging
 import pickle
-import socket
 import stat
 import threading
 import time
@@ -37,6 +36,7 @@ from neuralops.approval import (
     verify_approval_token,
 )
 from neuralops.errors import ConfigError, InvalidInput, Unavailable
+from neuralops.local_prometheus import free_port
 from neuralops.settings import get_settings
 
 INCIDENT = "3f1c2b9e-6d0a-4a57-9a43-0c1e5b7d2f10"
@@ -450,10 +450,7 @@ def test_jwks_url_selects_by_kid_and_caches(jwks_server: _JWKSServer, two_keys) 
 
 
 def test_jwks_url_unreachable_is_unavailable(keys, dev) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/jwks"
+    url = f"http://127.0.0.1:{free_port()}/jwks"  # nothing listens there
     remote = ApprovalKeys.from_jwks_url(url, jwks_timeout_s=2)
     token = token_for(private_key_path=dev[0], kid="k-ec")
     with pytest.raises(Unavailable, match="did not answer") as info:

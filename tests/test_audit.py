@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import skip_or_fail
+from conftest import skip_or_fail, stop_process
 from sqlalchemy.engine import URL
 from typer.testing import CliRunner
 
@@ -29,6 +28,7 @@ from neuralops.audit import GENESIS, LocalSink, S3Sink, ShipIncomplete
 from neuralops.cli import app
 from neuralops.db.models import AuditLog, AuditShipment
 from neuralops.errors import ConfigError, Unavailable
+from neuralops.local_prometheus import free_port
 from neuralops.settings import get_settings
 
 runner = CliRunner()
@@ -416,19 +416,13 @@ def test_a_batch_that_keeps_failing_stays_pending(database_url: URL, tmp_path: P
 # --- shipping to S3 (moto's S3 server, a real HTTP endpoint) ---------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real S3 protocol server (moto's) on a free port; yields its endpoint URL."""
     binary = Path(sys.executable).with_name("moto_server")
     if not binary.exists():
         skip_or_fail(f"{binary} not found: install the dev extras (moto[server])")
-    port = _free_port()
+    port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
     process = subprocess.Popen(
         [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
@@ -446,12 +440,7 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.2)
         yield endpoint
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 
@@ -534,7 +523,7 @@ def test_s3_unreachable_keeps_entries_pending_then_ships_each_once(
 ) -> None:
     bucket = _bucket(s3, locked=True)
     add_entries(database_url, 11)
-    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     down = S3Sink(
         bucket,
         client=audit.make_s3_client(endpoint_url=closed, max_attempts=1),
@@ -593,7 +582,7 @@ def test_cli_ship_to_an_unreachable_bucket_exits_2_without_secrets(
     env = {
         **os.environ,
         "S3_BUCKET": "audit-archive",
-        "NEURALOPS_S3_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",
+        "NEURALOPS_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
     }
     done = subprocess.run(
         [sys.executable, "-m", "neuralops", "audit", "ship", "--retries", "0"],

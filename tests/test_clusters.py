@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from neuralops import clusters
 from neuralops.db import session_scope
 from neuralops.db.models import AuditLog, Cluster
 from neuralops.errors import InvalidInput, NotFound, Unavailable
+from neuralops.local_prometheus import free_port
 from neuralops.settings import get_settings
 
 
@@ -30,9 +30,7 @@ def _name() -> str:
 
 
 def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_port()  # bound and released: nothing listens there
 
 
 @pytest.fixture

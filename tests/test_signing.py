@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from neuralops.cosign_enforcer import SignatureRejected, enforce, enforce_regist
 from neuralops.db import session_scope
 from neuralops.db.models import AuditLog, Playbook
 from neuralops.errors import ConfigError, Unavailable
+from neuralops.local_prometheus import free_port
 from neuralops.manifest import Manifest
 from neuralops.settings import get_settings
 from neuralops.signing import (
@@ -50,9 +50,7 @@ TOKEN_SECRET = "s3cr3t-token-never-printed"
 
 
 def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_port()  # bound and released: nothing listens there
 
 
 def _key_name() -> str:
