@@ -159,19 +159,6 @@ def entries(session: Session, after: int = 0) -> Iterator[AuditLog]:
 # --- verification: one checker for the database and the archive -----------------------------
 
 
-class EntryLike(Protocol):
-    """What the chain checker reads: an ``AuditLog`` row or an ``ArchivedEntry``."""
-
-    seq: int
-    created_at: datetime
-    actor: str
-    action: str
-    subject: str
-    payload: Mapping[str, Any]
-    prev_hash: str
-    hash: str
-
-
 @dataclass(frozen=True)
 class ArchivedEntry:
     """One line of a shipped batch, parsed."""
@@ -184,6 +171,10 @@ class ArchivedEntry:
     payload: Mapping[str, Any]
     prev_hash: str
     hash: str
+
+
+# What the chain checker reads: a database row or a line of a shipped batch.
+EntryLike = AuditLog | ArchivedEntry
 
 
 def check_chain(
