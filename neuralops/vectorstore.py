@@ -207,7 +207,7 @@ class VectorStore:
         unique = list(dict.fromkeys(run_ids))
         for start in range(0, len(unique), _IN_CHUNK):
             chunk = unique[start : start + _IN_CHUNK]
-            where = f"run_id IN ({', '.join(_sql_str(r) for r in chunk)})"
+            where = f"run_id IN ({', '.join(sql_str(r) for r in chunk)})"
             with self._remote_errors("read"):
                 hits = (
                     table.search()
@@ -348,8 +348,14 @@ class VectorStore:
         return True
 
 
-def _sql_str(value: str) -> str:
+def sql_str(value: str) -> str:
+    """A string literal for a LanceDB filter (quotes doubled)."""
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql_timestamp(moment: datetime) -> str:
+    """A UTC timestamp literal for a LanceDB filter."""
+    return f"TIMESTAMP '{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}'"
 
 
 def _timestamp(value: Any) -> datetime | None:
