@@ -1050,19 +1050,11 @@ def approve(
             raise typer.Exit(2)
         out.print(f"incident {current.id} is {current.state}", highlight=False)
         return
-    try:  # the same check the run will make, so a bad token fails here, not silently there
-        approval.verify_approval_token(
-            token, incident_id=str(current.id), approver=approver, keys=keys
-        )
-    except approval.ApprovalRefused as exc:
-        incidents.note(
-            current.id,
-            "approval.refused",
-            actor=approver,
-            payload={**exc.audit_payload(), "via": "cli"},
-        )
-        err.print(f"[red]refused:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    # The same check the run will make, so a bad token fails here, not silently there.
+    _, refusal = remediation.check_token(current.id, decision, keys=keys, via="cli")
+    if refusal:
+        err.print(f"[red]refused:[/] {refusal}", highlight=False)
+        raise typer.Exit(2)
     from prefect import resume_flow_run
 
     resume_flow_run(current.flow_run_id, run_input=decision.as_input())

@@ -279,6 +279,36 @@ def enforce_manifest(playbook_id: str | None, *, url: URL | None = None) -> Any:
     return Manifest.model_validate(get_playbook(playbook_id, url=url).manifest)
 
 
+def check_token(
+    incident_id: uuid.UUID,
+    decision: ApprovalDecision,
+    *,
+    keys: approval.ApprovalKeys,
+    via: str | None = None,
+    url: URL | None = None,
+) -> tuple[approval.ApprovalClaims | None, str | None]:
+    """(claims, None) when the token proves an org-admin approver for this incident; else
+    (None, why), after an ``approval.refused`` audit entry (the token's fingerprint only)."""
+    try:
+        claims = approval.verify_approval_token(
+            decision.token.get_secret_value(),
+            incident_id=str(incident_id),
+            approver=decision.approver,
+            keys=keys,
+        )
+    except approval.ApprovalRefused as exc:
+        payload = exc.audit_payload() | ({"via": via} if via else {})
+        incidents.note(
+            incident_id,
+            "approval.refused",
+            actor=decision.approver or "unknown",
+            payload=payload,
+            url=url,
+        )
+        return None, str(exc)
+    return claims, None
+
+
 def apply_decision(
     incident_id: uuid.UUID | str,
     decision: ApprovalDecision,
@@ -289,22 +319,9 @@ def apply_decision(
     """(incident, refusal). A token that does not prove an org-admin approver for this
     incident changes nothing but an ``approval.refused`` audit entry; the run keeps waiting."""
     current = incidents.get(incident_id, url=url)
-    try:
-        claims = approval.verify_approval_token(
-            decision.token.get_secret_value(),
-            incident_id=str(current.id),
-            approver=decision.approver,
-            keys=keys,
-        )
-    except approval.ApprovalRefused as exc:
-        incidents.note(
-            current.id,
-            "approval.refused",
-            actor=decision.approver or "unknown",
-            payload=exc.audit_payload(),
-            url=url,
-        )
-        return current, str(exc)
+    claims, refusal = check_token(current.id, decision, keys=keys, url=url)
+    if claims is None:
+        return current, refusal
     payload = {
         "decision": decision.decision,
         "comment": decision.comment,
