@@ -299,3 +299,35 @@ def test_neuralops_approve_checks_the_token_then_resumes_the_waiting_run(world):
     assert f"resumed flow run {current.flow_run_id}" in approved.output
     thread.join(60)
     assert box["result"]["state"] == "succeeded"
+
+
+def test_a_safe_playbook_goes_through_the_whole_sequence_with_the_kill_switch_on(
+    world, monkeypatch
+):
+    """verify-postgres-backup (read-only, auto) still pauses when the kill switch forces
+    manual approval; resumed with input, it applies its Job on the local runtime."""
+    monkeypatch.setenv("NEURALOPS_KILL_SWITCH", "true")
+    get_settings.cache_clear()
+    thread, box = start(
+        incident={
+            "alert": "PostgresBackupStale",
+            "summary": "last base backup of orders-db is 30 hours old",
+            "labels": {"namespace": "data", "symptom": "backup-stale"},
+        },
+        playbook_id="verify-postgres-backup",
+        parameters={
+            "cluster": "orders-db",
+            "destination_path": "s3://acme-pg-backups/orders-db",
+            "credentials_secret": "orders-db-backup",
+        },
+    )
+    current = paused_incident()
+    assert current.mode == "manual" and "kill switch" in current.mode_reason
+    resume(current.flow_run_id, decision(world, current.id))
+    thread.join(60)
+    assert "error" not in box, box.get("error")
+    assert box["result"]["state"] == "succeeded"
+    final = incidents.get(current.id)
+    [job] = [key for key in final.post_state if key.startswith("Job/data/")]
+    assert final.post_state[job]["kind"] == "Job"
+    assert runs.get_run(final.run_id).wpk_id == "verify-postgres-backup"
