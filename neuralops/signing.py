@@ -50,6 +50,11 @@ DEV_KEY_WARNING = (
     "DEV ONLY: playbooks signed with a local key file ({path}) are not protected like a "
     "Vault key; set VAULT_ADDR and VAULT_TOKEN to sign and verify with Vault transit"
 )
+# What an operator does about an unreachable Vault (nothing is signed or verified without it).
+UNREACHABLE_FIX = (
+    "check that Vault is running and unsealed and that VAULT_ADDR (or the Vault block's "
+    "address) points at it, then retry"
+)
 _VAULT_SIGNATURE = re.compile(r"^vault:v(\d+):([A-Za-z0-9+/=]+)$")
 
 
@@ -258,10 +263,12 @@ class VaultTransitSigner:
             ) from None
         except requests.exceptions.Timeout:
             raise Unavailable(
-                f"{where} unreachable: no answer within {self.timeout_s:g}s"
+                f"{where} unreachable: no answer within {self.timeout_s:g}s; {UNREACHABLE_FIX}"
             ) from None
         except requests.exceptions.ConnectionError as exc:
-            raise Unavailable(f"{where} unreachable: {_connection_reason(exc)}") from None
+            raise Unavailable(
+                f"{where} unreachable: {_connection_reason(exc)}; {UNREACHABLE_FIX}"
+            ) from None
         except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
             policy = transit_policy(self.mount, self.key_name, sign=sign).strip()
             raise ConfigError(
