@@ -1,4 +1,8 @@
-"""Detection flows: `detect` (every rule, on a schedule) and `analyze` (one ad-hoc query)."""
+"""Detection flows: `detect` (every rule, on a schedule) and `analyze` (one ad-hoc query).
+
+`detect` runs its per-rule tasks on the task runner the settings choose when each run
+starts: Prefect's thread pool by default, or a Dask cluster (``NEURALOPS_DASK_ADDRESS``).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
+from prefect.context import FlowRunContext
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from neuralops import signals
+from neuralops.errors import ConfigError, Unavailable
 from neuralops.hooks import run_logger_hooks
 from neuralops.settings import get_settings
 from tasks.detection import (
@@ -18,16 +25,109 @@ from tasks.detection import (
     record_signals,
 )
 
+DASK_INSTALL_HINT = "pip install 'neuralops[dask]'"
 
-@flow(name="detect", log_prints=False, **run_logger_hooks())
+
+def detection_task_runner(dask_address: str | None) -> TaskRunner:
+    """The task runner for detect's per-rule tasks: Prefect's thread pool without an
+    address, a temporary ``distributed.LocalCluster`` for ``local``, else the Dask scheduler
+    at that address (``tcp://host:8786``)."""
+    if not dask_address:
+        return ThreadPoolTaskRunner()
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:
+        raise ConfigError(
+            f"NEURALOPS_DASK_ADDRESS is set ({dask_address}) but prefect-dask is not "
+            f"installed: {DASK_INSTALL_HINT}, or unset NEURALOPS_DASK_ADDRESS"
+        ) from exc
+    if dask_address == "local":
+        return DaskTaskRunner()
+    return DaskTaskRunner(address=dask_address)
+
+
+class SettingsTaskRunner(TaskRunner):
+    """A task runner chosen from the settings when a flow run starts, not at import.
+
+    ``@flow(task_runner=...)`` is fixed when the module is imported. The flow engine
+    enters a ``duplicate()`` of the flow's runner for each run; this one then picks the
+    runner that ``NEURALOPS_DASK_ADDRESS`` names at that moment and delegates to it. A
+    runner that cannot be had (prefect-dask missing) fails the run at its first task with
+    the fix, rather than in the engine's setup, which would leave the run Running.
+    ``detect.with_options(task_runner=...)`` still overrides all of this.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runner: TaskRunner | None = None
+        self._error: ConfigError | None = None
+        self._address: str | None = None
+
+    @property
+    def runner(self) -> TaskRunner | None:
+        """The runner this run's tasks go to (None until entered)."""
+        return self._runner
+
+    def duplicate(self) -> SettingsTaskRunner:
+        return type(self)()
+
+    def __enter__(self) -> SettingsTaskRunner:
+        super().__enter__()
+        try:
+            self._address = get_settings().dask_address
+            self._runner = detection_task_runner(self._address).__enter__()
+        except ConfigError as exc:
+            self._error = exc
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        runner, self._runner, self._error = self._runner, None, None
+        try:
+            if runner is not None:
+                runner.__exit__(exc_type, exc_value, traceback)
+        finally:
+            super().__exit__(exc_type, exc_value, traceback)
+
+    def check(self) -> None:
+        """Raise now what the first task would: the runner this run cannot have."""
+        if self._error is not None:
+            raise self._error
+
+    def _started_runner(self) -> TaskRunner:
+        self.check()
+        if self._runner is None:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        return self._runner
+
+    def submit(self, task, parameters, wait_for=None, dependencies=None):  # type: ignore[override]
+        runner = self._started_runner()
+        try:
+            return runner.submit(task, parameters, wait_for, dependencies)
+        except OSError as exc:  # Dask connects on the first submit
+            if not self._address or self._address == "local":
+                raise
+            raise Unavailable(
+                f"the Dask scheduler at {self._address} (NEURALOPS_DASK_ADDRESS) is "
+                f"unreachable: {exc}"
+            ) from exc
+
+    def map(self, task, parameters, wait_for=None):  # type: ignore[override]
+        return self._started_runner().map(task, parameters, wait_for)
+
+
+@flow(name="detect", log_prints=False, task_runner=SettingsTaskRunner(), **run_logger_hooks())
 def detect(rules_file: str | None = None, prometheus_block: str | None = None) -> dict[str, int]:
     """Run every rule: query each, score its series, record deduplicated signals, emit events.
 
     ``prometheus_block`` names a NeuralOps Prometheus block (edited in the UI); without it the
     settings choose the source. All queries finish before anything is written: a Prometheus
     outage (after retries) fails the run and writes no partial signals; the next run covers
-    the same span again.
+    the same span again. The per-rule query and scoring tasks run on the thread pool, or on
+    Dask when ``NEURALOPS_DASK_ADDRESS`` is set (``SettingsTaskRunner``).
     """
+    context = FlowRunContext.get()
+    if context is not None and isinstance(context.task_runner, SettingsTaskRunner):
+        context.task_runner.check()  # no Dask to be had: fail before touching anything
     rules = signals.load_rules(rules_file or get_settings().rules_file)
     source = metric_source(prometheus_block)
     try:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError
 from neuralops.errors import ConfigError
 
 POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg"}
+DASK_SCHEMES = {"tcp", "tls", "ws", "wss", "inproc", "ucx"}
 
 
 def _env(name: str) -> AliasChoices:
@@ -121,6 +122,12 @@ class Settings(BaseSettings):
     rules_file: Path | None = Field(
         None, description="Detection rules (YAML); unset means the shipped neuralops/rules."
     )
+    dask_address: str | None = Field(
+        None,
+        description="Dask scheduler (tcp://host:8786) that runs the detect flow's per-rule "
+        "tasks; `local` starts a temporary LocalCluster per run; unset means Prefect's "
+        "thread pool. Needs the `dask` extra.",
+    )
     prefect_api_url: str | None = Field(None, validation_alias=AliasChoices("PREFECT_API_URL"))
     cluster: str | None = Field(
         None, description="Name of the cluster this process runs in (connectors set it)."
@@ -145,6 +152,27 @@ class Settings(BaseSettings):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        value = value.strip()
+        if value == "local":
+            return value
+        if value.startswith(("http://", "https://")):
+            raise ValueError(
+                "give the Dask scheduler's address (tcp://host:8786), not its dashboard URL"
+            )
+        scheme, _, rest = value.rpartition("://")
+        if scheme and scheme not in DASK_SCHEMES:
+            raise ValueError(
+                f"scheme '{scheme}' is not a Dask scheduler's: use tcp://host:8786 or `local`"
+            )
+        if scheme != "inproc" and ":" not in rest:  # inproc: a cluster in this process
+            raise ValueError("must name host and port (tcp://host:8786), or be `local`")
+        return value
 
     @property
     def uses_sqlite(self) -> bool:

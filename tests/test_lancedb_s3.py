@@ -1,0 +1,137 @@
+"""LanceDB on object storage: LANCEDB_URI=s3://... against a real S3 protocol server (moto's).
+
+What an operator sets is what this test sets: LANCEDB_URI, NEURALOPS_S3_ENDPOINT_URL (for a
+non-AWS store) and the standard AWS_* credential variables, which LanceDB's object store
+reads from the environment itself (the settings pass only the endpoint).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import numpy as np
+import pytest
+from conftest import skip_or_fail, stop_process
+
+from neuralops.errors import Unavailable
+from neuralops.local_prometheus import free_port
+from neuralops.settings import get_settings
+from neuralops.vectorstore import store_from_settings
+
+pytestmark = pytest.mark.slow
+
+DIM = 384
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIATESTINGFAKEKEY02",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-lancedb-0123456789",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 protocol server (moto's) on a free port; yields its endpoint URL."""
+    binary = Path(sys.executable).with_name("moto_server")
+    if not binary.exists():
+        skip_or_fail(f"{binary} not found: install the dev extras (moto[server])")
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    process = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(endpoint, timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start on {endpoint} (see {log.name})")
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        stop_process(process)
+        log.close()
+
+
+@pytest.fixture
+def bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket; the environment holds the fake credentials and the endpoint."""
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NEURALOPS_S3_ENDPOINT_URL", moto_endpoint)
+    name = f"vectors-{uuid.uuid4().hex[:12]}"
+    s3(moto_endpoint).create_bucket(Bucket=name)
+    get_settings.cache_clear()
+    return name
+
+
+def s3(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def row(run_id: str, seed: int, status: str = "succeeded") -> dict:
+    return {
+        "run_id": run_id,
+        "wpk_id": "restart-deployment",
+        "status": status,
+        "summary": f"alert KubePodCrashLooping; run {run_id}",
+        "content_hash": f"h-{run_id}-{status}",
+        "model": "m@1",
+        "vector": unit(seed),
+        "created_at": "2026-05-01T10:00:00Z",
+        "updated_at": "2026-05-01T10:00:12+00:00",
+    }
+
+
+def test_the_vector_store_lives_in_an_s3_bucket(
+    bucket: str, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LANCEDB_URI", f"s3://{bucket}/neuralops/lancedb")
+    get_settings.cache_clear()
+    store = store_from_settings(get_settings())
+    assert store.upsert([row(f"r{i}", i) for i in range(50)]) == 50
+    assert store.upsert([row("r7", 7, status="failed")]) == 1  # merge on run_id, no duplicate
+    store.ensure_index()  # the BM25 index is written to the bucket too
+
+    # Another process (a fresh store) reads what this one wrote, from the bucket.
+    again = store_from_settings(get_settings())
+    assert again.count() == 50
+    [hit] = again.search(unit(7), k=1)
+    assert (hit["run_id"], hit["status"]) == ("r7", "failed")
+    assert again.text_search("KubePodCrashLooping r12", k=1)[0]["run_id"] == "r12"
+    assert again.fingerprints(["r7", "nope"]) == {"r7": ("h-r7-failed", "m@1")}
+
+    keys = [
+        o["Key"]
+        for o in s3(moto_endpoint).list_objects_v2(Bucket=bucket)["Contents"]
+        if o["Key"].startswith("neuralops/lancedb/runs.lance/")
+    ]
+    assert any("/data/" in k for k in keys) and any("/_versions/" in k for k in keys)
+
+
+def test_a_missing_bucket_is_unavailable_and_no_secret_is_printed(
+    bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LANCEDB_URI", f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/lancedb")
+    get_settings.cache_clear()
+    store = store_from_settings(get_settings())
+    with pytest.raises(Unavailable) as caught:
+        store.upsert([row("r1", 1)])
+    assert AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in str(caught.value)
