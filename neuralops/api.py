@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, HTTPException, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -150,6 +151,54 @@ class _Recommenders:
         return Recommender(store_from_settings(self.settings), self._embedder, manifests)
 
 
+class BodyLimit:
+    """413 for a request body over ``max_bytes``, whether it declares its length or streams
+    it in chunks without one. The body is read here (at most ``max_bytes``) and replayed to
+    the app, so nothing downstream ever sees an oversized one."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(scope, receive, send, int(length))
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send, None)
+                return
+            more = message.get("more_body", False)
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any, length: int | None) -> None:
+        size = f"of {length} bytes" if length is not None else "(streamed)"
+        response = JSONResponse(
+            {"detail": f"request body {size} exceeds the limit of {self.max_bytes} bytes"},
+            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def _replay(messages: list[dict], receive: Any) -> Any:
+    async def replayed() -> dict:
+        return messages.pop(0) if messages else await receive()
+
+    return replayed
+
+
 class RunLogged(BaseModel):
     run_id: str
 
@@ -169,8 +218,8 @@ class ClusterRegistration(BaseModel):
         pattern=clusters.CLUSTER_NAME, description="DNS label, at most 40 characters."
     )
     vault_token: SecretStr = Field(description="Vault token proving the right to register.")
-    labels: dict[str, str] = Field(default_factory=dict)
-    prometheus_url: str | None = Field(None, description="The cluster's own Prometheus.")
+    labels: dict[str, runs.NoNulStr] = Field(default_factory=dict)  # PostgreSQL stores no NUL
+    prometheus_url: runs.NoNulStr | None = Field(None, description="The cluster's own Prometheus.")
 
 
 class ClusterHeartbeat(BaseModel):
@@ -193,19 +242,25 @@ def create_app(database_url: URL | None = None) -> FastAPI:
     )
 
     @app.middleware("http")
-    async def limit_and_measure(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.api_max_body_bytes:
-            return JSONResponse(
-                {"detail": f"body of {length} bytes exceeds {settings.api_max_body_bytes}"},
-                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-            )
+    async def measure(request: Request, call_next):
         started = time.perf_counter()
         response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")
         HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
         return response
+
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)  # outermost
+
+    @app.exception_handler(RequestValidationError)
+    async def unprocessable(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422 echoes each bad input: megabytes of it for an oversized field,
+        # a secret for a misplaced one, and a 500 for a NaN it cannot encode. Name the field.
+        detail = [
+            {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:

@@ -25,6 +25,8 @@ PLAYBOOK_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 SEMVER_PATTERN = r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$"
 TAG_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+# Manifests and rule files are a few KiB; a bigger file is a mistake or an attack.
+MAX_YAML_BYTES = 1024 * 1024
 
 Tag = Annotated[str, Field(pattern=TAG_PATTERN, max_length=64)]
 
@@ -220,11 +222,33 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
         raise InvalidInput.from_validation(exc, source) from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases: ``*name`` lets a 1 KiB file expand to billions of
+    nodes when validated (the "billion laughs"); manifests and rule files never need them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed", self.peek_event().start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: Path) -> Any:
+    """A small YAML file, safely: at most MAX_YAML_BYTES, no aliases. Raises OSError,
+    yaml.YAMLError (invalid, or an alias) or InvalidInput (too big)."""
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise InvalidInput(f"{path}: {size} bytes; the limit is {MAX_YAML_BYTES} bytes")
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)
+
+
 def load_manifest_file(path: Path) -> Manifest:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path)
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{path}: not valid YAML: {exc}") from None
-    except OSError as exc:
-        raise InvalidInput(f"{path}: cannot read: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise InvalidInput(f"{path}: cannot read: {reason}") from None
     return parse_manifest(data, str(path))

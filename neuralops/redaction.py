@@ -34,6 +34,7 @@ __all__ = [
     "PLACEHOLDERS",
     "FieldAction",
     "Redactor",
+    "SecretRedactor",
     "default_redactor",
 ]
 
@@ -597,3 +598,21 @@ def default_redactor() -> Redactor:
     secret = get_settings().redaction_key
     key = secret.get_secret_value().encode("utf-8") if secret is not None else None
     return Redactor(hash_key=key or None)
+
+
+class SecretRedactor(Redactor):
+    """Credentials only: private keys, JWTs, bearer tokens, AWS keys, URL passwords and
+    secret-named keys or ``key=value`` pairs; no field rules. Addresses and personal data
+    stay, because in metric labels they are identities (``instance="10.0.0.1:9100"``)."""
+
+    def __init__(self) -> None:
+        super().__init__(field_rules={})
+        self._rules = (
+            self._private_keys,
+            self._jwts,
+            self._bearer_tokens,
+            self._aws,
+            self._url_passwords,
+            self._key_values,
+        )
+        self._numeric_rules = ()

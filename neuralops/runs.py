@@ -6,10 +6,11 @@ import json
 import math
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime
-from typing import Any, Literal, get_args
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -34,6 +35,37 @@ if set(get_args(RunStatus)) != set(RUN_STATUSES):  # the API and the CHECK const
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 MAX_JSON_BYTES = 1024 * 1024  # per JSON field; run history is not a blob store
+MAX_BIGINT = 2**63 - 1
+
+
+def refuse_nul(value: Any) -> Any:
+    """``value`` unchanged; a ValueError if any string or key in it holds a NUL character,
+    which PostgreSQL cannot store in text or JSONB (SQLite would, so the backends differ)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("must not contain NUL characters (\\u0000)")
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return value
+
+
+NoNulStr = Annotated[str, AfterValidator(refuse_nul)]
+
+
+def _in_range(value: datetime | None) -> datetime | None:
+    """An aware datetime that converts to UTC (year 1 at +14:00 does not)."""
+    if value is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is out of range once converted to UTC") from None
+    return value
 
 
 class NodeLog(BaseModel):
@@ -41,11 +73,11 @@ class NodeLog(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    status: str = Field(min_length=1, max_length=32)
-    duration_ms: NonNegativeInt | None = None
-    started_at: AwareDatetime | None = None
-    message: str | None = Field(None, max_length=10_000)
+    name: NoNulStr = Field(min_length=1, max_length=200)
+    status: NoNulStr = Field(min_length=1, max_length=32)
+    duration_ms: NonNegativeInt | None = Field(None, le=MAX_BIGINT)
+    started_at: Annotated[AwareDatetime | None, AfterValidator(_in_range)] = None
+    message: NoNulStr | None = Field(None, max_length=10_000)
 
 
 class RunIn(BaseModel):
@@ -58,13 +90,13 @@ class RunIn(BaseModel):
     )
     run_id: str = Field(pattern=ID_PATTERN, description="Unique id; logging it again updates.")
     status: RunStatus
-    duration_ms: NonNegativeInt
+    duration_ms: NonNegativeInt = Field(le=MAX_BIGINT)
     inputs: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
     node_logs: list[NodeLog] = Field(default_factory=list, max_length=10_000)
-    cluster: str | None = Field(None, max_length=128)
+    cluster: NoNulStr | None = Field(None, max_length=128)
     flow_run_id: uuid.UUID | None = None
-    created_at: AwareDatetime | None = Field(
+    created_at: Annotated[AwareDatetime | None, AfterValidator(_in_range)] = Field(
         None, description="When the run started; defaults to now. Set it to backfill history."
     )
 
@@ -77,6 +109,7 @@ class RunIn(BaseModel):
             raise ValueError("must not contain NaN or Infinity (not valid JSON)") from None
         if size > MAX_JSON_BYTES:
             raise ValueError(f"is {size} bytes of JSON; the limit is {MAX_JSON_BYTES}")
+        refuse_nul(value)
         return json.loads(json.dumps(value, default=str))  # stored exactly as it will read back
 
 

@@ -49,11 +49,15 @@ from neuralops.detectors import (
     Detection,
 )
 from neuralops.errors import InvalidInput, NotFound
+from neuralops.manifest import read_yaml
+from neuralops.redaction import SecretRedactor
+from neuralops.runs import NoNulStr
 from neuralops.sources import MetricSource, SeriesBatch
 
 Method = Literal["zscore", "ewma", "robust", "ensemble"]
 RULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 ADHOC_RULE = "adhoc"
+MAX_LABELS = 50  # labels a rule or an ad-hoc analysis adds to its signals
 # Correlation hints: how many, how strong, and over how many points before the anomaly.
 MAX_CORRELATED = 5
 MIN_CORRELATION = 0.6
@@ -68,12 +72,18 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
+        try:
+            return timedelta(seconds=value)
+        except OverflowError:
+            raise ValueError(f"{value!r} is too long a duration") from None
     match = _DURATION.match(str(value).strip())
     if not match or not any(match.groups()):
         raise ValueError(f"{value!r} is not a duration such as 90s, 5m, 1h30m or 7d")
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{value!r} is too long a duration") from None
 
 
 def format_duration(delta: timedelta) -> str:
@@ -96,8 +106,8 @@ class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=RULE_NAME_PATTERN, description="Unique, lower-case rule name.")
-    query: str = Field(min_length=1, max_length=10_000, description="PromQL query.")
-    title: str | None = Field(
+    query: NoNulStr = Field(min_length=1, max_length=10_000, description="PromQL query.")
+    title: NoNulStr | None = Field(
         None, max_length=200, description='What the query measures, for hints ("p99 latency").'
     )
     lookback: Duration = Field(timedelta(hours=1), description="History the baseline sees.")
@@ -107,8 +117,10 @@ class Rule(BaseModel):
     )
     method: Method = "ensemble"
     threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1, description="Score that signals.")
-    labels: dict[str, str] = Field(
-        default_factory=dict, description="Added to every signal (severity, team, ...)."
+    labels: dict[NoNulStr, NoNulStr] = Field(
+        default_factory=dict,
+        max_length=MAX_LABELS,
+        description="Added to every signal (severity, team, ...).",
     )
     cooldown: Duration = Field(
         timedelta(minutes=30), description="The same series signals at most once per cooldown."
@@ -158,9 +170,11 @@ def load_rules(path: Path | str | None = None) -> list[Rule]:
     """Read and validate a rule file; errors name the file and the field."""
     path = Path(path) if path else default_rules_path()
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = read_yaml(path)  # bounded size, no aliases
     except OSError as exc:
         raise InvalidInput(f"{path}: cannot read the rule file ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path}: cannot read the rule file (not UTF-8 text)") from exc
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{path}: not valid YAML ({exc})") from exc
     try:
@@ -187,6 +201,17 @@ class SignalIn(BaseModel):
     window_start: AwareDatetime
     window_end: AwareDatetime
     fingerprint: str
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> SignalIn:
+        """A credential in a series or rule label (``authorization``, ``api_key``...) goes no
+        further than detection: not into the database, the API, events or artifacts. The
+        fingerprint is of the labels as they came, so deduplication is unaffected."""
+        redactor = SecretRedactor()
+        self.labels = redactor.value(self.labels)
+        self.hint = redactor.text(self.hint)
+        self.correlated = redactor.value(self.correlated)
+        return self
 
 
 class Signal(SignalIn):
@@ -506,15 +531,26 @@ class AnalyzeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(min_length=1, max_length=10_000, description="PromQL query.")
+    query: NoNulStr = Field(min_length=1, max_length=10_000, description="PromQL query.")
     lookback: Duration = Field(timedelta(hours=1), description="History for the baseline.")
     step: Duration | None = Field(None, description="Resolution; default lookback / 120.")
     method: Method | None = Field(None, description="Detector; default ensemble.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Added to a resulting signal.")
+    labels: dict[NoNulStr, NoNulStr] = Field(
+        default_factory=dict, max_length=MAX_LABELS, description="Added to a resulting signal."
+    )
     recent: Duration | None = Field(
         None, description="An anomaly this recent counts; default 5m (at least one step)."
     )
     threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _makes_a_rule(self) -> AnalyzeRequest:
+        """Refuse here what the rule would refuse later (lookback under 10 steps...)."""
+        try:
+            self.as_rule()
+        except ValidationError as exc:
+            raise ValueError("; ".join(e["msg"] for e in exc.errors(include_url=False))) from None
+        return self
 
     def as_rule(self) -> Rule:
         step = self.step or max(timedelta(seconds=15), self.lookback / 120)
