@@ -21,16 +21,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-## The main job on embedded defaults (SQLite, local LanceDB, local Prefect).
+## The main job on embedded defaults (SQLite, local LanceDB, a local Prefect server): the whole
+## loop up to a remediation waiting for approval in the UI; Ctrl-C stops it.
 run: $(STAMP)
 	$(BIN)/neuralops run
 
-## Real components the tests start themselves: Prometheus and promtool (Debian package).
+## Real components the tests start themselves: Prometheus and promtool, and chromium for the
+## browser test (Debian packages; Playwright drives this chromium and downloads no browser).
 system-deps:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-	  echo "installing Debian package prometheus (tests start a real Prometheus)"; \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null \
+	  && command -v chromium >/dev/null || { \
+	  echo "installing Debian packages prometheus and chromium (tests start them)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends prometheus >/dev/null; }
+	    --no-install-recommends prometheus chromium >/dev/null; }
 
 $(TOOLS_STAMP): tools-constraints.txt
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)

@@ -221,6 +221,25 @@ def _publish_dry_run(current: incidents.IncidentOut) -> None:
 
 
 def _publish_result(current: incidents.IncidentOut) -> None:
+    from neuralops import audit
+
+    trail = audit.recent(subject=f"incident:{current.id}", limit=100)
+    create_table_artifact(
+        key="remediation-audit",
+        table=[
+            {
+                "seq": e.seq,
+                "at": f"{e.created_at:%Y-%m-%d %H:%M:%S}",
+                "actor": e.actor,
+                "action": e.action,
+                "hash": e.hash[:16],
+            }
+            for e in reversed(trail)
+        ]
+        or [{"result": "no audit entries"}],
+        description=f"Incident {current.id}: its audit entries, oldest first (hash-chained; "
+        "neuralops audit verify checks the whole chain)",
+    )
     create_markdown_artifact(
         key="remediation-result",
         markdown="\n".join(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -47,6 +48,7 @@ app.add_typer(connector_app, name="connector")
 incidents_app = typer.Typer(help="Remediation incidents and their state.", no_args_is_help=True)
 app.add_typer(incidents_app, name="incidents")
 
+DEMO_APPROVER = "sre-oncall@example.com"  # the subject of the DEV ONLY token `run` prints
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -93,32 +95,276 @@ def _require_schema(settings: Settings) -> None:
 
 @app.command()
 def run(
-    seed_demo: Annotated[bool, typer.Option(help="Seed demo run history.")] = True,
+    host: Annotated[str, typer.Option(help="Interface of the local Prefect server.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Its port (the UI's too).")] = 4200,
+    workers: Annotated[int, typer.Option(min=1, max=8, help="Workers on neuralops-local.")] = 1,
     runs_per_playbook: Annotated[int, typer.Option(min=1, max=10_000)] = 24,
+    wait: Annotated[
+        bool, typer.Option(help="Keep everything running until Ctrl-C (--no-wait: stop at once).")
+    ] = True,
 ) -> None:
-    """The main job on this machine: migrate, register the catalogue, seed demo history."""
+    """The main job on this machine: the whole loop, from a Prometheus incident to a
+    remediation waiting for your approval in the Prefect UI.
+
+    Starts (or reuses) a local Prefect server, migrates the database, creates the work pool and
+    blocks, deploys prefect.yaml, starts the workers, seeds the demo (signed catalogue, run
+    history, vectors, metrics with an OOM-kill incident), runs detection, and waits for the
+    remediation it triggers to pause for approval. Ctrl-C stops what it started."""
+    import signal as signals_
+
+    from neuralops import localstack
+
     settings = get_settings()
+    api_url = os.environ.get("PREFECT_API_URL") or f"http://{host}:{port}/api"
+    stack = localstack.Stack(settings.data_dir / "logs")
+    steps = 9
+
+    def step(n: int, text: str) -> None:
+        out.print(f"[green]✓[/] [{n}/{steps}] {text}", highlight=False)
+
+    def stop_on_sigterm(*_: object) -> None:
+        raise KeyboardInterrupt  # `kill` cleans up like Ctrl-C
+
+    signals_.signal(signals_.SIGTERM, stop_on_sigterm)
+    prometheus = None
     out.rule("NeuralOps")
     out.print(f"data dir  {settings.data_dir}\ndatabase  {settings.database_label()}")
-    with out.status("[1/3] applying database migrations"):
-        before, after = db.upgrade(settings.database_url)
-    out.print(f"[green]✓[/] [1/3] schema at revision {after}" + _was(before, after))
-    out.print("[2/3] bootstrap flow: register the catalogue, seed demo history (Prefect)")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.bootstrap import bootstrap  # Prefect loads only for commands that need it
+    try:
+        # 1. the Prefect server: reuse one that answers, else start ours (SQLite in the data dir)
+        if localstack.healthy(api_url):
+            step(1, f"Prefect server at {api_url} (reused: already running)")
+        elif "PREFECT_API_URL" in os.environ:
+            raise ConfigError(
+                f"PREFECT_API_URL={api_url} does not answer: start that server, or unset "
+                "PREFECT_API_URL to let `neuralops run` start a local one"
+            )
+        else:
+            server_env = os.environ | {
+                "PREFECT_HOME": str(settings.data_dir / "prefect"),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_UI_API_URL": api_url,  # else the UI calls port 4200 whatever --port says
+            }
+            with out.status(f"[1/{steps}] starting the Prefect server (about 25 s the first time)"):
+                server = stack.start(
+                    "prefect-server", localstack.server_argv(host, port), server_env
+                )
+                waited = localstack.wait_healthy(api_url, server)
+            step(1, f"Prefect server at {api_url} (started in {waited:.0f} s; log {server.log})")
+        os.environ["PREFECT_API_URL"] = api_url  # before Prefect loads: every client uses it
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-    summary = bootstrap(seed_demo=seed_demo, runs_per_playbook=runs_per_playbook)
-    out.print(
-        f"[green]✓[/] [2/3] {summary['playbooks']} playbooks ({summary['added']} added, "
-        f"{summary['updated']} updated, {summary['unchanged']} unchanged); "
-        f"{summary['runs_seeded']} demo runs logged"
+        with out.status(f"[2/{steps}] applying database migrations"):
+            before, after = db.upgrade(settings.database_url)
+        step(2, f"schema at revision {after}" + _was(before, after))
+
+        from flows import loop
+        from tasks.registry import register_block_types
+
+        _quiet_prefect_console()
+
+        created = loop.ensure_local_pool()
+        kinds = register_block_types.fn()
+        step(
+            3,
+            f"work pool {loop.LOCAL_POOL} ({'created' if created else 'exists'}); "
+            f"block types: {', '.join(kinds)}",
+        )
+
+        # 4. metrics with an incident: Prometheus when installed, else a replay file
+        flow_env = {"PREFECT_API_URL": api_url, "NEURALOPS_DATA_DIR": str(settings.data_dir)}
+        if settings.prom_url:
+            step(4, f"metrics: your Prometheus at {settings.prom_url} (PROM_URL; no demo data)")
+        else:
+            prometheus, flow_env_metrics, where = _demo_metrics(settings)
+            flow_env |= flow_env_metrics
+            if prometheus is not None:
+                loop.save_prometheus_block(prometheus.url)
+            step(4, f"metrics: {where} (loaded just before detection)")
+        os.environ.update(flow_env)
+        get_settings.cache_clear()
+
+        with out.status(f"[5/{steps}] prefect deploy --all (every deployment of prefect.yaml)"):
+            localstack.deploy(os.environ, settings.data_dir / "logs" / "prefect-deploy.log")
+        step(5, "deployed prefect.yaml: schedules and triggers included")
+
+        worker_env = os.environ | {"PREFECT_WORKER_QUERY_SECONDS": "5"}
+        for n in range(1, workers + 1):
+            name = f"{loop.LOCAL_POOL}-{n}"
+            stack.start(f"worker-{n}", localstack.worker_argv(loop.LOCAL_POOL, name), worker_env)
+        step(6, f"{workers} worker(s) on {loop.LOCAL_POOL} (logs in {stack.logs})")
+
+        with out.status(f"[7/{steps}] seeding the demo: catalogue, history, signatures, vectors"):
+            seeded = loop.seed_demo(runs_per_playbook=runs_per_playbook)
+        step(
+            7,
+            f"demo: {seeded['playbooks']} playbooks ({seeded['signed']} signed now), "
+            f"{seeded['runs_seeded']} runs, {seeded['vectors_written']} vectors written "
+            f"({seeded['vectors_unchanged']} unchanged)",
+        )
+
+        with out.status(f"[8/{steps}] loading the metrics (an OOM-kill incident), detecting"):
+            loaded = "" if settings.prom_url else _load_demo_metrics(get_settings(), prometheus)
+            since = loop.now()
+            detected = loop.run_detection()
+        stack.check()
+        detect_url = f"{_ui(api_url)}/runs/flow-run/{detected.state_details.flow_run_id}"
+        if not detected.is_completed():
+            raise localstack.StackError(f"the detect run ended {detected.name}: see {detect_url}")
+        found = detected.result()
+        step(8, f"{loaded}; detect found {found['new_signals']} new signal(s): {detect_url}")
+
+        with out.status(f"[9/{steps}] remediate: waiting for the run to pause for approval") as s:
+            paused = loop.wait_for_paused_remediation(
+                since, progress=lambda state: s.update(f"[9/{steps}] remediate: {state}")
+            )
+            how = "started by the signal's event"
+            if paused is None:
+                paused, how = _reuse_or_start_remediation(loop)
+        step(9, f"remediation paused for approval ({how})")
+        _print_next(api_url, paused.id, settings)
+        if wait:
+            out.print("\n[bold]Running.[/] Ctrl-C stops what this command started.")
+            while True:
+                stack.check()
+                time.sleep(1)
+    except KeyboardInterrupt:
+        out.print("\nstopping ...")
+    finally:
+        # A second Ctrl-C (or `timeout` forwarding one) must not cut the shutdown short.
+        signals_.signal(signals_.SIGINT, signals_.SIG_IGN)
+        signals_.signal(signals_.SIGTERM, signals_.SIG_IGN)
+        stopped = stack.stop()
+        if prometheus is not None:
+            prometheus.stop()
+            stopped.append("prometheus")
+        if stopped:
+            out.print(f"stopped: {', '.join(stopped)}", highlight=False)
+
+
+def _quiet_prefect_console() -> None:
+    """Only warnings from Prefect on this terminal (the steps are the progress); every log
+    still reaches the server, so the UI shows each run's logs in full."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    names = ["", *logging.root.manager.loggerDict]
+    for logger in (logging.getLogger(name) for name in names):
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(logging.WARNING)
+
+
+def _ui(api_url: str) -> str:
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def _demo_metrics(settings: Settings) -> tuple[Any, dict[str, str], str]:
+    """(Prometheus to start or None, the flows' environment, what it is): the demo incident
+    goes into a real local Prometheus when the binary is installed, else into a replay file.
+    The data is written later, by ``_load_demo_metrics``, so it ends just before detection."""
+    import shutil as shutil_
+
+    from neuralops import demo, local_prometheus
+
+    workdir = settings.data_dir / "demo"
+    try:
+        local_prometheus.prometheus_binaries()
+    except local_prometheus.PrometheusNotInstalled:
+        replay = workdir / "metrics.parquet"
+        rules = Path(demo.__file__).with_name("rules") / "demo-replay.yaml"
+        env = {"NEURALOPS_REPLAY_FILE": str(replay), "NEURALOPS_RULES_FILE": str(rules)}
+        return None, env, f"replay file {replay} (no prometheus binary: make system-deps)"
+    shutil_.rmtree(workdir / "prometheus", ignore_errors=True)  # fresh data, relative to now
+    server = local_prometheus.LocalPrometheus(workdir / "prometheus")
+    return server, {"PROM_URL": server.url}, f"local Prometheus at {server.url}"
+
+
+def _load_demo_metrics(settings: Settings, prometheus: Any) -> str:
+    """Write three hours of metrics ending now, with the OOM-kill incident, and start the
+    demo Prometheus on them (or write the replay file)."""
+    import polars as pl
+
+    from neuralops import demo, local_prometheus
+
+    series = demo.incident_metrics(datetime.now(UTC))
+    if prometheus is None:
+        replay = settings.replay_file
+        assert replay is not None
+        replay.parent.mkdir(parents=True, exist_ok=True)
+        frames = [
+            pl.DataFrame(
+                {"timestamp": s.timestamps, "value": s.values, "__name__": s.name}
+            ).with_columns(**{k: pl.lit(v) for k, v in s.labels.items()})
+            for s in demo.recorded_metrics(series)
+        ]
+        pl.concat(frames, how="diagonal").write_parquet(replay)
+        return f"{len(frames)} series replayed from {replay}"
+    openmetrics = prometheus.workdir / "history.om"
+    samples = local_prometheus.write_openmetrics(series, openmetrics)
+    prometheus.backfill(openmetrics)
+    prometheus.start()
+    return f"{samples} samples in Prometheus at {prometheus.url}"
+
+
+def _reuse_or_start_remediation(loop: Any) -> tuple[Any, str]:
+    """No run started from this detection (its signal was a repeat, folded into an earlier
+    one): show the remediation still paused, or remediate the latest actionable signal."""
+    from prefect.client.schemas.objects import StateType
+
+    from neuralops.localstack import StackError
+
+    paused = loop.remediation_runs(StateType.PAUSED)
+    if paused:
+        return paused[0], "reused: it was already waiting"
+    from neuralops import signals as signals_core
+
+    threshold = get_settings().remediate_min_score
+    actionable = [s for s in signals_core.list_signals(limit=100) if s.score >= threshold]
+    if not actionable:
+        raise StackError("detection found no signal reaching NEURALOPS_REMEDIATE_MIN_SCORE")
+    started = loop.start_remediation(str(actionable[0].id))
+    paused = loop.wait_for_paused_remediation(started.expected_start_time or loop.now())
+    if paused is None:
+        raise StackError(f"remediation run {started.name} did not start")
+    return paused, f"started for signal {actionable[0].id}: the earlier one had ended"
+
+
+def _print_next(api_url: str, flow_run_id: Any, settings: Settings) -> None:
+    """Where to look and what to paste: the UI, the paused run, a DEV ONLY approval token."""
+    from neuralops import approval, incidents
+
+    incident = incidents.find_by_flow_run(flow_run_id)
+    ui = _ui(api_url)
+    out.print(f"\nPrefect UI  {ui}\nPaused run  {ui}/runs/flow-run/{flow_run_id}", highlight=False)
+    if incident is not None:
+        out.print(f"Incident    {incident.id} ({incident.playbook_id}, {incident.state})")
+    if incident is None:
+        return
+    if settings.approval_public_key is not None or settings.approval_jwks_url:
+        out.print("Approve with a token from your identity provider (org-admin role).")
+        return
+    private, _ = approval.dev_keypair(settings.data_dir)
+    token = approval.issue_dev_token(
+        incident_id=str(incident.id),
+        approver=DEMO_APPROVER,
+        roles=(approval.REQUIRED_ROLE,),
+        ttl_s=settings.approval_timeout_s,
+        private_key_path=private,
+        issuer=settings.approval_issuer or approval.DEV_ISSUER,
+        audience=settings.approval_audience,
     )
-    out.print("[green]✓[/] [3/3] the registry now holds:")
-    _print_playbooks(registry.list_playbooks())
     out.print(
-        "\nNext: [bold].venv/bin/neuralops api[/] then "
-        f"[bold]curl 'http://{settings.api_host}:{settings.api_port}"
-        "/workflows/restart-deployment/runs?limit=5'[/]"
+        "\nIn the paused run, press [bold]Resume[/] and fill the form: Decision [bold]approve[/], "
+        f"Approver id [bold]{DEMO_APPROVER}[/], and this Approval token "
+        "([yellow]DEV ONLY[/], signed with the local dev key):",
+        highlight=False,
+    )
+    out.print(f"APPROVAL_TOKEN={token}", highlight=False, soft_wrap=True)
+    out.print(
+        f"or from a terminal: neuralops approve {incident.id} --approver {DEMO_APPROVER} "
+        "--token <token>",
+        highlight=False,
     )
 
 

@@ -43,6 +43,60 @@ def demo_history(
         offsets = sorted((rng.uniform(0, 90 * 86400) for _ in range(count)), reverse=True)
         for n, offset in enumerate(offsets):
             runs.append(_run(manifest, n, now - timedelta(seconds=offset), rng, success_rate))
+    return runs + _precedents({m.id: m for m in manifests}, now)
+
+
+# Earlier OOM kills of the demo incident's workload (see incident_metrics): what the
+# recommendation cites, and where the parameters the labels lack come from.
+PRECEDENTS = (  # playbook, days ago, status, symptom as the on-call saw it, memory limit
+    ("raise-memory-limit", 41, "succeeded", "oom-killed", "1536Mi"),
+    ("restart-deployment", 23, "failed", "memory-leak", None),
+    ("raise-memory-limit", 23, "succeeded", "oom-killed", "2Gi"),
+)
+
+
+def _precedents(manifests: dict[str, Manifest], now: datetime) -> list[RunIn]:
+    container = OOM_POD["pod"].rsplit("-", 2)[0]
+    runs = []
+    for n, (playbook, days, status, symptom, limit) in enumerate(PRECEDENTS):
+        manifest = manifests.get(playbook)
+        if manifest is None:
+            continue
+        given = {"namespace": OOM_POD["namespace"], "deployment": container}
+        given |= {"container": container, "memory_limit": limit} if limit else {}
+        declared = {p.name for p in manifest.parameters}
+        ms = 41_000 + 3_000 * n
+        step_ms = ms // len(manifest.steps)
+        runs.append(
+            RunIn(
+                wpk_id=playbook,
+                run_id=f"demo-precedent-{n:02d}",
+                status=status,
+                duration_ms=ms,
+                inputs={
+                    "parameters": {k: v for k, v in given.items() if k in declared},
+                    "alert": {
+                        "alertname": "OomKilled",
+                        "severity": "page",
+                        **OOM_POD,
+                        "symptom": symptom,
+                    },
+                },
+                outputs={"error": "OOMKilled again 6 minutes after the restart"}
+                if status == "failed"
+                else {"message": f"{manifest.title}: done"},
+                node_logs=[
+                    {
+                        "name": s.name,
+                        "status": "Completed",
+                        "duration_ms": step_ms,
+                    }
+                    for s in manifest.steps
+                ],
+                cluster="prod-eu-1",
+                created_at=now - timedelta(days=days, minutes=17 * n),
+            )
+        )
     return runs
 
 
@@ -159,3 +213,102 @@ def demo_signals(now: datetime) -> tuple[list, dict]:
             )
         )
     return candidates, {r.name: r.cooldown for r in rules.values()}
+
+
+# --- the demo incident in metrics: what `neuralops run` replays or loads into Prometheus ----
+
+OOM_POD = {"namespace": "payments", "pod": "payments-api-7d9f8b6c4d-x2x7q"}
+QUIET_PODS = (
+    {"namespace": "checkout", "pod": "checkout-web-5c7b9d8f6-k4m2p"},
+    {"namespace": "search", "pod": "search-api-6f8d7c9b5-r7t2w"},
+    {"namespace": "orders", "pod": "orders-worker-84d6f7b9c-q9z3x"},
+)
+MEMORY = "container_memory_working_set_bytes"
+OOM_EVENTS = "container_oom_events_total"
+RESTARTS = "kube_pod_container_status_restarts_total"
+# What the shipped rules compute from the raw series, as recording rules would store it: a
+# replay file answers selectors only, so the demo replays these (rules/demo-replay.yaml).
+RECORDED = {
+    MEMORY: "namespace_pod:container_memory_working_set_bytes:sum",
+    OOM_EVENTS: "namespace_pod:container_oom_events:increase10m",
+    RESTARTS: "namespace_pod:kube_pod_container_restarts:increase10m",
+}
+MIB = 2**20
+
+
+def incident_metrics(
+    now: datetime, *, hours: float = 3, step_s: int = 60, end_offset_s: int = 60, seed: int = 11
+) -> list:
+    """Three hours of memory, OOM-kill and restart series for four pods, ending just before
+    ``now``: three are quiet; ``payments-api`` climbs to its 1 GiB limit over the last 20
+    minutes and is OOM-killed three times (each kill a restart) in the last 12.
+
+    Returns :class:`~neuralops.local_prometheus.Series` with the raw metric names (what
+    cAdvisor and kube-state-metrics export, for Prometheus). Deterministic for ``now``."""
+    import numpy as np
+
+    from neuralops.local_prometheus import Series
+
+    rng = np.random.default_rng(seed)
+    end = (int(now.timestamp()) // step_s) * step_s - end_offset_s
+    n = int(hours * 3600 // step_s) + 1
+    stamps = end - step_s * np.arange(n - 1, -1, -1, dtype=np.float64)
+    minutes_before_end = (end - stamps) / 60
+    series = []
+    for i, pod in enumerate((OOM_POD, *QUIET_PODS)):
+        labels = {**pod, "container": pod["pod"].rsplit("-", 2)[0]}
+        level = (420 + 90 * i) * MIB
+        memory = level * (1 + 0.03 * np.sin(stamps / 1800 + i)) + rng.normal(0, 4 * MIB, n)
+        kills, restarts = np.zeros(n), np.full(n, float(i % 2))
+        if pod is OOM_POD:
+            # Two earlier restarts (rollouts): restarts alone are no stronger a signal.
+            restarts += (minutes_before_end <= 150) + (minutes_before_end <= 75)
+            climb = np.clip((20 - minutes_before_end) / 20, 0, 1)
+            memory = memory + climb * (1024 * MIB - memory)
+            for minutes in (12, 8, 4):  # each kill restarts the container
+                kills += minutes_before_end <= minutes
+        series += [
+            Series(MEMORY, labels, stamps, np.round(memory)),
+            Series(OOM_EVENTS, labels, stamps, kills),
+            Series(RESTARTS, labels, stamps, restarts + kills),
+        ]
+    return sorted(series, key=lambda s: s.name)  # OpenMetrics wants each family together
+
+
+def recorded_metrics(series: list, *, window_s: int = 600) -> list:
+    """The series the shipped rules would compute (sum by namespace, pod; increase over 10
+    minutes), under their recording-rule names: what a replay file can answer."""
+    import numpy as np
+
+    from neuralops.local_prometheus import Series
+
+    recorded = []
+    for name, labels, stamps, values in series:
+        pod = {k: labels[k] for k in ("namespace", "pod")}
+        if name == MEMORY:
+            recorded.append(Series(RECORDED[name], pod, stamps, values))
+            continue
+        lag = int(window_s // (stamps[1] - stamps[0]))
+        increase = values - np.concatenate([np.full(lag, values[0]), values[:-lag]])
+        recorded.append(Series(RECORDED[name], pod, stamps, increase))
+    return recorded
+
+
+def sign_unsigned(settings, *, actor: str = "neuralops:run") -> list[str]:
+    """Sign every registered playbook whose stored signature does not verify with the trusted
+    key (new, changed, or signed by another key); the rest keep theirs, so a second
+    `neuralops run` signs nothing. Returns the ids signed."""
+    from neuralops import signing
+    from neuralops.cosign_enforcer import SignatureRejected, enforce_registered
+
+    trusted = signing.trusted_public_key(settings)
+    signer = None
+    signed = []
+    for playbook_id in signing.registered_ids():
+        try:
+            enforce_registered(playbook_id, trusted)
+        except SignatureRejected:
+            signer = signer or signing.signer_from_settings(settings)
+            signing.sign_playbook(playbook_id, signer, actor=actor)
+            signed.append(playbook_id)
+    return signed

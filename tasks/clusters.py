@@ -86,7 +86,9 @@ def emit_unreachable_events(names: list[str]) -> int:
     return len(names)
 
 
-def ensure_work_pool(name: str, *, pool_type: str = WORK_POOL_TYPE) -> bool:
+def ensure_work_pool(
+    name: str, *, pool_type: str = WORK_POOL_TYPE, description: str | None = None
+) -> bool:
     """Create the process work pool ``name`` unless it exists; True when it was created.
     Needs a reachable Prefect API (PREFECT_API_URL)."""
     from prefect.client.orchestration import get_client
@@ -99,8 +101,8 @@ def ensure_work_pool(name: str, *, pool_type: str = WORK_POOL_TYPE) -> bool:
                 WorkPoolCreate(
                     name=name,
                     type=pool_type,
-                    description=f"NeuralOps connector pool for {name}: only that cluster's "
-                    "worker serves it",
+                    description=description
+                    or f"NeuralOps connector pool for {name}: only that cluster's worker serves it",
                 )
             )
         except ObjectAlreadyExists:
