@@ -32,8 +32,11 @@ from sqlalchemy.engine import URL
 
 from neuralops import approval, incidents, policy, runs, safety
 from neuralops.cosign_enforcer import SignatureRejected, enforce_registered
+from neuralops.db import session_scope
+from neuralops.db.models import WorkflowRun
 from neuralops.errors import InvalidInput
-from neuralops.incident import Incident
+from neuralops.incident import Incident, resource_of, run_resource
+from neuralops.manifest import Manifest
 from neuralops.mock_cluster import RUNTIME, MockCluster
 from neuralops.recommend import Recommender, incident_from_signal
 from neuralops.signals import find_anomalies, get_signal, range_end
@@ -113,6 +116,7 @@ def suggest(
     if manifest is not None and any(p.name == "run_id" for p in manifest.parameters):
         given.setdefault("run_id", uuid.uuid4().hex[:8])  # suffixes Job names: unique per run
     if manifest is not None:
+        given = {**precedent_parameters(manifest, asked, url=url), **given}
         try:
             # No fallback to the manifest's examples: an example names some other object,
             # and a remediation must act on this incident's. Missing ones fail the dry-run.
@@ -143,6 +147,28 @@ def suggest(
             url=url,
         )
     return incidents.get(created.id, url=url)
+
+
+def precedent_parameters(
+    manifest: Manifest, incident: Incident, *, scan: int = 500, url: URL | None = None
+) -> dict[str, Any]:
+    """The parameters of the latest succeeded run of this playbook on this incident's own
+    resource (namespace/workload), among its ``scan`` newest runs: what worked here before,
+    for the values labels cannot give (a container name, a memory limit). Never from another
+    resource, whose values name other objects; labels still win. Empty without one."""
+    resource = resource_of(incident.labels)
+    if resource is None:
+        return {}
+    query = runs.newest_runs(manifest.id, WorkflowRun.inputs, WorkflowRun.status).limit(scan)
+    with session_scope(url) as session:
+        for inputs, status in session.execute(query):
+            if status == "succeeded" and run_resource({"inputs": inputs}) == resource:
+                params = inputs.get("parameters") or {}
+                declared = {p.name for p in manifest.parameters}
+                return {
+                    k: v for k, v in params.items() if k in declared and k not in incident.labels
+                }
+    return {}
 
 
 def dry_run(
@@ -660,3 +686,53 @@ def expire_overdue(*, now: datetime | None = None, url: URL | None = None) -> li
                 continue
             expired.append(waiting.id)
     return expired
+
+
+# Where housekeeping asks what became of an incident's remediate flow run: a short account
+# of the run's final state ("Crashed: ...", "Failed: ...") once it can no longer move the
+# incident on, else None (still running, paused, or unknown because the API is unreachable).
+RunEnded = Callable[[uuid.UUID], str | None]
+
+
+def end_interrupted(
+    run_ended: RunEnded,
+    *,
+    deadline: timedelta,
+    now: datetime | None = None,
+    url: URL | None = None,
+) -> list[tuple[uuid.UUID, str]]:
+    """End incidents stuck in ``executing``: the process that was executing them died (its
+    worker killed, the machine lost) and nothing else would ever move them on.
+
+    An incident ends ``failed`` when its remediate flow run reached a final state (``Crashed``
+    when its worker saw the process die) without finishing the execution, or when it has been
+    ``executing`` longer than ``deadline`` (a run whose process vanished stays ``Running`` in
+    Prefect for ever). ``deadline`` must exceed the longest a live run waits for its execution
+    (the connector's timeout), so that only dead runs are ended. Returns (incident, reason)."""
+    now = now or datetime.now(UTC)
+    ended = []
+    for stuck in incidents.list_incidents(state="executing", limit=1000, url=url):
+        run = stuck.flow_run_id
+        how = run_ended(run) if run is not None else None
+        if how is not None:
+            reason = f"the remediate flow run {run} ended ({how}) while executing"
+        elif now - stuck.updated_at > deadline:
+            reason = (
+                f"still executing after {int(deadline.total_seconds())} s with no result from "
+                f"its remediate flow run {run or '(none)'}"
+            )
+        else:
+            continue
+        reason += ": the playbook may be partly applied; check the cluster by hand"
+        try:
+            incidents.transition(
+                stuck.id,
+                "failed",
+                actor=ACTOR,
+                payload={"reason": reason, "interrupted": True, "flow_run_state": how},
+                url=url,
+            )
+        except incidents.IllegalTransition:  # the run finished it meanwhile
+            continue
+        ended.append((stuck.id, reason))
+    return ended
