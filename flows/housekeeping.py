@@ -1,7 +1,9 @@
-"""Housekeeping every few minutes: expire overdue approvals, ship the audit trail."""
+"""Housekeeping every few minutes: expire overdue approvals, end executions whose run died,
+ship the audit trail."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from prefect import flow, task
@@ -12,11 +14,19 @@ from neuralops import audit, remediation
 from neuralops.hooks import run_logger_hooks
 from neuralops.settings import get_settings
 from tasks import IO_RETRIES
+from tasks.remediate import EXECUTING_DEADLINE_S, flow_run_ended
 
 
 @task(name="expire-overdue", cache_policy=NO_CACHE, **IO_RETRIES)
 def expire_overdue() -> list[str]:
     return [str(i) for i in remediation.expire_overdue()]
+
+
+@task(name="end-interrupted", cache_policy=NO_CACHE, **IO_RETRIES)
+def end_interrupted(deadline_s: float = EXECUTING_DEADLINE_S) -> list[dict[str, str]]:
+    """Fail incidents left `executing` by a remediate run that crashed or vanished."""
+    ended = remediation.end_interrupted(flow_run_ended, deadline=timedelta(seconds=deadline_s))
+    return [{"incident_id": str(i), "reason": reason} for i, reason in ended]
 
 
 @task(name="ship-audit", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -30,16 +40,27 @@ def ship_audit(audit_block: str | None = None) -> audit.ShipResult:
 
 
 @flow(name="housekeeping", log_prints=False, **run_logger_hooks())
-def housekeeping(audit_block: str | None = None) -> dict[str, Any]:
+def housekeeping(
+    audit_block: str | None = None, executing_deadline_s: float = EXECUTING_DEADLINE_S
+) -> dict[str, Any]:
     """``audit_block`` names a NeuralOps Audit Sink block; without it the settings choose
-    (S3_BUCKET, else the local audit directory)."""
+    (S3_BUCKET, else the local audit directory). An incident still ``executing`` whose
+    remediate run ended (crashed) or that has been executing longer than
+    ``executing_deadline_s`` ends ``failed`` (its process died mid-execution)."""
     expired = expire_overdue()
+    interrupted = end_interrupted(executing_deadline_s)
     shipped = ship_audit(audit_block)
     create_markdown_artifact(
         key="housekeeping",
         markdown=f"- approvals expired: {len(expired)}\n"
+        f"- interrupted executions ended failed: {len(interrupted)}\n"
         f"- audit entries shipped: {shipped.entries} in {shipped.batches} batches "
         f"to {shipped.sink or 'the archive'}; pending: {shipped.pending_left}",
         description="What the last housekeeping run did",
     )
-    return {"expired": expired, "shipped": shipped.entries, "pending": shipped.pending_left}
+    return {
+        "expired": expired,
+        "interrupted": interrupted,
+        "shipped": shipped.entries,
+        "pending": shipped.pending_left,
+    }

@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, pause_flow_run, suspend_flow_run
+from prefect import flow, get_run_logger, suspend_flow_run
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
@@ -34,6 +34,7 @@ from tasks.remediate import (
     dry_run,
     ensure_cluster_limit,
     execute,
+    pause_for_approval,
     suggest,
     verify_outcome,
 )
@@ -119,11 +120,9 @@ def _wait_for_approval(
                     wait_for_input=ApprovalDecision, timeout=int(remaining) + 1, key=key
                 )
             else:
-                decision = pause_flow_run(
-                    wait_for_input=ApprovalDecision,
-                    timeout=int(remaining) + 1,
-                    poll_interval=POLL_S,
-                    key=key,
+                # Survives a Prefect server outage longer than the client's own retries.
+                decision = pause_for_approval(
+                    key=key, timeout=int(remaining) + 1, poll_interval=POLL_S
                 )
         except FlowPauseTimeout:
             return remediation.expire(current.id)

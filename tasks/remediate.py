@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,10 @@ CONNECTOR_FLOW = "execute-playbook"
 # 300 s by default).
 CONNECTOR_TIMEOUT_S = DEFAULT_LIFETIME.total_seconds() + 600
 CONNECTOR_POLL_S = 2.0
+# How long an incident may sit in `executing` before housekeeping ends it `failed`: longer
+# than a live remediate run waits for its connector (which then gives up by itself), so only
+# runs whose process died are ended this way.
+EXECUTING_DEADLINE_S = CONNECTOR_TIMEOUT_S + 300
 
 
 def connector_deployment(cluster: str) -> str:
@@ -88,6 +93,81 @@ def _cancel(flow_run_id: uuid.UUID) -> None:
             client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
     except Exception:  # the trigger expires anyway
         pass
+
+
+def flow_run_ended(flow_run_id: uuid.UUID) -> str | None:
+    """The final state of a flow run ("Crashed: <message>"), or None while it is not final
+    (running, paused, cancelling) or cannot be read (the API unreachable: ask again later)."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run_id)
+    except ObjectNotFound:
+        return "deleted from Prefect"
+    except Exception:
+        return None
+    state = run.state
+    if state is None or not state.is_final():
+        return None
+    return f"{state.name}: {state.message}" if state.message else state.name
+
+
+def pause_for_approval(
+    *, key: str, timeout: float, poll_interval: float
+) -> remediation.ApprovalDecision:
+    """``pause_flow_run`` waiting for an ``ApprovalDecision``, surviving a Prefect API outage.
+
+    While paused in-process, Prefect polls the API with a client that retries a refused
+    connection only about a minute (5 retries, exponential back-off), and the save of the
+    Resume form right after the pause not at all (a fresh client): either way the run dies
+    with ``httpx.ConnectError`` and nobody is left to execute the approval. Here a transport
+    error keeps the run waiting: it asks again every ``poll_interval`` until the run is resumed
+    (the decision returned), the pause is redone (it never reached the server), or
+    ``timeout`` passes (``FlowPauseTimeout``, as ``pause_flow_run``)."""
+    import httpx
+    from prefect import get_run_logger, pause_flow_run
+    from prefect.context import get_run_context
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.input.run_input import keyset_from_base_key, run_input_subclass_from_type
+
+    deadline = time.monotonic() + timeout
+    try:
+        return pause_flow_run(
+            wait_for_input=remediation.ApprovalDecision,
+            timeout=max(1, int(timeout)),
+            poll_interval=int(poll_interval),
+            key=key,
+        )
+    except httpx.TransportError as exc:
+        get_run_logger().warning(
+            "the Prefect API did not answer while waiting for approval (%s): still waiting", exc
+        )
+    run_id = get_run_context().flow_run.id
+    form = run_input_subclass_from_type(remediation.ApprovalDecision)
+    keyset = keyset_from_base_key(f"paused-{key}")
+    while time.monotonic() < deadline:
+        time.sleep(poll_interval)
+        try:
+            with get_client(sync_client=True) as client:
+                run = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_paused():
+                    try:  # the outage may have cut the pause short of saving its form
+                        client.read_flow_run_input(run_id, keyset["schema"])
+                    except Exception:
+                        form.save(keyset, flow_run_id=run_id)
+                    continue
+        except httpx.TransportError:
+            continue
+        if run.state is not None and run.state.is_running():
+            if key in (run.empirical_policy.pause_keys or set()):  # resumed meanwhile
+                return form.load(keyset, flow_run_id=run_id)
+            return pause_for_approval(  # the pause never reached the server: pause now
+                key=key, timeout=deadline - time.monotonic(), poll_interval=poll_interval
+            )
+        state = run.state.name if run.state else "no state"
+        raise RuntimeError(f"flow run {run_id} is {state} while waiting for approval")
+    raise FlowPauseTimeout("Flow run was paused and never resumed.")
 
 
 def public_key(vault_block: str | None) -> bytes:
