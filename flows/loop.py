@@ -8,7 +8,6 @@ these in order; every one of them is idempotent, so a second run reuses what exi
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,19 +100,6 @@ def start_remediation(signal_id: str) -> FlowRun:
         timeout=0,
         tags=["neuralops-run"],
     )
-
-
-def wait_for(flow_run_id: uuid.UUID, states: set[StateType], *, timeout_s: float) -> FlowRun:
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while True:
-            run = client.read_flow_run(flow_run_id)
-            if run.state is not None and run.state.type in states:
-                return run
-            if time.monotonic() > deadline:
-                state = run.state.name if run.state else "no state"
-                raise TimeoutError(f"flow run {run.name} still {state} after {timeout_s:.0f} s")
-            time.sleep(1.0)
 
 
 def remediation_runs(*states: StateType, since: datetime | None = None) -> list[FlowRun]:

@@ -127,6 +127,7 @@ def run(
 
     signals_.signal(signals_.SIGTERM, stop_on_sigterm)
     prometheus = None
+    began = time.monotonic()
     out.rule("NeuralOps")
     out.print(f"data dir  {settings.data_dir}\ndatabase  {settings.database_label()}")
     try:
@@ -171,7 +172,12 @@ def run(
         )
 
         # 4. metrics with an incident: Prometheus when installed, else a replay file
-        flow_env = {"PREFECT_API_URL": api_url, "NEURALOPS_DATA_DIR": str(settings.data_dir)}
+        flow_env = {
+            "PREFECT_API_URL": api_url,
+            "NEURALOPS_DATA_DIR": str(settings.data_dir),
+            # The demo's runtime is the mock cluster: nothing to wait for before re-checking.
+            "NEURALOPS_SETTLE_S": os.environ.get("NEURALOPS_SETTLE_S", "5"),
+        }
         if settings.prom_url:
             step(4, f"metrics: your Prometheus at {settings.prom_url} (PROM_URL; no demo data)")
         else:
@@ -220,7 +226,8 @@ def run(
             how = "started by the signal's event"
             if paused is None:
                 paused, how = _reuse_or_start_remediation(loop)
-        step(9, f"remediation paused for approval ({how})")
+        took = time.monotonic() - began
+        step(9, f"remediation paused for approval ({how}); ready in {took / 60:.1f} min")
         _print_next(api_url, paused.id, settings)
         if wait:
             out.print("\n[bold]Running.[/] Ctrl-C stops what this command started.")

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from conftest import free_port, skip_or_fail
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SHOTS = Path(__file__).resolve().parents[1] / "reports" / "screenshots"
 # The flags that keep Chromium off the network here (no sync, updates or background fetches).
@@ -78,7 +78,7 @@ def chromium() -> str:
 def test_run_pauses_a_remediation_that_an_operator_approves_in_the_ui(
     tmp_path: Path, chromium: str
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import Locator, expect, sync_playwright
 
     port = free_port()
     data = tmp_path / "data"
@@ -119,15 +119,34 @@ def test_run_pauses_a_remediation_that_an_operator_approves_in_the_ui(
             for key in BEFORE_APPROVAL:
                 expect(page.get_by_text(key).first).to_be_visible(timeout=30_000)
             page.screenshot(path=SHOTS / "02-artifacts-before-approval.png", full_page=True)
+            # What the operator reads before deciding: the dry-run's verdict and diff, the
+            # incident with its evidence.
+            page.get_by_text("remediation-dry-run").first.click()
+            expect(page.get_by_text("Dry-run passed").first).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("memory: 2Gi").first).to_be_visible()
+            page.screenshot(path=SHOTS / "02a-dry-run-diff.png", full_page=True)
+            page.goto(paused_url)
+            page.get_by_text("Artifacts", exact=True).click()
+            page.get_by_text("remediation-incident").first.click()
+            expect(page.get_by_text("Evidence: similar past runs").first).to_be_visible()
+            page.screenshot(path=SHOTS / "02b-incident-and-evidence.png", full_page=True)
+            page.goto(paused_url)
 
             page.get_by_role("button", name="Resume").click()
             dialog = page.get_by_role("dialog")
-            expect(dialog.get_by_text("Approval token")).to_be_visible(timeout=30_000)
-            dialog.get_by_label("Approver id").fill(approver)
-            dialog.get_by_label("Approval token").fill(token)
-            dialog.get_by_label("Comment (Optional)").fill("approved in the browser test")
-            dialog.get_by_label("Decision").click()  # a drop-down of the Literal's values
-            page.get_by_role("option", name="approve").click()
+
+            def field(title: str) -> Locator:  # the form's fields by their titles
+                label = page.locator(".schema-form-property__label", has_text=title)
+                return dialog.locator(".schema-form-property").filter(has=label).last
+
+            decision = field("Decision").locator("button.p-select-button__control")
+            decision.press("ArrowDown")  # opens the drop-down of the Literal's values
+            page.get_by_role("option", name="approve").wait_for()
+            decision.press("Enter")
+            expect(decision).to_have_text("approve")
+            field("Approver id").locator("textarea").fill(approver)
+            field("Approval token").locator("textarea").fill(token)
+            field("Comment").locator("textarea").fill("approved in the browser test")
             page.screenshot(path=SHOTS / "03-resume-form.png", full_page=True)
             dialog.get_by_role("button", name="Submit").click()
 
