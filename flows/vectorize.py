@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from neuralops.hooks import run_logger_hooks
 from neuralops.settings import get_settings
-from tasks.etl import export_runs, vectorize_runs
+from tasks.etl import commit_watermark, export_runs, vectorize_runs
 
 KEEP_EXPORTS = 24  # a day of hourly exports
 
@@ -18,7 +18,8 @@ KEEP_EXPORTS = 24  # a day of hourly exports
 @flow(name="vectorize", log_prints=False, **run_logger_hooks())
 def vectorize(full: bool = False, embedder: str | None = None) -> dict[str, Any]:
     """Export the runs changed since the last run (redacted), embed them and upsert them into
-    LanceDB. ``full`` re-exports everything; vectors of unchanged runs are still kept."""
+    LanceDB, then move the export watermark. ``full`` re-exports everything; vectors of
+    unchanged runs are still kept."""
     settings = get_settings()
     exports = settings.data_dir / "exports"
     out = exports / f"runs-{datetime.now(UTC):%Y%m%dT%H%M%S}.jsonl"
@@ -26,6 +27,7 @@ def vectorize(full: bool = False, embedder: str | None = None) -> dict[str, Any]
     for old in sorted(exports.glob("runs-*.jsonl"))[:-KEEP_EXPORTS]:
         old.unlink(missing_ok=True)  # the export files are a short audit trail, not a store
     result = vectorize_runs(exported.path, embedder)
+    commit_watermark(exported)  # only now: a failed embedding exports the same runs again
     if result.warning:
         get_run_logger().warning(result.warning)
     summary = {

@@ -82,8 +82,11 @@ def export_runs(
     batch_rows: int = BATCH_ROWS,
     redactor: Redactor | None = None,
     progress: Callable[[int], None] | None = None,
+    commit: bool = True,
 ) -> ExportResult:
-    """Write the runs changed since the watermark (or all, or since a time) to ``out``."""
+    """Write the runs changed since the watermark (or all, or since a time) to ``out``.
+    ``commit=False`` leaves the watermark where it was: the caller saves ``result.watermark``
+    (``commit_watermark``) once what it does with the file has succeeded."""
     out = Path(out)
     kind = FORMATS.get(out.suffix.lower())
     if kind is None:
@@ -117,8 +120,19 @@ def export_runs(
     watermark = previous
     if since is None and last is not None:
         watermark = last
-        save_watermark(stream, last, rows, url=url)
+        if commit:
+            save_watermark(stream, last, rows, url=url)
     return ExportResult(rows, out, kind, previous, watermark, dict(redactor.stats))
+
+
+def commit_watermark(
+    result: ExportResult, *, stream: str = DEFAULT_STREAM, url: URL | None = None
+) -> bool:
+    """Save the watermark of an export made with ``commit=False``; False when it did not move."""
+    if result.watermark is None or result.watermark == result.previous:
+        return False
+    save_watermark(stream, result.watermark, result.rows, url=url)
+    return True
 
 
 def count_pending(*, url: URL | None = None, stream: str = DEFAULT_STREAM) -> int:

@@ -16,8 +16,14 @@ from tasks import IO_RETRIES
 
 @task(name="export-runs", cache_policy=NO_CACHE, **IO_RETRIES)
 def export_runs(out: Path, full: bool = False) -> etl.ExportResult:
-    """Runs changed since the watermark → redacted JSONL (the watermark moves on success)."""
-    return etl.export_runs(out, full=full)
+    """Runs changed since the watermark → redacted JSONL. The watermark stays until
+    ``commit_watermark``: runs exported but never embedded are exported again next time."""
+    return etl.export_runs(out, full=full, commit=False)
+
+
+@task(name="commit-watermark", cache_policy=NO_CACHE, **IO_RETRIES)
+def commit_watermark(exported: etl.ExportResult) -> bool:
+    return etl.commit_watermark(exported)
 
 
 @task(name="vectorize-runs", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -652,3 +652,31 @@ def test_s3_hung_mid_ship_keeps_the_rest_pending_then_ships_them_none_lost(
         shipped += [json.loads(line) for line in bodies.pop().decode().splitlines()]
     assert [entry["seq"] for entry in shipped] == list(range(1, 12))
     assert audit.verify_all().ok
+
+
+def test_a_failed_embedding_leaves_the_watermark_so_the_next_run_embeds_those_runs(
+    prefect_server, sqlite_url: URL
+) -> None:
+    """The export succeeded but the vectors were never written (LanceDB down, the worker
+    killed between the two tasks): the watermark must not have moved past those runs."""
+    import flows.vectorize as vectorize_flows
+
+    seed(12, start=0)
+    broken = vectorize_flows.vectorize_runs.with_options(retries=0)
+
+    def unavailable(*args, **kwargs):
+        raise OSError("LanceDB is unreachable")
+
+    with pytest.MonkeyPatch.context() as fault:
+        fault.setattr(broken, "fn", unavailable)
+        fault.setattr(vectorize_flows, "vectorize_runs", broken)
+        failed = vectorize_flows.vectorize(return_state=True)
+    assert failed.is_failed() and "LanceDB is unreachable" in (failed.message or "")
+    assert etl.read_watermark() is None and vector_ids() == []
+
+    before = all_run_ids()  # the 12 and the failed run's own record
+    rerun = vectorize_flows.vectorize()
+    assert rerun["exported"] == rerun["written"] == len(before) == 13
+    ids = vector_ids()
+    assert len(ids) == len(set(ids)) and set(ids) == before
+    assert etl.read_watermark() is not None
