@@ -64,7 +64,10 @@ def remediate(
     flow_run = get_run_context().flow_run
     current = incidents.find_by_flow_run(flow_run.id)
     if current is None:
-        current = suggest(signal_id, incident, playbook_id, parameters, cluster, flow_run.id)
+        try:
+            current = suggest(signal_id, incident, playbook_id, parameters, cluster, flow_run.id)
+        except incidents.AlreadyOpen as duplicate:
+            return _already_handled(duplicate.incident)
         _publish_incident(current)
     if current.state == "suggested":
         current = dry_run(current.id, fail_steps, vault_block)
@@ -137,6 +140,30 @@ def _wait_for_approval(
                 description=f"Incident {current.id}: the last approval attempt was refused",
             )
     return current
+
+
+def _already_handled(other: incidents.IncidentOut) -> dict[str, Any]:
+    """A second run for a signal (an event delivered twice, an ad-hoc run): nothing to do."""
+    get_run_logger().warning(
+        "signal %s is already being remediated by incident %s (%s): nothing done",
+        other.signal_id,
+        other.id,
+        other.state,
+    )
+    create_markdown_artifact(
+        key="remediation-duplicate",
+        markdown=f"## Nothing done\n\nSignal `{other.signal_id}` is already being remediated "
+        f"by incident `{other.id}` ({other.state}), flow run `{other.flow_run_id or '-'}`: "
+        "one remediation per signal at a time.",
+        description=f"Incident {other.id} already handles this signal",
+    )
+    return {
+        "incident_id": str(other.id),
+        "state": "duplicate",
+        "playbook_id": other.playbook_id,
+        "outcome": None,
+        "run_id": None,
+    }
 
 
 def _publish_incident(current: incidents.IncidentOut) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from neuralops import audit
@@ -28,13 +29,14 @@ from neuralops.db import session_scope
 from neuralops.db.models import (
     INCIDENT_STATES,
     SAFETY_MODES,
+    TERMINAL_INCIDENT_STATES,
     AuditLog,
     Incident,
     InsightSignal,
 )
 from neuralops.errors import Conflict, InvalidInput, NotFound
 
-TERMINAL_STATES = frozenset({"dry_run_failed", "rejected", "expired", "succeeded", "failed"})
+TERMINAL_STATES = frozenset(TERMINAL_INCIDENT_STATES)
 TRANSITIONS: dict[str, frozenset[str]] = {
     "suggested": frozenset({"dry_run_passed", "dry_run_failed"}),
     "dry_run_passed": frozenset({"awaiting_approval", "approved"}),  # approved: auto mode
@@ -161,9 +163,29 @@ def create(
     recommendations = [
         r.model_dump(mode="json") if isinstance(r, BaseModel) else dict(r) for r in recommendations
     ]
+    try:
+        return _insert(signal, playbook_id, recommendations, parameters, cluster, actor, url)
+    except IntegrityError:
+        # Another run opened one for this signal between our check and our insert.
+        if signal is not None and (existing := open_for_signal(signal, url=url)) is not None:
+            raise AlreadyOpen(existing) from None
+        raise
+
+
+def _insert(
+    signal: uuid.UUID | None,
+    playbook_id: str | None,
+    recommendations: list[dict[str, Any]],
+    parameters: dict[str, Any] | None,
+    cluster: str | None,
+    actor: str,
+    url: URL | None,
+) -> IncidentOut:
     with session_scope(url) as session:
         if signal is not None and session.get(InsightSignal, signal) is None:
             raise NotFound(f"signal {signal} not found: `neuralops signals list` shows them")
+        if signal is not None and (existing := _open_for_signal(session, signal)) is not None:
+            raise AlreadyOpen(IncidentOut.model_validate(existing))
         incident = Incident(
             id=uuid.uuid4(),
             signal_id=signal,
@@ -190,6 +212,37 @@ def create(
             },
         )
         return IncidentOut.model_validate(incident)
+
+
+class AlreadyOpen(Conflict):
+    """The signal already has an open incident: one remediation per signal at a time."""
+
+    def __init__(self, incident: IncidentOut) -> None:
+        super().__init__(
+            f"signal {incident.signal_id} already has an open incident, {incident.id} "
+            f"({incident.state}, flow run {incident.flow_run_id or '-'}): one remediation per "
+            "signal at a time"
+        )
+        self.incident = incident
+
+    def __reduce__(self) -> tuple[Any, ...]:  # Prefect may pickle a task's exception
+        return (type(self), (self.incident,))
+
+
+def _open_for_signal(session: Session, signal: uuid.UUID) -> Incident | None:
+    return session.scalar(
+        select(Incident).where(
+            Incident.signal_id == signal, Incident.state.not_in(sorted(TERMINAL_STATES))
+        )
+    )
+
+
+def open_for_signal(signal_id: uuid.UUID | str, *, url: URL | None = None) -> IncidentOut | None:
+    """The signal's open (not terminal) incident, if any: at most one (migration 0006)."""
+    signal = _uuid(signal_id, "signal id")
+    with session_scope(url) as session:
+        found = _open_for_signal(session, signal)
+        return IncidentOut.model_validate(found) if found is not None else None
 
 
 def _check_fields(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -99,6 +99,8 @@ def suggest(
     if (signal_id is None) == (incident is None):
         raise InvalidInput("give exactly one of signal_id and incident")
     signal = get_signal(signal_id, url=url) if signal_id else None
+    if signal is not None and (handling := incidents.open_for_signal(signal.id, url=url)):
+        raise incidents.AlreadyOpen(handling)  # checked again, atomically, on insert
     asked = incident_from_signal(signal) if signal else incident
     result = recommender.recommend(asked, top=5)
     recommendations = [r.model_dump(mode="json") for r in result.recommendations]

@@ -4,7 +4,6 @@ figures are bench/load.py's, in reports/load.md)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -21,7 +20,6 @@ from sqlalchemy.engine import URL
 from neuralops import incidents, registry, remediation, runs, signals
 from neuralops.db import session_scope
 from neuralops.db.models import WorkflowRun
-from neuralops.errors import Conflict
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE = "load-burst"
@@ -126,11 +124,6 @@ def test_burst_of_1000_candidates_makes_one_signal_and_one_event_per_fingerprint
     assert len(signals.list_signals(rule=RULE, limit=1000)) == 2 * FINGERPRINTS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="remediation.suggest does not check for an open incident of the same signal: a "
-    "second remediate run (an event delivered twice, an ad-hoc run) opens a second incident",
-)
 def test_a_second_suggest_for_a_signal_with_an_open_incident_opens_none(
     signed_catalogue, tmp_path: Path
 ) -> None:
@@ -145,14 +138,24 @@ def test_a_second_suggest_for_a_signal_with_an_open_incident_opens_none(
     parameters = {"container": "api", "memory_limit": "2Gi"}
     first = remediation.suggest(recommender, signal_id=signal_id, parameters=parameters)
     assert first.state not in incidents.TERMINAL_STATES
-    with contextlib.suppress(Conflict):  # refusing with Conflict is one acceptable fix
+    with pytest.raises(incidents.AlreadyOpen) as refused:
         remediation.suggest(recommender, signal_id=signal_id, parameters=parameters)
+    assert refused.value.incident.id == first.id and str(first.id) in str(refused.value)
+    # The database holds the line too, for two runs racing past the check.
+    with pytest.raises(incidents.AlreadyOpen):
+        incidents.create(
+            signal_id=signal_id, playbook_id=None, recommendations=[], parameters={}, actor="t"
+        )
     open_ones = [
         i
         for i in incidents.list_incidents(limit=1000)
         if str(i.signal_id) == signal_id and i.state not in incidents.TERMINAL_STATES
     ]
-    assert len(open_ones) == 1
+    assert [i.id for i in open_ones] == [first.id]
+    # Once it has ended, the signal can be remediated again.
+    incidents.transition(first.id, "dry_run_failed", actor="t", payload={"reason": "test"})
+    again = remediation.suggest(recommender, signal_id=signal_id, parameters=parameters)
+    assert again.id != first.id
 
 
 def _run(run_id: str, n: int, wpk_id: str = "restart-deployment") -> dict:

@@ -15,7 +15,7 @@ from neuralops.db.models import AuditLog, Playbook
 from neuralops.embedding import HashingEmbedder
 from neuralops.incident import Incident
 from neuralops.mock_cluster import MockCluster
-from neuralops.recommend import Recommender
+from neuralops.recommend import Recommender, incident_from_signal
 from neuralops.settings import get_settings
 from neuralops.vectorstore import VectorStore
 
@@ -124,8 +124,11 @@ def test_approved_remediation_executes_logs_the_run_and_audits_every_step(env):
 def test_a_bad_token_changes_nothing_but_an_audit_entry(env):
     current = remediation.decide(oom_incident(env).id, settings=env["settings"])
     keys = keys_from_settings(env["settings"])
+    # Another incident (one signal has one open incident at a time: this one has none).
     other = remediation.suggest(
-        env["recommender"], signal_id=str(env["signals"]["oom-kills"].id), parameters=OOM_PARAMETERS
+        env["recommender"],
+        incident=incident_from_signal(env["signals"]["oom-kills"]),
+        parameters=OOM_PARAMETERS,
     )
     cases = {
         "wrong_role": decision(env, current.id, roles=("sre",)),

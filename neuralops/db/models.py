@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -36,6 +37,8 @@ INCIDENT_STATES = (
     "succeeded",
     "failed",
 )
+# States an incident never leaves; any other is open (incidents.TERMINAL_STATES).
+TERMINAL_INCIDENT_STATES = ("dry_run_failed", "rejected", "expired", "succeeded", "failed")
 CLUSTER_STATUSES = ("pending", "healthy", "unreachable", "disabled")
 SAFETY_MODES = ("manual", "auto")
 
@@ -152,7 +155,18 @@ class InsightSignal(Base):
 
 class Incident(Timestamps, Base):
     __tablename__ = "incidents"
-    __table_args__ = (CheckConstraint(_in("state", INCIDENT_STATES), name="ck_incidents_state"),)
+    __table_args__ = (
+        CheckConstraint(_in("state", INCIDENT_STATES), name="ck_incidents_state"),
+        # One open incident per signal: a second remediate run for it (an event delivered
+        # twice, an ad-hoc run) cannot start another remediation (migration 0006).
+        Index(
+            "uq_incidents_open_signal",
+            "signal_id",
+            unique=True,
+            sqlite_where=text(f"NOT {_in('state', TERMINAL_INCIDENT_STATES)}"),
+            postgresql_where=text(f"NOT {_in('state', TERMINAL_INCIDENT_STATES)}"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     signal_id: Mapped[uuid.UUID | None] = mapped_column(
