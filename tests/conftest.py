@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
@@ -359,3 +361,60 @@ def signed_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     }
     get_settings.cache_clear()
     db.dispose_engines()
+
+
+# --- S3 (issues 6, 8, 9): moto's S3 protocol server, a real HTTP endpoint -----------------
+
+
+@pytest.fixture(scope="module")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 protocol server (moto's) on a free port; yields its endpoint URL."""
+    binary = Path(sys.executable).with_name("moto_server")
+    if not binary.exists():
+        skip_or_fail(f"{binary} not found: install the dev extras (moto[server])")
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    process = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(endpoint, timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start on {endpoint} (see {log.name})")
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        stop_process(process)
+        log.close()
+
+
+def rules_file(tmp_path: Path, recent_min: int) -> Path:
+    """Two rules over the demo history (latency p99, request rate), signalling only in the
+    last ``recent_min`` minutes."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        f"""
+rules:
+  - name: latency-p99
+    title: p99 latency
+    query: http_request_duration_seconds_p99
+    lookback: 3h
+    step: 1m
+    recent: {recent_min}m
+    labels: {{severity: page}}
+    related: [request-rate]
+  - name: request-rate
+    title: request rate
+    query: rate(http_requests_total[5m])
+    lookback: 3h
+    step: 1m
+    recent: {recent_min}m
+"""
+    )
+    return path

@@ -9,17 +9,14 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import skip_or_fail, stop_process
 from sqlalchemy.engine import URL
 from typer.testing import CliRunner
 
@@ -414,34 +411,6 @@ def test_a_batch_that_keeps_failing_stays_pending(database_url: URL, tmp_path: P
 
 
 # --- shipping to S3 (moto's S3 server, a real HTTP endpoint) ---------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real S3 protocol server (moto's) on a free port; yields its endpoint URL."""
-    binary = Path(sys.executable).with_name("moto_server")
-    if not binary.exists():
-        skip_or_fail(f"{binary} not found: install the dev extras (moto[server])")
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    process = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(endpoint, timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start on {endpoint} (see {log.name})")
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        stop_process(process)
-        log.close()
 
 
 @pytest.fixture

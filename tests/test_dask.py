@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import rules_file
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.sorting import FlowRunSort
@@ -116,30 +117,6 @@ def test_an_unreachable_scheduler_is_unavailable_and_named(
         runner.submit(query_rule, parameters={})
 
 
-def write_rules(tmp_path: Path, recent_min: int) -> Path:
-    path = tmp_path / "rules.yaml"
-    path.write_text(
-        f"""
-rules:
-  - name: latency-p99
-    title: p99 latency
-    query: http_request_duration_seconds_p99
-    lookback: 3h
-    step: 1m
-    recent: {recent_min}m
-    labels: {{severity: page}}
-    related: [request-rate]
-  - name: request-rate
-    title: request rate
-    query: rate(http_requests_total[5m])
-    lookback: 3h
-    step: 1m
-    recent: {recent_min}m
-"""
-    )
-    return path
-
-
 def signal_facts(found: list[signals.Signal]) -> list[tuple]:
     return sorted(
         (
@@ -182,7 +159,7 @@ def test_detect_on_a_dask_cluster_records_the_same_signals_as_the_thread_pool(
     end = datetime.fromtimestamp(math.floor(time.time() / 60) * 60, UTC)
     monkeypatch.setattr(PrometheusSource, "now", lambda self: end)
     recent = math.ceil((time.time() - live_prometheus.spike.timestamp) / 60) + 5
-    rules = write_rules(tmp_path, recent)
+    rules = rules_file(tmp_path, recent)
 
     with LocalCluster(
         processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0"

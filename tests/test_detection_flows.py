@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import rules_file
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -33,30 +34,6 @@ pytestmark = pytest.mark.slow
 def minutes_since(timestamp: float) -> int:
     """A `recent` span (minutes) reaching back past ``timestamp`` with 5 minutes to spare."""
     return math.ceil((time.time() - timestamp) / 60) + 5
-
-
-def rules_file(tmp_path: Path, recent_min: int) -> Path:
-    path = tmp_path / "rules.yaml"
-    path.write_text(
-        f"""
-rules:
-  - name: latency-p99
-    title: p99 latency
-    query: http_request_duration_seconds_p99
-    lookback: 3h
-    step: 1m
-    recent: {recent_min}m
-    labels: {{severity: page}}
-    related: [request-rate]
-  - name: request-rate
-    title: request rate
-    query: rate(http_requests_total[5m])
-    lookback: 3h
-    step: 1m
-    recent: {recent_min}m
-"""
-    )
-    return path
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import free_port, skip_or_fail, stop_process
+from conftest import free_port, rules_file, skip_or_fail, stop_process
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
@@ -63,23 +63,6 @@ def task_runs(flow_run_id: uuid.UUID) -> dict[str, int]:
 
 # --- (a) Prometheus down during detect ------------------------------------------------------
 
-RULES = """
-rules:
-  - name: latency-p99
-    title: p99 latency
-    query: http_request_duration_seconds_p99
-    lookback: 3h
-    step: 1m
-    recent: {recent}m
-    labels: {{severity: page}}
-    related: [request-rate]
-  - name: request-rate
-    title: request rate
-    query: rate(http_requests_total[5m])
-    lookback: 3h
-    step: 1m
-    recent: {recent}m
-"""
 LATENCY_QUERY = "http_request_duration_seconds_p99"
 
 
@@ -121,8 +104,7 @@ def own_prometheus(prometheus_installed, tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("PROM_URL", server.url)
     get_settings.cache_clear()
     recent = int((time.time() - history.spike.timestamp) // 60) + 5
-    (tmp_path / "rules.yaml").write_text(RULES.format(recent=recent))
-    yield server, history, str(tmp_path / "rules.yaml")
+    yield server, history, str(rules_file(tmp_path, recent))
     server.stop()
 
 

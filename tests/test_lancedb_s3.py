@@ -7,21 +7,13 @@ reads from the environment itself (the settings pass only the endpoint).
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import boto3
-import httpx
 import numpy as np
 import pytest
-from conftest import skip_or_fail, stop_process
 
 from neuralops.errors import Unavailable
-from neuralops.local_prometheus import free_port
 from neuralops.settings import get_settings
 from neuralops.vectorstore import store_from_settings
 
@@ -35,44 +27,16 @@ AWS_ENV = {
 }
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real S3 protocol server (moto's) on a free port; yields its endpoint URL."""
-    binary = Path(sys.executable).with_name("moto_server")
-    if not binary.exists():
-        skip_or_fail(f"{binary} not found: install the dev extras (moto[server])")
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    process = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(endpoint, timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start on {endpoint} (see {log.name})")
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        stop_process(process)
-        log.close()
-
-
 @pytest.fixture
-def bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def bucket(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket; the environment holds the fake credentials and the endpoint."""
     for name, value in AWS_ENV.items():
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NEURALOPS_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("NEURALOPS_S3_ENDPOINT_URL", moto_s3)
     name = f"vectors-{uuid.uuid4().hex[:12]}"
-    s3(moto_endpoint).create_bucket(Bucket=name)
+    s3(moto_s3).create_bucket(Bucket=name)
     get_settings.cache_clear()
     return name
 
@@ -101,7 +65,7 @@ def row(run_id: str, seed: int, status: str = "succeeded") -> dict:
 
 
 def test_the_vector_store_lives_in_an_s3_bucket(
-    bucket: str, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+    bucket: str, moto_s3: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LANCEDB_URI", f"s3://{bucket}/neuralops/lancedb")
     get_settings.cache_clear()
@@ -120,7 +84,7 @@ def test_the_vector_store_lives_in_an_s3_bucket(
 
     keys = [
         o["Key"]
-        for o in s3(moto_endpoint).list_objects_v2(Bucket=bucket)["Contents"]
+        for o in s3(moto_s3).list_objects_v2(Bucket=bucket)["Contents"]
         if o["Key"].startswith("neuralops/lancedb/runs.lance/")
     ]
     assert any("/data/" in k for k in keys) and any("/_versions/" in k for k in keys)
