@@ -293,8 +293,12 @@ class Redactor:
         # IPv6 can be digit-free ("dead::beef"); cards, IPv4 and phones cannot. Rules only
         # ever insert digit-free placeholders, so testing the input is enough.
         if _DIGIT.search(original) is not None or "::" in value:
-            for rule in self._numeric_rules:
-                value = rule(value)
+            for _ in range(4):  # a match can leave a neighbour that matches on its own
+                before = value
+                for rule in self._numeric_rules:
+                    value = rule(value)
+                if value == before:
+                    break
         if value == original and len(value) <= _CLEAN_MAX_LEN and len(self._clean) < _CLEAN_MAX:
             self._clean.add(value)
         return value
