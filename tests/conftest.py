@@ -366,32 +366,38 @@ def signed_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 # --- S3 (issues 6, 8, 9): moto's S3 protocol server, a real HTTP endpoint -----------------
 
 
-@pytest.fixture(scope="module")
-def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real S3 protocol server (moto's) on a free port; yields its endpoint URL."""
+def start_moto(log_path: Path) -> subprocess.Popen:
+    """moto's S3 server on a free port, answering; its URL is the ``endpoint`` attribute.
+    Logs to ``log_path``; stop it with ``stop_process``."""
     binary = Path(sys.executable).with_name("moto_server")
     if not binary.exists():
         skip_or_fail(f"{binary} not found: install the dev extras (moto[server])")
     port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    process = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+        )
+    process.endpoint = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(process.endpoint, timeout=1)  # type: ignore[attr-defined]
+            return process
+        except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_process(process)
+                pytest.fail(f"moto_server did not start (see {log_path})")
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 protocol server (moto's) on a free port; yields its endpoint URL."""
+    process = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(endpoint, timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start on {endpoint} (see {log.name})")
-                time.sleep(0.2)
-        yield endpoint
+        yield process.endpoint  # type: ignore[attr-defined]
     finally:
         stop_process(process)
-        log.close()
 
 
 def rules_file(tmp_path: Path, recent_min: int) -> Path:

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import free_port, rules_file, skip_or_fail, stop_process
+from conftest import free_port, rules_file, skip_or_fail, start_moto, stop_process
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
@@ -524,9 +524,6 @@ def test_vault_down_between_approval_and_execution_refuses_to_execute(
 def frozen_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subprocess.Popen]:
     """A private moto S3 server (this test freezes it; moto keeps its buckets only in memory,
     so it is paused with SIGSTOP rather than killed: a hung S3, its data intact)."""
-    binary = Path(sys.executable).with_name("moto_server")
-    if not binary.exists():
-        skip_or_fail(f"{binary} not found: install the dev extras (moto[server])")
     for name, value in {
         "AWS_ACCESS_KEY_ID": "AKIAFAULTTEST",
         "AWS_SECRET_ACCESS_KEY": "fault-test-secret",
@@ -535,28 +532,13 @@ def frozen_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subpr
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
-    port = free_port()
-    log = (tmp_path / "moto.log").open("wb")
-    process = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    process.endpoint = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    process = start_moto(tmp_path / "moto.log")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(process.endpoint, timeout=1)  # type: ignore[attr-defined]
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start (see {log.name})")
-                time.sleep(0.2)
         yield process
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGCONT)  # a frozen process ignores SIGTERM until then
         stop_process(process)
-        log.close()
 
 
 def test_s3_hung_mid_ship_keeps_the_rest_pending_then_ships_them_none_lost(
