@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -108,6 +110,10 @@ class WorkflowRun(Timestamps, Base):
     node_logs: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     cluster: Mapped[str | None] = mapped_column(String(128))
     flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    # Migration 0007: where the run came from (prefect | neuralops | api:<subject> | seed |
+    # local | unknown) and whether that was confirmed; only verified or trusted runs teach.
+    provenance: Mapped[str] = mapped_column(String(200), default="local", server_default="unknown")
+    verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Playbook(Timestamps, Base):
@@ -189,6 +195,9 @@ class Incident(Timestamps, Base):
     expires_at: Mapped[datetime | None]  # approval deadline
     outcome: Mapped[str | None] = mapped_column(String(16))  # resolved | not_resolved
     run_id: Mapped[str | None] = mapped_column(String(128))  # the execution in workflow_runs
+    # Migration 0007: the digest of the plan the dry-run checked; approval and execution bind
+    # to it.
+    plan_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class EtlWatermark(Base):
@@ -249,6 +258,8 @@ class Cluster(Base):
     # registered it), and its Prometheus for stream-metrics.
     credential_id: Mapped[str | None] = mapped_column(String(200))
     prometheus_url: Mapped[str | None] = mapped_column(String(500))
+    # Migration 0007: SHA-256 of the connector's heartbeat key (PUT /healthz); never the key.
+    heartbeat_key_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class TriggerNonce(Base):
