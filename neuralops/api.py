@@ -1,18 +1,36 @@
 """HTTP API: the run logger, run history per workflow, the registry, signals and ad-hoc
-analysis, playbook recommendations, health and metrics."""
+analysis, playbook recommendations, health and metrics.
+
+Every operation but ``GET /healthz`` and ``GET /metrics`` needs a bearer token with the
+operation's scope, or (``PUT /healthz``) the cluster's heartbeat key: see
+:mod:`neuralops.api_auth`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 import uuid
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, HTTPException, Path, Query, Request, Response, status
+from fastapi import (
+    Body,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    Security,
+    status,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -22,6 +40,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,7 +52,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
-from neuralops import __version__, clusters, registry, runs, signals
+from neuralops import __version__, api_auth, clusters, registry, runs, signals
+from neuralops.api_auth import ApiPrincipal, AuthRefused
 from neuralops.db import get_engine
 from neuralops.errors import ConfigError, Conflict, InvalidInput, NotFound, Unavailable
 from neuralops.incident import Incident
@@ -62,6 +82,32 @@ RUNS_LOGGED = Counter("neuralops_runs_logged_total", "Runs logged through the AP
 WorkflowId = Annotated[
     str, Path(pattern=runs.ID_PATTERN, description="Playbook id or flow name", max_length=128)
 ]
+
+
+def _in_utc(value: datetime) -> datetime:
+    """A time that has a UTC equivalent: ``0001-01-01T00:00:00+14:00`` has none (it is before
+    year 1 in UTC), and comparing it with stored times would fail deep in the driver."""
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)  # naive means UTC
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            "out of range: the time must fall between the years 1 and 9999 in UTC"
+        ) from None
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_in_utc)]
+HEARTBEAT_REALM = "neuralops-heartbeat"
+
+
+def auth_responses(scope: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """The 401 (and, for a scope, 403) an authenticated operation documents."""
+    found: dict[int | str, dict[str, Any]] = {
+        401: {"description": "No credential, or a bad one (the reason in `detail`)."}
+    }
+    if scope:
+        found[403] = {"description": f"The token lacks the scope `{scope}`."}
+    return found
 
 
 class SignalCollector:
@@ -153,11 +199,13 @@ class _Recommenders:
 
 class BodyLimit:
     """413 for a request body over ``max_bytes``, whether it declares its length or streams
-    it in chunks without one. The body is read here (at most ``max_bytes``) and replayed to
-    the app, so nothing downstream ever sees an oversized one."""
+    it in chunks without one; 408 (and the connection closed) for a body that has not
+    arrived whole within ``timeout_s``, so a slow or unfinished body holds neither a
+    connection nor its buffered bytes for longer. The body is read here (at most
+    ``max_bytes``) and replayed to the app, so nothing downstream ever sees an oversized one."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, max_bytes: int, timeout_s: float = 30.0) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -167,20 +215,44 @@ class BodyLimit:
         if length.isdigit() and int(length) > self.max_bytes:
             await self._refuse(scope, receive, send, int(length))
             return
-        chunks, size, more = [], 0, True
+        chunks: list[bytes] = []
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                outcome = await self._read(receive, chunks)
+        except TimeoutError:
+            chunks.clear()  # the partial body goes now, not when the client gives up
+            await self._too_slow(scope, receive, send)
+            return
+        if outcome == "too_large":
+            await self._refuse(scope, receive, send, None)
+            return
+        if isinstance(outcome, dict):  # the client went away
+            await self.app(scope, _replay([outcome], receive), send)
+            return
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
+
+    async def _read(self, receive: Any, chunks: list[bytes]) -> str | dict:
+        size, more = 0, True
         while more:
             message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                await self.app(scope, _replay([message], receive), send)
-                return
+            if message["type"] != "http.request":
+                return message
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                await self._refuse(scope, receive, send, None)
-                return
+                chunks.clear()
+                return "too_large"
             more = message.get("more_body", False)
-        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        await self.app(scope, _replay([body], receive), send)
+        return "complete"
+
+    async def _too_slow(self, scope: dict, receive: Any, send: Any) -> None:
+        response = JSONResponse(
+            {"detail": f"the request body did not arrive within {self.timeout_s:g} s"},
+            status_code=status.HTTP_408_REQUEST_TIMEOUT,
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
 
     async def _refuse(self, scope: dict, receive: Any, send: Any, length: int | None) -> None:
         size = f"of {length} bytes" if length is not None else "(streamed)"
@@ -228,10 +300,67 @@ class ClusterHeartbeat(BaseModel):
     cluster: str = Field(pattern=clusters.CLUSTER_NAME, description="The registered cluster.")
 
 
+def uvicorn_options(settings: Any) -> dict[str, Any]:
+    """What ``neuralops api`` (and the tests' server) give uvicorn: a cap on connections and
+    requests at once (beyond it, 503) and how long an idle keep-alive connection stays."""
+    return {
+        "limit_concurrency": settings.api_max_concurrency,
+        "timeout_keep_alive": settings.api_keep_alive_s,
+    }
+
+
+API_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiToken",
+    description="A JWT from the identity provider (locally, DEV ONLY: `neuralops token "
+    "issue-dev --scope ...`) with the operation's scope: "
+    + "; ".join(f"`{name}`: {what}" for name, what in api_auth.SCOPES.items()),
+)
+HEARTBEAT_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="HeartbeatKey",
+    description="The cluster's heartbeat key, issued when it registered.",
+)
+
+
+def authorized(scope: str) -> Callable[..., ApiPrincipal]:
+    """A dependency: the principal of the request's bearer token, if it holds ``scope``
+    (else ``AuthRefused``: 401 or 403). The keys are the app's (``app.state.api_keys``)."""
+    if scope not in api_auth.SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    def principal(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(API_BEARER)],
+    ) -> ApiPrincipal:
+        token = credentials.credentials if credentials is not None else None
+        found = api_auth.verify_api_token(token, keys=request.app.state.api_keys)
+        return api_auth.require_scope(found, scope)
+
+    return principal
+
+
+def heartbeat_key(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(HEARTBEAT_BEARER)],
+) -> str:
+    """A dependency: the heartbeat key the request presents (else 401, before the body is
+    even validated)."""
+    if credentials is None or not credentials.credentials:
+        raise clusters.HeartbeatRefused(
+            401,
+            "missing",
+            "no heartbeat key: send `Authorization: Bearer <key>`, the key issued when the "
+            "cluster registered",
+        )
+    return credentials.credentials
+
+
 def create_app(database_url: URL | None = None) -> FastAPI:
     """The ASGI app; ``database_url`` overrides the settings (tests, embedding)."""
     settings = get_settings()
     url = database_url or settings.database_url
+    keys = api_auth.keys_from_settings(settings)  # ConfigError now, not at the first request
+
     app = FastAPI(
         title="NeuralOps API",
         version=__version__,
@@ -240,6 +369,7 @@ def create_app(database_url: URL | None = None) -> FastAPI:
             "health of a NeuralOps installation."
         ),
     )
+    app.state.api_keys = keys
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
@@ -250,7 +380,28 @@ def create_app(database_url: URL | None = None) -> FastAPI:
         HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
         return response
 
-    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)  # outermost
+    app.add_middleware(  # outermost
+        BodyLimit, max_bytes=settings.api_max_body_bytes, timeout_s=settings.api_body_timeout_s
+    )
+
+    @app.exception_handler(AuthRefused)
+    async def unauthorized(_: Request, exc: AuthRefused) -> JSONResponse:
+        if exc.status == 401:
+            logger.info("API request refused (%s)", exc.reason)  # never the token
+        return JSONResponse(
+            {"detail": exc.message},
+            status_code=exc.status,
+            headers={"WWW-Authenticate": exc.www_authenticate()},
+        )
+
+    @app.exception_handler(clusters.HeartbeatRefused)
+    async def heartbeat_refused(_: Request, exc: clusters.HeartbeatRefused) -> JSONResponse:
+        challenge = f'Bearer realm="{HEARTBEAT_REALM}"'
+        if exc.reason != "missing":
+            challenge += ', error="invalid_token"'
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=exc.status, headers={"WWW-Authenticate": challenge}
+        )
 
     @app.exception_handler(RequestValidationError)
     async def unprocessable(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -312,18 +463,41 @@ def create_app(database_url: URL | None = None) -> FastAPI:
         body = generate_latest() + generate_latest(signal_metrics)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/runs", status_code=201, response_model=RunLogged, tags=["runs"])
-    def post_run(run: runs.RunIn) -> RunLogged:
-        """Log a run (the run logger). Logging the same run_id again updates it."""
-        run_id = runs.log_run(run, url=url)
+    @app.post(
+        "/runs",
+        status_code=201,
+        response_model=RunLogged,
+        tags=["runs"],
+        responses=auth_responses("runs:write"),
+    )
+    def post_run(
+        run: runs.RunIn, principal: Annotated[ApiPrincipal, Depends(authorized("runs:write"))]
+    ) -> RunLogged:
+        """Log a run (the run logger; scope `runs:write`). Its provenance is
+        `api:<the token's subject>`."""
+        run_id = runs.log_run(run, url=url, provenance=f"api:{principal.subject}")
         RUNS_LOGGED.labels(run.status).inc()
         return RunLogged(run_id=run_id)
 
-    @app.get("/workflows/{workflow_id}", response_model=registry.WorkflowInfo, tags=["workflows"])
+    reads_runs = [Depends(authorized("runs:read"))]
+
+    @app.get(
+        "/workflows/{workflow_id}",
+        response_model=registry.WorkflowInfo,
+        tags=["workflows"],
+        dependencies=reads_runs,
+        responses=auth_responses("runs:read"),
+    )
     def get_workflow(workflow_id: WorkflowId) -> registry.WorkflowInfo:
         return registry.describe_workflow(workflow_id, url=url)
 
-    @app.get("/workflows/{workflow_id}/runs", response_model=runs.RunPage, tags=["workflows"])
+    @app.get(
+        "/workflows/{workflow_id}/runs",
+        response_model=runs.RunPage,
+        tags=["workflows"],
+        dependencies=reads_runs,
+        responses=auth_responses("runs:read"),
+    )
     def get_workflow_runs(
         workflow_id: WorkflowId,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -332,13 +506,26 @@ def create_app(database_url: URL | None = None) -> FastAPI:
         """The workflow's runs, newest first, a page at a time."""
         return runs.list_runs(workflow_id, limit=limit, page=page, url=url)
 
-    @app.get("/playbooks", response_model=list[registry.WorkflowInfo], tags=["workflows"])
+    @app.get(
+        "/playbooks",
+        response_model=list[registry.WorkflowInfo],
+        tags=["workflows"],
+        dependencies=reads_runs,
+        responses=auth_responses("runs:read"),
+    )
     def list_playbooks() -> list[registry.WorkflowInfo]:
         return registry.list_playbooks(url=url)
 
-    @app.post("/analyze", response_model=signals.AnalyzeResult, tags=["signals"])
+    @app.post(
+        "/analyze",
+        response_model=signals.AnalyzeResult,
+        tags=["signals"],
+        dependencies=[Depends(authorized("signals:write"))],
+        responses=auth_responses("signals:write"),
+    )
     def post_analyze(request: signals.AnalyzeRequest) -> signals.AnalyzeResult:
-        """Score a query now and explain it; records a signal when it is anomalous.
+        """Score a query now and explain it; records a signal when it is anomalous (scope
+        `signals:write`: a recorded signal can start a remediation).
         503 when the metric source does not answer."""
         source = source_from_settings(settings)
         try:
@@ -346,10 +533,19 @@ def create_app(database_url: URL | None = None) -> FastAPI:
         finally:
             source.close()
 
-    @app.get("/signals", response_model=list[signals.Signal], tags=["signals"])
+    reads_signals = [Depends(authorized("signals:read"))]
+
+    @app.get(
+        "/signals",
+        response_model=list[signals.Signal],
+        tags=["signals"],
+        dependencies=reads_signals,
+        responses=auth_responses("signals:read"),
+    )
     def get_signals(
         since: Annotated[
-            datetime | None, Query(description="ISO-8601; newer signals only.")
+            UtcDatetime | None,
+            Query(description="ISO-8601 (naive means UTC); newer signals only."),
         ] = None,
         rule: Annotated[str | None, Query(pattern=signals.RULE_NAME_PATTERN)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -357,7 +553,13 @@ def create_app(database_url: URL | None = None) -> FastAPI:
         """Recorded signals, newest first."""
         return signals.list_signals(since=since, rule=rule, limit=limit, url=url)
 
-    @app.get("/signals/{signal_id}", response_model=signals.Signal, tags=["signals"])
+    @app.get(
+        "/signals/{signal_id}",
+        response_model=signals.Signal,
+        tags=["signals"],
+        dependencies=reads_signals,
+        responses=auth_responses("signals:read"),
+    )
     def get_signal(signal_id: uuid.UUID) -> signals.Signal:
         return signals.get_signal(signal_id, url=url)
 
@@ -367,7 +569,9 @@ def create_app(database_url: URL | None = None) -> FastAPI:
         "/recommend",
         response_model=RecommendResult,
         tags=["recommend"],
+        dependencies=[Depends(authorized("recommend"))],
         responses={
+            **auth_responses("recommend"),
             200: {"description": "The ranked playbooks, or none and the reason."},
             404: {"description": "The signal does not exist."},
             422: {"description": "Neither or both of signal_id and incident, or an empty one."},
@@ -385,7 +589,15 @@ def create_app(database_url: URL | None = None) -> FastAPI:
             incident = request.incident
         return recommenders.get().recommend(incident, top=request.top)
 
-    @app.get("/clusters", response_model=list[clusters.ClusterOut], tags=["clusters"])
+    administers_clusters = [Depends(authorized("clusters:admin"))]
+
+    @app.get(
+        "/clusters",
+        response_model=list[clusters.ClusterOut],
+        tags=["clusters"],
+        dependencies=administers_clusters,
+        responses=auth_responses("clusters:admin"),
+    )
     def get_clusters() -> list[clusters.ClusterOut]:
         """Registered clusters: labels, work pool, last heartbeat and status."""
         return clusters.list_clusters(url=url)
@@ -393,10 +605,15 @@ def create_app(database_url: URL | None = None) -> FastAPI:
     @app.post(
         "/register",
         status_code=201,
-        response_model=clusters.ClusterOut,
+        response_model=clusters.Registered,
         tags=["clusters"],
+        dependencies=administers_clusters,
         responses={
-            401: {"description": "Vault refused the token (invalid, expired or revoked)."},
+            **auth_responses("clusters:admin"),
+            401: {
+                "description": "No API token or a bad one, or Vault refused the registration "
+                "token (invalid, expired or revoked)."
+            },
             422: {"description": "Bad name, labels or Prometheus URL."},
             503: {"description": "Vault unreachable, or NeuralOps' own Vault access is broken."},
         },
@@ -409,9 +626,11 @@ def create_app(database_url: URL | None = None) -> FastAPI:
             }
         },
     )
-    def post_register(raw: Annotated[dict[str, Any], Body()]) -> clusters.ClusterOut:
-        """Register a cluster (again: labels updated, credential rotated). The token is
-        exchanged for the cluster's own credential in Vault and never stored or echoed."""
+    def post_register(raw: Annotated[dict[str, Any], Body()]) -> clusters.Registered:
+        """Register a cluster (again: labels updated, credential and heartbeat key rotated;
+        scope `clusters:admin`). The Vault token is exchanged for the cluster's own credential
+        in Vault and never stored or echoed. The answer holds the cluster's heartbeat key
+        (for `PUT /healthz`), shown this once."""
         # Validated here, not by FastAPI, whose 422 would echo the body (the token with it).
         try:
             body = ClusterRegistration.model_validate(raw)
@@ -438,10 +657,17 @@ def create_app(database_url: URL | None = None) -> FastAPI:
         "/healthz",
         response_model=clusters.ClusterOut,
         tags=["clusters"],
-        responses={404: {"description": "The cluster is not registered."}},
+        responses={
+            401: {"description": "No heartbeat key."},
+            403: {"description": "Not this cluster's heartbeat key (or no such cluster)."},
+        },
     )
-    def put_healthz(body: ClusterHeartbeat) -> clusters.ClusterOut:
-        """A connector's heartbeat (for connectors that run outside Prefect)."""
-        return clusters.heartbeat(body.cluster, url=url)
+    def put_healthz(
+        body: ClusterHeartbeat, key: Annotated[str, Depends(heartbeat_key)]
+    ) -> clusters.ClusterOut:
+        """A connector's heartbeat (for connectors that run outside Prefect), authorized by
+        the cluster's own heartbeat key (`Authorization: Bearer <key>`): it moves that
+        cluster only."""
+        return clusters.authenticated_heartbeat(body.cluster, key, url=url)
 
     return app

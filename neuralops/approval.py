@@ -26,6 +26,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -238,8 +239,9 @@ class ApprovalKeys(BaseModel):
     # constructors: configuration errors become ConfigError naming ``source``
 
     @classmethod
-    def build(cls, source: str, **fields: Any) -> ApprovalKeys:
-        """``ApprovalKeys(**fields)``, a bad value raising ConfigError that names ``source``."""
+    def build(cls, source: str, *, what: str = "approval keys", **fields: Any) -> ApprovalKeys:
+        """``ApprovalKeys(**fields)``, a bad value raising ConfigError that names ``source``
+        (``what`` the keys are, e.g. "API keys", leads the message)."""
         try:
             return cls(**fields)
         except ValidationError as exc:
@@ -248,7 +250,7 @@ class ApprovalKeys(BaseModel):
                 + e["msg"].removeprefix("Value error, ")
                 for e in exc.errors(include_url=False)
             )
-            raise ConfigError(f"approval keys from {source}: {problems}") from None
+            raise ConfigError(f"{what} from {source}: {problems}") from None
 
     @classmethod
     def from_pem(cls, pem: str | bytes, **options: Any) -> ApprovalKeys:
@@ -493,6 +495,117 @@ def _normalise(token: str) -> str:
     return token
 
 
+@dataclass(frozen=True)
+class TokenKind:
+    """What a verified JWT is for, in refusal messages: its name, the settings that configure
+    it and what to do with a fresh token."""
+
+    name: str
+    env_prefix: str
+    again: str
+    audience_hint: str
+
+
+APPROVAL_TOKEN = TokenKind(
+    "approval", "NEURALOPS_APPROVAL", "submit the approval again", "request a token for NeuralOps"
+)
+
+
+class VerifiedJwt(BaseModel):
+    """A JWT whose signature, algorithm, times, issuer and audience were checked."""
+
+    model_config = ConfigDict(frozen=True)
+
+    claims: dict[str, Any]
+    algorithm: str
+    key_id: str | None
+    exp: float
+    nbf: float | None
+    iat: float | None
+
+
+def verify_signed_claims(
+    token: str,
+    *,
+    keys: ApprovalKeys,
+    refuse: Any,
+    now: datetime | float | None = None,
+    leeway_s: float = 30,
+    kind: TokenKind = APPROVAL_TOKEN,
+) -> VerifiedJwt:
+    """The checks every NeuralOps bearer JWT passes (approval and API tokens alike): a JWT,
+    an allowed asymmetric ``alg``, a signature by one of ``keys``, ``exp`` required and not
+    past, ``nbf``/``iat`` not in the future, and the issuer and audience ``keys`` require.
+
+    ``token`` is already normalised (no ``Bearer``); ``refuse(reason, message)`` builds the
+    exception to raise. What the token proves beyond that is the caller's to check.
+    """
+    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
+        raise refuse("malformed", "this is not a JWT (three base64url parts separated by dots)")
+    try:
+        header = jwt.get_unverified_header(token)
+    except (DecodeError, ValueError):
+        raise refuse(
+            "malformed", "this is not a JWT (its header does not decode); copy the whole token"
+        ) from None
+
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in keys.algorithms:
+        shown = repr(_short(alg)) if isinstance(alg, str) else "no algorithm"
+        raise refuse(
+            "alg_not_allowed",
+            f"the token is signed with {shown}; only {', '.join(keys.algorithms)} are accepted "
+            "(unsigned and shared-secret tokens never are)",
+        )
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise refuse("malformed", "the token header's `kid` is not a string")
+
+    claims = _verified_payload(token, alg, kid, keys, refuse)
+
+    moment = _timestamp(now)
+    exp = _numeric(claims, "exp", refuse, required=True, kind=kind.name)
+    nbf = _numeric(claims, "nbf", refuse)
+    iat = _numeric(claims, "iat", refuse)
+    assert exp is not None
+    if exp <= moment - leeway_s:
+        raise refuse(
+            "expired",
+            f"the token expired at {_iso(exp)} ({_ago(moment - exp)} ago): get a fresh token "
+            f"from the identity provider and {kind.again}",
+        )
+    if nbf is not None and nbf > moment + leeway_s:
+        raise refuse(
+            "not_yet_valid",
+            f"the token is not valid before {_iso(nbf)}: check this machine's and the IdP's "
+            "clocks, or wait and submit again",
+        )
+    if iat is not None and iat > moment + leeway_s:
+        raise refuse(
+            "not_yet_valid",
+            f"the token claims to be issued at {_iso(iat)}, in the future: check the clocks",
+        )
+    if iat is not None and iat > exp:
+        raise refuse("malformed", "the token's `iat` is after its `exp`")
+
+    if keys.issuer is not None and claims.get("iss") != keys.issuer:
+        raise refuse(
+            "wrong_issuer",
+            f"the token was issued by {_show(claims.get('iss'))}, not by {keys.issuer!r} "
+            f"({kind.env_prefix}_ISSUER): get it from the configured identity provider",
+        )
+    if keys.audience is not None:
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if keys.audience not in audiences:
+            raise refuse(
+                "wrong_audience",
+                f"the token is for audience {_show(aud)}, not {keys.audience!r} "
+                f"({kind.env_prefix}_AUDIENCE): {kind.audience_hint}",
+            )
+    return VerifiedJwt(claims=claims, algorithm=alg, key_id=kid, exp=exp, nbf=nbf, iat=iat)
+
+
 def verify_approval_token(
     token: str | None,
     *,
@@ -519,69 +632,9 @@ def verify_approval_token(
     def refuse(reason: RefusalReason, message: str) -> ApprovalRefused:
         return ApprovalRefused(reason, message, fp)
 
-    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
-        raise refuse("malformed", "this is not a JWT (three base64url parts separated by dots)")
-    try:
-        header = jwt.get_unverified_header(token)
-    except (DecodeError, ValueError):
-        raise refuse(
-            "malformed", "this is not a JWT (its header does not decode); copy the whole token"
-        ) from None
-
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in keys.algorithms:
-        shown = repr(_short(alg)) if isinstance(alg, str) else "no algorithm"
-        raise refuse(
-            "alg_not_allowed",
-            f"the token is signed with {shown}; only {', '.join(keys.algorithms)} are accepted "
-            "(unsigned and shared-secret tokens never are)",
-        )
-    kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        raise refuse("malformed", "the token header's `kid` is not a string")
-
-    claims = _verified_payload(token, alg, kid, keys, refuse)
-
-    moment = _timestamp(now)
-    exp = _numeric(claims, "exp", refuse, required=True)
-    nbf = _numeric(claims, "nbf", refuse)
-    iat = _numeric(claims, "iat", refuse)
-    assert exp is not None
-    if exp <= moment - leeway_s:
-        raise refuse(
-            "expired",
-            f"the token expired at {_iso(exp)} ({_ago(moment - exp)} ago): get a fresh token "
-            "from the identity provider and submit the approval again",
-        )
-    if nbf is not None and nbf > moment + leeway_s:
-        raise refuse(
-            "not_yet_valid",
-            f"the token is not valid before {_iso(nbf)}: check this machine's and the IdP's "
-            "clocks, or wait and submit again",
-        )
-    if iat is not None and iat > moment + leeway_s:
-        raise refuse(
-            "not_yet_valid",
-            f"the token claims to be issued at {_iso(iat)}, in the future: check the clocks",
-        )
-    if iat is not None and iat > exp:
-        raise refuse("malformed", "the token's `iat` is after its `exp`")
-
-    if keys.issuer is not None and claims.get("iss") != keys.issuer:
-        raise refuse(
-            "wrong_issuer",
-            f"the token was issued by {_show(claims.get('iss'))}, not by {keys.issuer!r} "
-            "(NEURALOPS_APPROVAL_ISSUER): get it from the configured identity provider",
-        )
-    if keys.audience is not None:
-        aud = claims.get("aud")
-        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-        if keys.audience not in audiences:
-            raise refuse(
-                "wrong_audience",
-                f"the token is for audience {_show(aud)}, not {keys.audience!r} "
-                "(NEURALOPS_APPROVAL_AUDIENCE): request a token for NeuralOps",
-            )
+    verified = verify_signed_claims(token, keys=keys, refuse=refuse, now=now, leeway_s=leeway_s)
+    claims, alg, kid = verified.claims, verified.algorithm, verified.key_id
+    exp, nbf, iat = verified.exp, verified.nbf, verified.iat
 
     bound = _incident_claim(claims, refuse)
     if not _same_incident(bound, incident_id):
@@ -683,13 +736,13 @@ def _fits(key: PublicKey, alg: str) -> bool:
     return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == _EC_CURVES.get(alg)
 
 
-def _numeric(claims: Mapping[str, Any], name: str, refuse, required: bool = False) -> float | None:
+def _numeric(
+    claims: Mapping[str, Any], name: str, refuse, required: bool = False, kind: str = "approval"
+) -> float | None:
     value = claims.get(name)
     if value is None:
         if required:
-            raise refuse(
-                "malformed", f"the token has no `{name}` claim: approval tokens must expire"
-            )
+            raise refuse("malformed", f"the token has no `{name}` claim: {kind} tokens must expire")
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise refuse("malformed", f"the token's `{name}` is not a number of seconds")

@@ -9,6 +9,12 @@ entry (``credential_id``); the registering token is never stored, logged or echo
 Registering again updates the labels and rotates the credential (the previous token is
 revoked).
 
+Registration also issues the cluster's heartbeat key (``PUT /healthz``): a random
+``secrets.token_urlsafe`` key returned once to the registrant, stored in the same KV entry
+(``heartbeat_key``) for the connector, and kept in the clusters row only as its SHA-256.
+A heartbeat through the API must present it and moves that cluster only; registering again
+rotates it.
+
 Each cluster's worker serves its own work pool ``cluster-<name>`` and heartbeats; a cluster
 silent for ``missed`` heartbeat intervals is marked ``unreachable``.
 """
@@ -16,13 +22,16 @@ silent for ``missed`` heartbeat intervals is marked ``unreachable``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
 import re
+import secrets
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer
 from sqlalchemy import select
 from sqlalchemy.engine import URL
 
@@ -33,6 +42,7 @@ from neuralops.errors import (
     ConfigError,
     FieldProblem,
     InvalidInput,
+    NeuralOpsError,
     NotFound,
     Unavailable,
 )
@@ -55,10 +65,20 @@ CREDENTIAL_TTL = "768h"  # 32 days; the connector renews its token (renew-self)
 HEARTBEAT_INTERVAL_S = 30
 MISSED_HEARTBEATS = 3
 ACTOR = "neuralops:clusters"
+HEARTBEAT_KEY_BYTES = 32  # 256 random bits, URL-safe base64: 43 characters
 
 
 class TokenRefused(InvalidInput):
     """Vault refused the registering token (invalid, expired or revoked). The API answers 401."""
+
+
+class HeartbeatRefused(NeuralOpsError):
+    """A heartbeat without the cluster's own key: ``status`` 401 (no key) or 403 (not this
+    cluster's key, or the cluster has none). Nothing was written."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason = status, reason
 
 
 class ClusterOut(BaseModel):
@@ -76,6 +96,30 @@ class ClusterOut(BaseModel):
         None, description="Where the cluster's credential lives in Vault (a reference only)."
     )
     prometheus_url: str | None = None
+
+
+class Registered(ClusterOut):
+    """What registration returns: the cluster, and its heartbeat key, shown this once."""
+
+    heartbeat_key: SecretStr = Field(
+        description="The cluster's heartbeat key for `PUT /healthz` (Authorization: Bearer). "
+        "Shown once; NeuralOps keeps only its SHA-256, and the connector reads it from Vault "
+        "KV (secret/neuralops/clusters/<name>, field heartbeat_key). Registering again "
+        "rotates it."
+    )
+
+    @field_serializer("heartbeat_key", when_used="json")
+    def _reveal(self, key: SecretStr) -> str:  # the registrant's one copy; repr stays masked
+        return key.get_secret_value()
+
+
+def new_heartbeat_key() -> str:
+    return secrets.token_urlsafe(HEARTBEAT_KEY_BYTES)
+
+
+def key_digest(key: str) -> str:
+    """The SHA-256 (hex) of a heartbeat key: what the clusters row stores."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def work_pool_name(name: str) -> str:
@@ -228,9 +272,12 @@ def check_token(addr: str, token: str) -> dict[str, Any]:
         return dict(_client(addr, token).auth.token.lookup_self()["data"])
 
 
-def _issue_credential(addr: str, operator_token: str, name: str) -> tuple[str, str, str | None]:
-    """Create the cluster's own token and store it in KV; returns (credential_id, the new
-    token's accessor, the previous credential's accessor if one was stored)."""
+def _issue_credential(
+    addr: str, operator_token: str, name: str, heartbeat_key: str
+) -> tuple[str, str, str | None]:
+    """Create the cluster's own token and store it in KV with the cluster's heartbeat key;
+    returns (credential_id, the new token's accessor, the previous credential's accessor if
+    one was stored)."""
     import hvac.exceptions
 
     client = _client(addr, operator_token)
@@ -265,6 +312,7 @@ def _issue_credential(addr: str, operator_token: str, name: str) -> tuple[str, s
                     "token": token,
                     "accessor": accessor,
                     "policies": [policy_name(name)],
+                    "heartbeat_key": heartbeat_key,
                     "issued_at": datetime.now(UTC).isoformat(),
                 },
             )
@@ -297,8 +345,9 @@ def register(
     settings: Settings | None = None,
     url: URL | None = None,
     actor: str = ACTOR,
-) -> ClusterOut:
-    """Register ``name`` (or register it again: new labels, rotated credential).
+) -> Registered:
+    """Register ``name`` (or register it again: new labels, rotated credential and heartbeat
+    key); the result carries the new heartbeat key, which is nowhere else in clear but Vault.
 
     ``vault_token`` is checked against Vault and then forgotten. Raises ``InvalidInput``
     for a bad name, labels or URL, ``TokenRefused`` (an ``InvalidInput``) when Vault refuses
@@ -319,7 +368,9 @@ def register(
         )
     addr, operator_token = settings.vault_addr, settings.vault_token.get_secret_value()
     looked_up = check_token(addr, vault_token)
-    credential_id, issued, previous = _issue_credential(addr, operator_token, name)
+    heartbeat_key = new_heartbeat_key()
+    digest = key_digest(heartbeat_key)
+    credential_id, issued, previous = _issue_credential(addr, operator_token, name, heartbeat_key)
     try:
         with session_scope(url) as session:
             row = session.get(Cluster, name, with_for_update=True)
@@ -337,6 +388,7 @@ def register(
             row.work_pool = work_pool_name(name)
             row.credential_id = credential_id
             row.prometheus_url = prometheus
+            row.heartbeat_key_sha256 = digest
             session.flush()
             audit.append(
                 session,
@@ -349,13 +401,16 @@ def register(
                     "work_pool": row.work_pool,
                     "credential_id": credential_id,
                     "rotated": again,
+                    "heartbeat_key_sha256": digest,
                     "prometheus_url": prometheus,
                     # who registered, as Vault knows the token (never the token itself)
                     "registered_by": looked_up.get("display_name"),
                     "registered_by_entity": looked_up.get("entity_id") or None,
                 },
             )
-            result = ClusterOut.model_validate(row)
+            result = Registered(
+                **ClusterOut.model_validate(row).model_dump(), heartbeat_key=heartbeat_key
+            )
     except Exception:
         # nothing half-written: the row did not change, so the new credential goes
         _revoke(addr, operator_token, issued)
@@ -380,29 +435,81 @@ def _not_found(name: str) -> NotFound:
 
 def heartbeat(name: str, *, at: datetime | None = None, url: URL | None = None) -> ClusterOut:
     """Record that ``name`` is alive: last_heartbeat = ``at`` (default now), status healthy
-    (a ``disabled`` cluster stays disabled). Coming back from ``unreachable`` is audited."""
+    (a ``disabled`` cluster stays disabled). Coming back from ``unreachable`` is audited.
+
+    For callers NeuralOps trusts (the connector's flow on the cluster's own pool, the worker
+    heartbeats read from Prefect); the API uses :func:`authenticated_heartbeat`."""
     check_name(name)
-    at = at or datetime.now(UTC)
-    if at.tzinfo is None:
-        raise InvalidInput("at: a timezone-aware time is needed", [FieldProblem("at", "naive")])
+    at = _aware(at)
     with session_scope(url) as session:
         row = session.get(Cluster, name, with_for_update=True)
         if row is None:
             raise _not_found(name)
-        if row.last_heartbeat is None or at > row.last_heartbeat:
-            row.last_heartbeat = at
-        if row.status != "disabled":
-            if row.status == "unreachable":
-                audit.append(
-                    session,
-                    actor=ACTOR,
-                    action="cluster.recovered",
-                    subject=subject(name),
-                    payload={"cluster": name, "last_heartbeat": at.isoformat()},
+        return _beat(session, row, at)
+
+
+def authenticated_heartbeat(
+    name: str, key: str | None, *, at: datetime | None = None, url: URL | None = None
+) -> ClusterOut:
+    """:func:`heartbeat`, only for the holder of ``name``'s own heartbeat key: no key is a
+    ``HeartbeatRefused`` 401, another cluster's key (or none registered, or an unknown
+    cluster) a 403; a refused heartbeat writes nothing, no audit entry either."""
+    if not key:
+        raise HeartbeatRefused(
+            401,
+            "missing",
+            "no heartbeat key: send `Authorization: Bearer <key>` with the key issued when the "
+            f"cluster registered (Vault KV {KV_MOUNT}/{KV_PREFIX}/<name>, field heartbeat_key)",
+        )
+    check_name(name)
+    at = _aware(at)
+    presented = key_digest(key)
+    with session_scope(url) as session:
+        row = session.get(Cluster, name, with_for_update=True)
+        stored = row.heartbeat_key_sha256 if row is not None else None
+        # Compared even when there is nothing to compare with, so timing tells nothing.
+        matches = hmac.compare_digest(presented, stored or key_digest(""))
+        if row is None or stored is None or not matches:
+            log.warning("heartbeat for cluster %s refused: not its heartbeat key", name)
+            if row is not None and stored is None:
+                raise HeartbeatRefused(
+                    403,
+                    "no_key",
+                    f"cluster '{name}' has no heartbeat key (registered before keys were "
+                    f"issued): register it again (`neuralops clusters register {name}`) to "
+                    "issue one",
                 )
-            row.status = "healthy"
-        session.flush()
-        return ClusterOut.model_validate(row)
+            raise HeartbeatRefused(
+                403,
+                "wrong_key",
+                f"this is not the heartbeat key of cluster '{name}' (or '{name}' is not "
+                "registered): each cluster's key moves that cluster only",
+            )
+        return _beat(session, row, at)
+
+
+def _aware(at: datetime | None) -> datetime:
+    at = at or datetime.now(UTC)
+    if at.tzinfo is None:
+        raise InvalidInput("at: a timezone-aware time is needed", [FieldProblem("at", "naive")])
+    return at
+
+
+def _beat(session: Any, row: Cluster, at: datetime) -> ClusterOut:
+    if row.last_heartbeat is None or at > row.last_heartbeat:
+        row.last_heartbeat = at
+    if row.status != "disabled":
+        if row.status == "unreachable":
+            audit.append(
+                session,
+                actor=ACTOR,
+                action="cluster.recovered",
+                subject=subject(row.name),
+                payload={"cluster": row.name, "last_heartbeat": at.isoformat()},
+            )
+        row.status = "healthy"
+    session.flush()
+    return ClusterOut.model_validate(row)
 
 
 def mark_unreachable(

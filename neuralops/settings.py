@@ -135,17 +135,49 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8787, ge=1, le=65535)
     api_max_body_bytes: int = Field(2 * 1024 * 1024, gt=0)
+    api_public_key: Path | None = Field(
+        None,
+        description="PEM public key (a file) of the identity provider that signs API tokens. "
+        "With NEURALOPS_API_JWKS_URL unset too: DEV ONLY, tokens from `neuralops token "
+        "issue-dev --scope ...` (the local dev key), and `neuralops api` serves loopback only.",
+    )
+    api_jwks_url: str | None = Field(
+        None, description="JWKS URL of the identity provider that signs API tokens."
+    )
+    api_issuer: str | None = Field(None, description="Required `iss` of API tokens.")
+    api_audience: str = Field(
+        "neuralops-api",
+        min_length=1,
+        description="Required `aud` of API tokens (never an approval token's audience).",
+    )
+    api_body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="The whole request body must arrive within this: 408."
+    )
+    api_max_concurrency: int = Field(
+        64, ge=1, le=100_000, description="Connections and requests at once; beyond it, 503."
+    )
+    api_keep_alive_s: int = Field(5, ge=1, le=300, description="Idle keep-alive connections close.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator(
-        "data_dir", "replay_file", "signing_key_file", "signing_public_key", "audit_dir"
+        "data_dir",
+        "replay_file",
+        "signing_key_file",
+        "signing_public_key",
+        "audit_dir",
+        "api_public_key",
     )
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
     @field_validator(
-        "prom_url", "vault_addr", "s3_endpoint_url", "prefect_api_url", "approval_jwks_url"
+        "prom_url",
+        "vault_addr",
+        "s3_endpoint_url",
+        "prefect_api_url",
+        "approval_jwks_url",
+        "api_jwks_url",
     )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:

@@ -8,14 +8,16 @@ so code that reads the settings (CLI, hooks, flows) uses it too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -424,3 +426,80 @@ rules:
 """
     )
     return path
+
+
+# --- the HTTP API (issue 15): tokens and a real server ------------------------------------
+
+ENV_NAMES += (  # API authentication and limits, so no test sees the developer's
+    "NEURALOPS_API_PUBLIC_KEY",
+    "NEURALOPS_API_JWKS_URL",
+    "NEURALOPS_API_ISSUER",
+    "NEURALOPS_API_AUDIENCE",
+    "NEURALOPS_API_HOST",
+    "NEURALOPS_API_PORT",
+    "NEURALOPS_API_BODY_TIMEOUT_S",
+    "NEURALOPS_API_MAX_CONCURRENCY",
+    "NEURALOPS_API_KEEP_ALIVE_S",
+    "NEURALOPS_API_MAX_BODY_BYTES",
+)
+
+
+def api_token(*scopes: str, subject: str = "tester@example.com", ttl_s: int = 3600) -> str:
+    """DEV ONLY: an API token for ``scopes`` (all of them when none are given), signed with
+    the dev key of the current settings' data dir, which an app created with the same
+    settings accepts (``create_app`` in this test, or the ``api_server`` fixture)."""
+    from neuralops.api_auth import SCOPES, dev_api_token
+
+    return dev_api_token(get_settings(), scopes or tuple(SCOPES), subject=subject, ttl_s=ttl_s)
+
+
+def api_headers(*scopes: str, subject: str = "tester@example.com") -> dict[str, str]:
+    """``{"Authorization": "Bearer <api_token(*scopes)>"}``: all scopes when none are given."""
+    return {"Authorization": f"Bearer {api_token(*scopes, subject=subject)}"}
+
+
+@pytest.fixture
+def api_auth() -> Callable[..., dict[str, str]]:
+    """``api_auth("runs:write", subject=...)`` gives the headers of a DEV ONLY API token with
+    those scopes (all scopes when none are given)."""
+    return api_headers
+
+
+@contextlib.contextmanager
+def serve_api(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve an ASGI ``app`` with real uvicorn (the limits ``neuralops api`` sets) in a
+    background thread on a free port; yields its base URL, stops it on exit."""
+    import threading
+
+    import uvicorn
+
+    from neuralops.api import uvicorn_options
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", **uvicorn_options(get_settings())
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail(f"the API server on port {port} did not start")
+            time.sleep(0.02)
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture
+def api_server(database_url: URL) -> Iterator[str]:
+    """``create_app(database_url)`` served by real uvicorn on a free loopback port, on SQLite
+    and on PostgreSQL; yields the base URL (``http://127.0.0.1:<port>``). Authenticate with
+    ``api_headers(...)`` / the ``api_auth`` fixture."""
+    from neuralops.api import create_app
+
+    with serve_api(create_app(database_url)) as base:
+        yield base
