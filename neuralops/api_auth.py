@@ -290,10 +290,8 @@ def issue_dev_api_token(
     wanted = list(dict.fromkeys(scopes))
     unknown = [s for s in wanted if s not in SCOPES]
     if not wanted or unknown:
-        raise InvalidInput(
-            f"scope: {', '.join(map(repr, unknown)) or 'none given'}; give one or more of "
-            f"{', '.join(SCOPES)}"
-        )
+        what = f"{', '.join(map(repr, unknown))} is not a scope" if unknown else "none given"
+        raise InvalidInput(f"scope: {what}; give one or more of {', '.join(SCOPES)}")
     if not str(subject).strip():
         raise InvalidInput("subject: give the subject (`sub`) the token speaks for")
     if ttl_s <= 0:

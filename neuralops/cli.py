@@ -41,7 +41,7 @@ app.add_typer(playbook_app, name="playbook")
 app.add_typer(signals_app, name="signals")
 app.add_typer(seed_app, name="seed")
 app.add_typer(etl_app, name="etl")
-token_app = typer.Typer(help="Approval tokens (DEV ONLY helpers).", no_args_is_help=True)
+token_app = typer.Typer(help="Approval and API tokens (DEV ONLY helpers).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 connector_app = typer.Typer(help="Connect a cluster: register, render.", no_args_is_help=True)
 app.add_typer(connector_app, name="connector")
@@ -229,6 +229,7 @@ def run(
         took = time.monotonic() - began
         step(9, f"remediation paused for approval ({how}); ready in {took / 60:.1f} min")
         _print_next(api_url, paused.id, settings)
+        _print_api_access(settings)
         if wait:
             out.print("\n[bold]Running.[/] Ctrl-C stops what this command started.")
             while True:
@@ -373,6 +374,29 @@ def _print_next(api_url: str, flow_run_id: Any, settings: Settings) -> None:
         "--token <token>",
         highlight=False,
     )
+
+
+def _print_api_access(settings: Settings) -> None:
+    """How to call the HTTP API (`neuralops api`): a DEV ONLY read token, or the IdP."""
+    from neuralops import api_auth
+
+    where = f"`neuralops api` (http://{settings.api_host}:{settings.api_port})"
+    if api_auth.auth_configured(settings):
+        out.print(
+            f"\nHTTP API {where}: bearer tokens from your identity provider, with the scopes "
+            f"{', '.join(api_auth.SCOPES)}",
+            highlight=False,
+        )
+        return
+    scopes = ("runs:read", "signals:read", "recommend")
+    token = api_auth.dev_api_token(settings, scopes, ttl_s=8 * 3600)
+    out.print(
+        f"\nHTTP API {where}: this [yellow]DEV ONLY[/] token reads runs and signals and "
+        f"recommends ({' '.join(scopes)}); for other scopes: neuralops token issue-dev "
+        "--scope runs:write ...",
+        highlight=False,
+    )
+    out.print(f"API_TOKEN={token}", highlight=False, soft_wrap=True)
 
 
 def _was(before: str | None, after: str | None) -> str:
@@ -1141,19 +1165,33 @@ def audit_list(
 
 @app.command()
 def api(
-    host: Annotated[str | None, typer.Option(help="Default NEURALOPS_API_HOST.")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Default NEURALOPS_API_HOST (127.0.0.1). Beyond loopback only with "
+            "authentication configured (NEURALOPS_API_PUBLIC_KEY or NEURALOPS_API_JWKS_URL)."
+        ),
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Default NEURALOPS_API_PORT.")] = None,
 ) -> None:
-    """Serve the HTTP API."""
+    """Serve the HTTP API: bearer tokens with scopes on every operation but GET /healthz and
+    GET /metrics; at most NEURALOPS_API_MAX_CONCURRENCY connections at once, each request
+    body within NEURALOPS_API_BODY_TIMEOUT_S."""
     import uvicorn
 
+    from neuralops.api import uvicorn_options
+    from neuralops.api_auth import check_bind_host
+
     settings = get_settings()
+    bind = host or settings.api_host
+    check_bind_host(bind, settings)  # DEV ONLY keys never face a network
     _require_schema(settings)
     uvicorn.run(
         "neuralops.api:create_app",
         factory=True,
-        host=host or settings.api_host,
+        host=bind,
         port=port or settings.api_port,
+        **uvicorn_options(settings),
     )
 
 
@@ -1162,18 +1200,49 @@ def api(
 
 @token_app.command("issue-dev")
 def token_issue_dev(
-    incident: Annotated[str, typer.Option(help="The incident id the token approves.")],
-    approver: Annotated[str, typer.Option(help="The approver id (the token's `sub`).")],
+    incident: Annotated[
+        str | None, typer.Option(help="Approval token: the incident id it approves.")
+    ] = None,
+    approver: Annotated[
+        str | None, typer.Option(help="Approval token: the approver id (its `sub`).")
+    ] = None,
     role: Annotated[
-        list[str] | None, typer.Option("--role", help="A role to carry (repeatable).")
+        list[str] | None,
+        typer.Option("--role", help="Approval token: a role to carry (repeatable)."),
+    ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help="API token: a scope to carry (repeatable): runs:write, runs:read, "
+            "signals:read, signals:write, recommend, clusters:admin.",
+        ),
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option(help="API token: who it speaks for (its `sub`).")
     ] = None,
     ttl: Annotated[int, typer.Option(min=1, max=7 * 86400, help="Lifetime in seconds.")] = 3600,
 ) -> None:
-    """DEV ONLY: print an approval token signed with the local dev key (<data dir>/keys), which
-    NeuralOps accepts only while no identity-provider key is configured."""
+    """DEV ONLY: print a token signed with the local dev key (<data dir>/keys), which NeuralOps
+    accepts only while no identity-provider key is configured. `--scope ...` makes an API
+    token (for `neuralops api`); `--incident ... --approver ...` an approval token."""
     from neuralops import approval
 
     settings = get_settings()
+    if bool(scope) == bool(incident):
+        raise InvalidInput(
+            "give either --scope (an API token) or --incident and --approver (an approval "
+            "token), not both and not neither"
+        )
+    if scope:
+        if approver or role:
+            raise InvalidInput("--approver and --role are for approval tokens: drop them")
+        _issue_dev_api_token(settings, scope, subject, ttl)
+        return
+    if subject:
+        raise InvalidInput("--subject is for API tokens: an approval token's is --approver")
+    if not approver:
+        raise InvalidInput("--approver: an approval token names its approver")
     private, _ = approval.dev_keypair(settings.data_dir)
     token = approval.issue_dev_token(
         incident_id=incident,
@@ -1193,6 +1262,29 @@ def token_issue_dev(
         err.print(
             "[yellow]warning:[/] an identity-provider key is configured, so this token "
             "will be refused (bad_signature)",
+            highlight=False,
+        )
+    typer.echo(token)
+
+
+def _issue_dev_api_token(
+    settings: Settings, scopes: list[str], subject: str | None, ttl: int
+) -> None:
+    from neuralops import api_auth, approval
+
+    private, _ = approval.dev_keypair(settings.data_dir)
+    token = api_auth.dev_api_token(
+        settings, scopes, subject=subject or api_auth.DEV_SUBJECT, ttl_s=ttl
+    )
+    err.print(
+        f"[yellow]warning:[/] DEV ONLY API token signed with {private}; never use dev keys in "
+        "production (configure NEURALOPS_API_PUBLIC_KEY or NEURALOPS_API_JWKS_URL)",
+        highlight=False,
+    )
+    if api_auth.auth_configured(settings):
+        err.print(
+            "[yellow]warning:[/] an identity-provider key is configured for the API, so this "
+            "token will be refused (bad_signature)",
             highlight=False,
         )
     typer.echo(token)
@@ -1397,6 +1489,20 @@ def clusters_register(
         highlight=False,
     )
     out.print(pool_note, highlight=False)
+    _print_heartbeat_key(registered)
+
+
+def _print_heartbeat_key(registered: Any) -> None:
+    """The cluster's heartbeat key, shown once (it is also in Vault KV for the connector)."""
+    from neuralops.clusters import KV_MOUNT, kv_path
+
+    out.print(
+        f"heartbeat key (PUT /healthz, `Authorization: Bearer <key>`; shown once, also in Vault "
+        f"at {KV_MOUNT}/{kv_path(registered.name)} field heartbeat_key; registering again "
+        "rotates it):",
+        highlight=False,
+    )
+    out.print(f"HEARTBEAT_KEY={registered.heartbeat_key.get_secret_value()}", highlight=False)
 
 
 def _ensure_cluster_pool(pool: str) -> str:
@@ -1487,6 +1593,7 @@ def connector_install(
         f"cluster [bold]{registered.name}[/] registered (credential {registered.credential_id})",
         highlight=False,
     )
+    _print_heartbeat_key(registered)
     pool_note = _ensure_cluster_pool(registered.work_pool)
     out.print(pool_note, highlight=False)
     if pool_note.endswith(("created", "already exists")):
