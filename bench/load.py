@@ -20,6 +20,11 @@ Writes the ``load`` section of reports/load.md (``--no-report`` skips it) and, w
 ``--json``, the figures. ``--url`` drives an API that is already running instead (no seeding,
 no run-logger or burst phases): the ids it needs are read from ``/signals`` and
 ``/playbooks``. Exit status 1 when any request failed or any row is missing.
+
+The API needs a bearer token with the scopes runs:write, runs:read, signals:read and
+recommend: ``--api-token`` (or NEURALOPS_API_TOKEN); without one, a DEV ONLY token signed
+with the dev key of the API's data dir (NEURALOPS_DATA_DIR), which an API without
+configured authentication accepts.
 """
 
 from __future__ import annotations
@@ -58,6 +63,18 @@ from neuralops import runs, signals  # noqa: E402
 REPORT = ROOT / "reports" / "load.md"
 SHARED_RUN_IDS = 5  # POST /runs re-posts these (upserts) every 5th request
 SIGNAL_LIST = TypeAdapter(list[signals.Signal])
+SCOPES = ("runs:write", "runs:read", "signals:read", "recommend")
+
+
+def dev_token(data_dir: str | Path | None = None) -> str:
+    """DEV ONLY: an API token with ``SCOPES`` signed with the dev key of ``data_dir`` (default
+    the settings' data dir), which an API without configured authentication accepts."""
+    from neuralops.api_auth import dev_api_token
+    from neuralops.settings import Settings, get_settings
+
+    settings = Settings(data_dir=Path(data_dir)) if data_dir else get_settings()
+    return dev_api_token(settings, SCOPES, subject="bench-load@localhost", ttl_s=3600)
+
 
 # --- the HTTP driver ------------------------------------------------------------------------
 
@@ -183,13 +200,16 @@ def drive(
     mix: tuple[str, ...] = MIXED,
     target: Target | None = None,
     token: str | None = None,
+    api_token: str | None = None,
 ) -> dict[str, Any]:
-    """``concurrency`` threads, each with its own connection, send the mix for ``seconds``."""
+    """``concurrency`` threads, each with its own connection, send the mix for ``seconds``;
+    ``api_token`` is the bearer token (default: a DEV ONLY one, see ``dev_token``)."""
     # Seconds of imports (LanceDB): here, not in the first measured check under the import lock.
     # Not at the top of this script: the log_run writer processes never need it.
     import neuralops.recommend  # noqa: F401
 
-    with httpx.Client(base_url=base_url, timeout=60) as client:
+    headers = {"Authorization": f"Bearer {api_token or dev_token()}"}
+    with httpx.Client(base_url=base_url, timeout=60, headers=headers) as client:
         target = target or discover(client)
     token = token or uuid.uuid4().hex[:8]
     workload = Workload(target, token, mix)
@@ -198,7 +218,7 @@ def drive(
     lock = threading.Lock()
     start_line = threading.Barrier(concurrency)
     warm_up = Workload(target, f"{token}w", mix)  # its run ids are not counted as posted
-    with httpx.Client(base_url=base_url, timeout=60) as client:
+    with httpx.Client(base_url=base_url, timeout=60, headers=headers) as client:
         for n in range(len(mix)):
             req = warm_up.request(0, n)
             client.request(req.method, req.path, json=req.body)
@@ -206,7 +226,7 @@ def drive(
     def worker(thread: int) -> None:
         mine: dict[str, Endpoint] = {}
         ids: set[str] = set()
-        with httpx.Client(base_url=base_url, timeout=60) as client:
+        with httpx.Client(base_url=base_url, timeout=60, headers=headers) as client:
             start_line.wait()
             deadline = time.perf_counter() + seconds
             n = 0
@@ -484,10 +504,13 @@ def measure_backend(url, env: dict[str, str], args, workdir: Path) -> dict[str, 
         url, writers=args.writers, count=args.runs_per_writer * 10, batch=100
     )
     result["burst"] = signal_burst(url)
+    token = dev_token(env["NEURALOPS_DATA_DIR"])  # the server's data dir, so its dev key
     with api_server(env, workdir / "api.log") as base:
-        result["mixed"] = drive(base, seconds=args.seconds, concurrency=args.concurrency)
+        result["mixed"] = drive(
+            base, seconds=args.seconds, concurrency=args.concurrency, api_token=token
+        )
         result["post_runs"] = drive(
-            base, seconds=args.seconds, concurrency=args.concurrency, mix=WRITES
+            base, seconds=args.seconds, concurrency=args.concurrency, mix=WRITES, api_token=token
         )
     for phase in ("mixed", "post_runs"):
         ids = result[phase].pop("posted_run_ids")
@@ -627,13 +650,24 @@ def main() -> None:
     parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--embedder", default="hashing", choices=["hashing", "auto", "minilm"])
     parser.add_argument("--url", help="Drive this running API instead (mixed phase only).")
+    parser.add_argument(
+        "--api-token",
+        default=os.environ.get("NEURALOPS_API_TOKEN"),
+        help="Bearer token for --url (scopes runs:write runs:read signals:read recommend); "
+        "default NEURALOPS_API_TOKEN, else a DEV ONLY one from NEURALOPS_DATA_DIR's dev key.",
+    )
     parser.add_argument("--json", type=Path, help="Write the figures here too.")
     parser.add_argument("--no-report", action="store_true", help="Leave reports/load.md.")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
 
     if args.url:
-        mixed = drive(args.url, seconds=args.seconds, concurrency=args.concurrency)
+        mixed = drive(
+            args.url,
+            seconds=args.seconds,
+            concurrency=args.concurrency,
+            api_token=args.api_token,
+        )
         results = {"api": {"mixed": mixed}}
         print(json.dumps(mixed["endpoints"], indent=2))
     else:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import hvac
 import hvac.exceptions
 import pytest
+from conftest import api_headers
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.engine import URL
@@ -113,6 +114,15 @@ def test_register_exchanges_the_token_and_stores_only_a_reference(
     assert token not in cluster.model_dump_json()
     assert [c.name for c in clusters.list_clusters()] == [name]
 
+    # the heartbeat key: returned once, in Vault for the connector, only its SHA-256 here
+    key = cluster.heartbeat_key.get_secret_value()
+    assert len(key) >= 43 and stored["heartbeat_key"] == key
+    assert key not in repr(cluster) and cluster.model_dump_json().count(key) == 1
+    with session_scope(database_url) as session:
+        assert session.get(Cluster, name).heartbeat_key_sha256 == clusters.key_digest(key)
+    assert key not in row and key not in everything and key not in caplog.text
+    assert entry.payload["heartbeat_key_sha256"] == clusters.key_digest(key)
+
 
 def test_register_again_updates_labels_and_rotates_the_credential(vault, sqlite_url: URL) -> None:
     addr, root = vault
@@ -132,6 +142,13 @@ def test_register_again_updates_labels_and_rotates_the_credential(vault, sqlite_
     hvac.Client(url=addr, token=new).auth.token.lookup_self()
     entries = _audit(sqlite_url, "cluster.registered")
     assert [e.payload["rotated"] for e in entries] == [False, True]
+    # the heartbeat key rotates too: the old one moves nothing any more
+    old_key, new_key = (r.heartbeat_key.get_secret_value() for r in (first, second))
+    assert old_key != new_key and _stored(addr, root, name)["heartbeat_key"] == new_key
+    with pytest.raises(clusters.HeartbeatRefused) as refused:
+        clusters.authenticated_heartbeat(name, old_key)
+    assert refused.value.status == 403
+    assert clusters.authenticated_heartbeat(name, new_key).status == "healthy"
 
 
 @pytest.mark.parametrize("kind", ["invalid", "revoked"])
@@ -202,6 +219,43 @@ def test_heartbeat_makes_a_cluster_healthy(database_url: URL) -> None:
         clusters.get_cluster("edge-9")
 
 
+def test_a_heartbeat_through_the_api_needs_that_clusters_own_key(database_url: URL) -> None:
+    t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    key_a, key_b = clusters.new_heartbeat_key(), clusters.new_heartbeat_key()
+    for name, key in (("edge-a", key_a), ("edge-b", key_b)):
+        _add_cluster(
+            name,
+            status="unreachable",
+            last_heartbeat=t0,
+            heartbeat_key_sha256=clusters.key_digest(key),
+        )
+    _add_cluster("edge-old", status="unreachable", last_heartbeat=t0)  # registered before keys
+    later = t0 + timedelta(minutes=5)
+    refusals = [
+        ("edge-b", None, 401, "missing"),
+        ("edge-b", "", 401, "missing"),
+        ("edge-b", key_a, 403, "wrong_key"),  # A's key never moves B
+        ("edge-b", key_b + "x", 403, "wrong_key"),
+        ("edge-nope", key_b, 403, "wrong_key"),  # an unknown cluster answers the same
+        ("edge-old", key_a, 403, "no_key"),
+    ]
+    for name, key, status, reason in refusals:
+        with pytest.raises(clusters.HeartbeatRefused) as refused:
+            clusters.authenticated_heartbeat(name, key, at=later)
+        assert (refused.value.status, refused.value.reason) == (status, reason), (name, key)
+        assert key_a not in str(refused.value) and key_b not in str(refused.value)
+    # nothing moved, nothing audited
+    assert {c.name: (c.status, c.last_heartbeat) for c in clusters.list_clusters()} == {
+        n: ("unreachable", t0) for n in ("edge-a", "edge-b", "edge-old")
+    }
+    assert _audit(database_url, "cluster.recovered") == []
+    beat = clusters.authenticated_heartbeat("edge-b", key_b, at=later)
+    assert (beat.status, beat.last_heartbeat) == ("healthy", later)
+    assert clusters.get_cluster("edge-a").status == "unreachable"
+    [entry] = _audit(database_url, "cluster.recovered")
+    assert entry.subject == "cluster:edge-b"
+
+
 def test_three_missed_intervals_make_a_cluster_unreachable(database_url: URL) -> None:
     t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     _add_cluster("edge-1")
@@ -266,6 +320,9 @@ def test_cli_clusters_register(vault, sqlite_url: URL) -> None:
     assert f"work pool cluster-{name}" in result.output
     assert token not in result.output
     assert clusters.get_cluster(name).labels == {"env": "prod"}
+    key = _stored(addr, root, name)["heartbeat_key"]
+    assert f"HEARTBEAT_KEY={key}" in result.output  # shown once, to the registrant
+    assert clusters.authenticated_heartbeat(name, key).status == "healthy"
     bad = CliRunner().invoke(app, ["clusters", "register", name, "--vault-token", "nope"])
     assert bad.exit_code != 0 and isinstance(bad.exception, clusters.TokenRefused)
 
@@ -277,14 +334,23 @@ def test_api_register_list_and_heartbeat(vault, sqlite_url: URL) -> None:
     from neuralops.api import create_app
 
     addr, root = vault
-    api = TestClient(create_app(sqlite_url))
+    app = create_app(sqlite_url)
+    api = TestClient(app, headers=api_headers("clusters:admin"))
     token, name = _child_token(addr, root), _name()
-    created = api.post(
-        "/register", json={"name": name, "vault_token": token, "labels": {"env": "prod"}}
-    )
+    body = {"name": name, "vault_token": token, "labels": {"env": "prod"}}
+    # the Vault token alone is not enough: the API token must carry clusters:admin
+    assert TestClient(app).post("/register", json=body).status_code == 401
+    no_scope = TestClient(app, headers=api_headers("runs:write", "recommend"))
+    forbidden = no_scope.post("/register", json=body)
+    assert forbidden.status_code == 403 and "clusters:admin" in forbidden.json()["detail"]
+    assert no_scope.get("/clusters").status_code == 403
+    assert clusters.list_clusters() == []
+    created = api.post("/register", json=body)
     assert created.status_code == 201, created.text
     assert created.json()["name"] == name and created.json()["status"] == "pending"
     assert token not in created.text
+    key = created.json()["heartbeat_key"]
+    assert key == _stored(addr, root, name)["heartbeat_key"]
 
     refused = api.post("/register", json={"name": name, "vault_token": "s.bogus-token-xyz"})
     assert refused.status_code == 401
@@ -300,10 +366,19 @@ def test_api_register_list_and_heartbeat(vault, sqlite_url: URL) -> None:
         assert bad.status_code == 422, bad.text
         assert token not in bad.text
 
-    beat = api.put("/healthz", json={"cluster": name})
+    connector = TestClient(app)  # it has the heartbeat key, not an API token
+    no_key = connector.put("/healthz", json={"cluster": name})
+    assert no_key.status_code == 401 and no_key.headers["www-authenticate"].startswith("Bearer")
+    assert clusters.get_cluster(name).status == "pending"
+    bearer = {"Authorization": f"Bearer {key}"}
+    beat = connector.put("/healthz", json={"cluster": name}, headers=bearer)
     assert beat.status_code == 200 and beat.json()["status"] == "healthy"
-    assert api.put("/healthz", json={"cluster": "edge-unknown"}).status_code == 404
-    assert api.put("/healthz", json={"cluster": "Bad Name"}).status_code == 422
+    unknown = connector.put("/healthz", json={"cluster": "edge-unknown"}, headers=bearer)
+    assert unknown.status_code == 403 and key not in unknown.text
+    bad_name = connector.put("/healthz", json={"cluster": "Bad Name"}, headers=bearer)
+    assert bad_name.status_code == 422
+    # an API token, whatever its scopes, is not a heartbeat key
+    assert api.put("/healthz", json={"cluster": name}).status_code == 403
     [listed] = api.get("/clusters").json()
     assert listed["name"] == name and listed["status"] == "healthy"
     assert listed["labels"] == {"env": "prod"} and listed["work_pool"] == f"cluster-{name}"
@@ -316,7 +391,7 @@ def test_api_register_with_vault_down_is_503(monkeypatch: pytest.MonkeyPatch, sq
     monkeypatch.setenv("VAULT_ADDR", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.setenv("VAULT_TOKEN", "operator-token")
     get_settings.cache_clear()
-    api = TestClient(create_app(sqlite_url))
+    api = TestClient(create_app(sqlite_url), headers=api_headers("clusters:admin"))
     down = api.post("/register", json={"name": "edge-1", "vault_token": "tok-123"})
     assert down.status_code == 503 and "tok-123" not in down.text
 
