@@ -63,9 +63,14 @@ TRANSITION_FIELDS = frozenset(
         "flow_run_id",
         "playbook_id",
         "parameters",
+        "plan_digest",
     }
 )
 OUTCOMES = ("resolved", "not_resolved", "unverified")
+# What the dry-run checked: set only when leaving `suggested`. After the dry-run the incident
+# keeps them, so approval and execution bind to the plan that was checked (a new playbook
+# version, or new parameters, never change an incident already past its dry-run).
+PLAN_FIELDS = frozenset({"playbook_id", "parameters", "plan_digest"})
 
 
 class IllegalTransition(Conflict):
@@ -103,6 +108,7 @@ class IncidentOut(BaseModel):
     expires_at: datetime | None
     outcome: str | None
     run_id: str | None
+    plan_digest: str | None = None  # what the dry-run checked; approval and execution bind to it
     created_at: datetime
     updated_at: datetime
 
@@ -289,6 +295,11 @@ def transition(
         from_state = incident.state
         if to_state not in TRANSITIONS[from_state]:
             raise IllegalTransition(ident, from_state, to_state)
+        if from_state != "suggested" and (frozen := sorted(PLAN_FIELDS & set(values))):
+            raise InvalidInput(
+                f"incident {ident} is past its dry-run ({from_state}): its "
+                f"{', '.join(frozen)} cannot change; start a new remediation instead"
+            )
         incident.state = to_state
         for name, value in values.items():
             setattr(incident, name, value)

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from neuralops.errors import InvalidInput
 
@@ -93,6 +100,12 @@ class Parameter(BaseModel):
         None, description="A realistic value, shown to approvers and used by the demo history."
     )
     pattern: str | None = Field(None, description="Regular expression a string value must match.")
+    values: list[str | int | float | bool] | None = Field(
+        None,
+        min_length=1,
+        description="The only values allowed (an enumeration); like a pattern, it constrains "
+        "a string that reaches a container's command, args or image.",
+    )
     minimum: float | None = None
     maximum: float | None = None
 
@@ -103,14 +116,33 @@ class Parameter(BaseModel):
                 re.compile(self.pattern)
             except re.error as exc:
                 raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
+        for allowed in self.values or []:
+            if problem := self._check_one(allowed):
+                raise ValueError(f"values: {allowed!r} {problem}")
         for field in ("default", "example"):
             value = getattr(self, field)
             if value is not None and (problem := self.check(value)):
                 raise ValueError(f"{field} {value!r} {problem}")
         return self
 
+    @property
+    def constrained(self) -> bool:
+        """Whether a string value is held to a shape (a pattern or a list of values): only
+        such a parameter may reach a container's command, args or image."""
+        return self.type is not ParamType.string or bool(self.pattern) or bool(self.values)
+
     def check(self, value: Any) -> str | None:
         """Why ``value`` does not fit this parameter, or None if it does."""
+        if problem := self._check_one(value):
+            return problem
+        if self.values is not None and not any(
+            value == allowed and isinstance(value, bool) is isinstance(allowed, bool)
+            for allowed in self.values
+        ):
+            return f"is not one of {', '.join(repr(v) for v in self.values)}"
+        return None
+
+    def _check_one(self, value: Any) -> str | None:
         expected = {
             ParamType.string: (str,),
             ParamType.integer: (int,),
@@ -166,6 +198,95 @@ class Step(BaseModel):
         return self
 
 
+# --- container images ----------------------------------------------------------------------
+
+_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+_REPOSITORY = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*$"
+)
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+
+class ImageRef(BaseModel):
+    """A container image reference, split: ``repository`` is normalised the way a container
+    runtime reads it (``postgres`` is ``docker.io/library/postgres``)."""
+
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+
+def parse_image(reference: str) -> ImageRef:
+    """Split ``[registry/]path[:tag][@sha256:hex]``; raises ValueError naming what is wrong."""
+    name, _, digest = reference.partition("@")
+    if digest and not _DIGEST.match(digest):
+        raise ValueError(f"image {reference!r}: a digest is sha256:<64 lowercase hex>")
+    tag = None
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = name.rsplit(":", 1)
+        if not _TAG.match(tag):
+            raise ValueError(f"image {reference!r}: {tag!r} is not a valid tag")
+    if not _REPOSITORY.match(name):
+        raise ValueError(f"image {reference!r}: not a valid repository name")
+    first, _, rest = name.partition("/")
+    if not rest or not _is_registry(first):
+        name = f"docker.io/{name}"  # Docker Hub, the runtimes' default registry
+    if name.startswith("docker.io/") and name.count("/") == 1:
+        name = name.replace("docker.io/", "docker.io/library/", 1)
+    return ImageRef(repository=name, tag=tag, digest=digest or None)
+
+
+def _is_registry(component: str) -> bool:
+    return "." in component or ":" in component or component == "localhost"
+
+
+def _prefix(entry: str) -> str:
+    """The repository prefix of a ``prefix/*`` entry, normalised like a repository."""
+    path = entry[:-2]
+    if not re.match(r"^[a-zA-Z0-9._:-]+(?:/[a-z0-9._-]+)*$", path) or "*" in path:
+        raise ValueError(f"allowed image {entry!r}: a prefix is [registry/]path/*")
+    if not _is_registry(path.split("/")[0]):
+        path = f"docker.io/{path}"
+    return path + "/"
+
+
+def check_allowed_image(entry: str) -> str:
+    """An ``allowed_images`` entry: ``repo@sha256:<hex>`` (exactly that digest), ``repo:tag``
+    (exactly that tag), ``repo`` (that repository, any tag or digest) or ``prefix/*`` (any
+    repository under that path, any tag or digest). Raises ValueError."""
+    if entry.endswith("/*"):
+        _prefix(entry)
+        return entry
+    parse_image(entry)
+    return entry
+
+
+def image_allowed(image: str, allowed: list[str]) -> bool:
+    """Whether ``image`` matches an ``allowed_images`` entry (``check_allowed_image``)."""
+    try:
+        ref = parse_image(image)
+    except ValueError:
+        return False
+    for entry in allowed:
+        if entry.endswith("/*"):
+            if ref.repository.startswith(_prefix(entry)):
+                return True
+            continue
+        want = parse_image(entry)
+        if want.repository != ref.repository:
+            continue
+        if want.digest is not None:
+            if ref.digest == want.digest:
+                return True
+        elif want.tag is not None:
+            if ref.digest is None and (ref.tag or "latest") == want.tag:
+                return True
+        else:
+            return True
+    return False
+
+
 class Manifest(BaseModel):
     """A playbook manifest (schema version 1)."""
 
@@ -182,7 +303,17 @@ class Manifest(BaseModel):
     safety: Safety = Field(default_factory=Safety)
     scope: Scope
     parameters: list[Parameter] = Field(default_factory=list)
+    allowed_images: list[str] = Field(
+        default_factory=list,
+        description="Images the steps may run (``check_allowed_image``); required when an "
+        "image comes from a parameter, and then every image must match one.",
+    )
     steps: list[Step] = Field(min_length=1)
+
+    @field_validator("allowed_images")
+    @classmethod
+    def _images_parse(cls, entries: list[str]) -> list[str]:
+        return [check_allowed_image(entry) for entry in entries]
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -203,10 +334,16 @@ class Manifest(BaseModel):
         return self
 
     def canonical_json(self) -> bytes:
-        """Stable bytes of the manifest: what is hashed and signed."""
-        return json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
-        ).encode()
+        """Stable bytes of the manifest: what is hashed and signed. Fields added after the
+        first release (``allowed_images``, a parameter's ``values``) appear only when set, so
+        a manifest that does not use them keeps its hash and its signature."""
+        data = self.model_dump(mode="json")
+        if not data["allowed_images"]:
+            del data["allowed_images"]
+        for param in data["parameters"]:
+            if param["values"] is None:
+                del param["values"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     def sha256(self) -> str:
         return hashlib.sha256(self.canonical_json()).hexdigest()

@@ -5,13 +5,17 @@ then what the alert labels say (the namespace, the workload), then the parameter
 then its example. ``render`` substitutes ``{{ name }}`` placeholders in the steps and the
 scope. ``check`` then rejects what no playbook may do, whoever approves it: deleting
 namespaces or volumes, scaling a workload to zero, privileged pods, host paths, wildcard
-RBAC, and anything outside the playbook's declared scope. ``diff`` shows an approver what
-each step would change.
+RBAC, anything outside the playbook's declared scope, a string parameter without a pattern
+reaching a container's command, args or image, and an image outside the playbook's
+``allowed_images``. ``diff`` shows an approver what each step would change; ``plan_digest``
+is what an approval binds to.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
@@ -21,7 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from neuralops.errors import FieldProblem, InvalidInput
 from neuralops.incident import _POD_SUFFIX
-from neuralops.manifest import PLACEHOLDER, Action, Manifest, Parameter, ParamType, Scope, Step
+from neuralops.manifest import (
+    PLACEHOLDER,
+    Action,
+    Manifest,
+    Parameter,
+    ParamType,
+    Scope,
+    Step,
+    image_allowed,
+)
 
 # Parameters that name the workload an alert is about, filled from the labels that name it.
 WORKLOAD_PARAMETERS = ("deployment", "statefulset", "service", "target", "app")
@@ -46,6 +59,8 @@ Rule = Literal[
     "wildcard-rbac",
     "out-of-scope-kind",
     "out-of-scope-namespace",
+    "unconstrained-parameter",
+    "image-not-allowed",
 ]
 RULES: tuple[str, ...] = Rule.__args__  # type: ignore[attr-defined]
 
@@ -128,11 +143,12 @@ def resolve_parameter_sources(
             FieldProblem(f"parameters.{name}", f"unknown parameter; {manifest.id} takes {takes}")
         )
     resolved: dict[str, ResolvedParameter] = {}
+    images = image_parameters(manifest)
     for param in manifest.parameters:
         value = given.get(param.name)
         if value is not None:
             value = _coerce(param, value)
-            if problem := param.check(value):
+            if problem := value_problem(manifest, param, value, images):
                 problems.append(FieldProblem(f"parameters.{param.name}", f"{value!r} {problem}"))
             else:
                 resolved[param.name] = ResolvedParameter(value=value, source="given")
@@ -140,7 +156,7 @@ def resolve_parameter_sources(
         label_notes: list[str] = []
         for label, raw in _label_candidates(param.name, labels):
             value = _coerce(param, raw)
-            if problem := param.check(value):
+            if problem := value_problem(manifest, param, value, images):
                 # A label that does not fit (cAdvisor's container="POD") is skipped, not fatal.
                 label_notes.append(f"label {label}={raw!r} {problem}")
                 continue
@@ -164,6 +180,21 @@ def resolve_parameter_sources(
         lines = "; ".join(f"{p.field}: {p.message}" for p in problems)
         raise InvalidInput(f"playbook {manifest.id}: {lines}", problems)
     return resolved
+
+
+def value_problem(
+    manifest: Manifest, param: Parameter, value: Any, images: set[str] | None = None
+) -> str | None:
+    """Why ``value`` may not be ``param``'s, or None: its type, pattern, values and bounds, and
+    for a parameter that gives a container image, the manifest's ``allowed_images``. Every
+    value passes here whatever its source (given, a label, a precedent run, a default)."""
+    if problem := param.check(value):
+        return problem
+    images = image_parameters(manifest) if images is None else images
+    if param.name in images and not image_allowed(str(value), manifest.allowed_images):
+        allowed = ", ".join(manifest.allowed_images) or "none declared"
+        return f"names image {value!r}, which is not in the playbook's allowed_images ({allowed})"
+    return None
 
 
 def _label_candidates(name: str, labels: Mapping[str, str]) -> Iterator[tuple[str, str]]:
@@ -229,11 +260,12 @@ def render(manifest: Manifest, parameters: Mapping[str, Any]) -> RenderedPlayboo
     an undeclared or invalid parameter raises InvalidInput.
     """
     declared = {p.name: p for p in manifest.parameters}
+    images = image_parameters(manifest)
     problems: list[FieldProblem] = []
     for name, value in parameters.items():
         if name not in declared:
             problems.append(FieldProblem(f"parameters.{name}", "is not declared by the playbook"))
-        elif problem := declared[name].check(value):
+        elif problem := value_problem(manifest, declared[name], value, images):
             problems.append(FieldProblem(f"parameters.{name}", f"{value!r} {problem}"))
         elif isinstance(value, str) and PLACEHOLDER.search(value):
             # Values are substituted once; one that looks like a placeholder is a mistake or
@@ -342,17 +374,146 @@ class Violation(BaseModel):
     message: str = Field(description="What the step would do, in words an approver reads.")
 
 
+# --- what reaches a shell or an image --------------------------------------------------------
+
+_SHELL_KEYS = ("command", "args")
+
+
+def _container_strings(step: Step) -> Iterator[tuple[str, str, str]]:
+    """(where, path, text) for each string of a step's manifest or patch that is a container
+    ``image`` or part of a ``command``/``args`` (where: image, command or args)."""
+    for field in ("manifest", "patch"):
+        body = getattr(step, field)
+        if body is not None:
+            yield from _strings(body, (field,))
+
+
+def _strings(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str, str, str]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, (*path, index))
+    elif isinstance(value, str):
+        dotted = ".".join(str(p) for p in path)
+        if path[-1] == "image":
+            yield "image", dotted, value
+            return
+        shell = [p for p in path if isinstance(p, str) and p in _SHELL_KEYS]
+        if shell:
+            yield shell[-1], dotted, value
+
+
+def image_parameters(manifest: Manifest) -> set[str]:
+    """Parameters that are a whole container image (``image: "{{ name }}"``): their values
+    must match ``allowed_images`` wherever they come from. An image that only contains a
+    placeholder (``postgres:{{ tag }}``) is checked once rendered, by ``check``."""
+    found = set()
+    for step in manifest.steps:
+        for where, _, text in _container_strings(step):
+            if where == "image" and (whole := PLACEHOLDER.fullmatch(text.strip())):
+                found.add(whole.group(1))
+    return found
+
+
+def _image_violation(step: str, image: str, path: str, manifest: Manifest) -> Violation:
+    allowed = ", ".join(manifest.allowed_images)
+    return Violation(
+        step=step,
+        rule="image-not-allowed",
+        message=f"step {step}: runs image {image!r} ({path}), which is not in the playbook's "
+        f"allowed_images ({allowed})",
+    )
+
+
+def manifest_problems(manifest: Manifest) -> list[Violation]:
+    """What makes a manifest unsafe whatever its parameters' values: a string parameter with
+    neither a pattern nor a values list interpolated into a container's command, args or image
+    (a shell or an image of the caller's choosing), an image from a parameter without
+    ``allowed_images``, a literal image, default or example outside ``allowed_images``.
+    Registration refuses such a manifest; a dry-run reports these as violations."""
+    declared = {p.name: p for p in manifest.parameters}
+    found: list[Violation] = []
+
+    def add(violation: Violation) -> None:
+        if violation not in found:
+            found.append(violation)
+
+    for step in manifest.steps:
+        for where, path, text in _container_strings(step):
+            names = list(dict.fromkeys(PLACEHOLDER.findall(text)))
+            for name in names:
+                param = declared.get(name)
+                if param is None:  # undeclared placeholders are refused by the manifest itself
+                    continue
+                if not param.constrained:
+                    add(
+                        Violation(
+                            step=step.name,
+                            rule="unconstrained-parameter",
+                            message=f"step {step.name}: string parameter '{name}' reaches the "
+                            f"container's {where} ({path}) unconstrained: add a pattern (or a "
+                            f"values list) to parameter '{name}' that admits only safe values",
+                        )
+                    )
+                if where != "image":
+                    continue
+                if not manifest.allowed_images:
+                    add(
+                        Violation(
+                            step=step.name,
+                            rule="image-not-allowed",
+                            message=f"step {step.name}: the container image ({path}) comes "
+                            f"from parameter '{name}', but the playbook declares no "
+                            "allowed_images: add allowed_images listing the images it may run",
+                        )
+                    )
+                    continue
+                if PLACEHOLDER.fullmatch(text.strip()):
+                    for field in ("default", "example"):
+                        value = getattr(param, field)
+                        if value is None or image_allowed(str(value), manifest.allowed_images):
+                            continue
+                        where_from = f"parameter {name}'s {field}"
+                        add(_image_violation(step.name, str(value), where_from, manifest))
+            literal = where == "image" and not names and manifest.allowed_images
+            if literal and not image_allowed(text, manifest.allowed_images):
+                add(_image_violation(step.name, text, path, manifest))
+    return found
+
+
+def check_registrable(manifests: list[Manifest]) -> None:
+    """Raise InvalidInput naming each playbook, step and parameter ``manifest_problems``
+    finds, with the fix; return if there are none."""
+    problems = [
+        FieldProblem(f"{manifest.id}.steps.{v.step}", v.message)
+        for manifest in manifests
+        for v in manifest_problems(manifest)
+    ]
+    if problems:
+        lines = "\n".join(f"playbook {p.field.split('.')[0]}: {p.message}" for p in problems)
+        raise InvalidInput(lines, problems)
+
+
 def check(manifest: Manifest, rendered: RenderedPlaybook) -> list[Violation]:
     """Every policy violation of the rendered steps; empty means the dry-run may pass."""
     scope_kinds = {k.lower() for k in manifest.scope.kinds}
     namespaces = rendered.scope.namespaces
-    found: list[Violation] = []
+    found: list[Violation] = manifest_problems(manifest)
     for step in rendered.steps:
 
         def flag(rule: Rule, what: str, step: RenderedStep = step) -> None:
             violation = Violation(step=step.name, rule=rule, message=f"step {step.name}: {what}")
             if violation not in found:
                 found.append(violation)
+
+        if manifest.allowed_images:
+            for where, path, text in _container_strings(step):
+                if where != "image" or image_allowed(text, manifest.allowed_images):
+                    continue
+                if (image := _image_violation(step.name, text, path, manifest)) not in found:
+                    found.append(image)
 
         objects: list[tuple[str, str | None, str]] = []  # (kind, namespace, name) touched
         if step.target is not None:
@@ -610,3 +771,41 @@ def _merge(base: Any, patch: Any) -> Any:
 
 def _named(items: Any) -> bool:
     return isinstance(items, list) and all(isinstance(i, dict) and "name" in i for i in items)
+
+
+# --- the plan an approval binds to ---------------------------------------------------------
+
+PLAN_FIELDS = ("playbook", "manifest_sha256", "version", "steps", "parameters", "cluster")
+
+
+def plan_of(manifest: Manifest, rendered: RenderedPlaybook, cluster: str | None) -> dict[str, Any]:
+    """What would run: the playbook, its exact manifest (SHA-256) and version, the rendered
+    steps, the resolved parameters and the cluster (None: the local runtime)."""
+    return {
+        "playbook": manifest.id,
+        "manifest_sha256": manifest.sha256(),
+        "version": manifest.version,
+        "steps": [step.model_dump(mode="json") for step in rendered.steps],
+        "parameters": dict(rendered.parameters),
+        "cluster": cluster,
+    }
+
+
+def digest_of_plan(plan: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a plan's canonical JSON (sorted keys, no whitespace)."""
+    data = {name: plan.get(name) for name in PLAN_FIELDS}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def plan_digest(manifest: Manifest, rendered: RenderedPlaybook, cluster: str | None) -> str:
+    """The plan digest: computed by the dry-run, approved, and recomputed right before
+    execution; a playbook re-registered with other steps, another version or another
+    manifest, other parameters or another cluster give another digest."""
+    return digest_of_plan(plan_of(manifest, rendered, cluster))
+
+
+def plan_differences(approved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Which parts of two plans differ (``PLAN_FIELDS`` names, manifest_sha256 as manifest)."""
+    names = {"manifest_sha256": "manifest"}
+    return [names.get(f, f) for f in PLAN_FIELDS if approved.get(f) != current.get(f)]

@@ -79,8 +79,13 @@ def add_playbooks(manifests: list[Manifest], *, url: URL | None = None) -> list[
 
     A new id is added; a higher version replaces the stored one; the same version with the
     same content is a no-op (re-runs are idempotent); the same version with other content,
-    or a lower version, is refused: published versions are immutable.
+    or a lower version, is refused: published versions are immutable. A manifest that lets
+    an unconstrained parameter reach a container's command, args or image is refused
+    (``policy.manifest_problems``), naming the playbook, step, parameter and fix.
     """
+    from neuralops.policy import check_registrable
+
+    check_registrable(manifests)
     results: list[AddResult] = []
     with session_scope(url) as session:
         stored = {

@@ -16,6 +16,11 @@ Safety by construction:
   ``execute-playbook/cluster-<name>``), sent an ``ExecutionTrigger`` signed here;
 - nothing runs unapproved: unless the safety decision is ``auto``, only a valid approval
   token for this incident, naming the approver and carrying org-admin, moves it on;
+- nothing runs but what was approved: the dry-run records a plan digest (manifest SHA-256,
+  version, rendered steps, parameters, cluster; ``policy.plan_digest``), the approval (or
+  the auto decision) binds to it, and execution re-renders from the registered manifest and
+  refuses (``execute.refused``, the incident ``failed``) when the digest differs: a playbook
+  re-registered after the dry-run never runs under an approval given for the old one;
 - nothing goes unrecorded: each step is an audit entry; the execution is logged as a run,
   its status set by the verified outcome, so the recommender learns from what worked.
 """
@@ -75,6 +80,13 @@ class ApprovalDecision(BaseModel):
     )
     comment: str = Field(
         "", max_length=2000, title="Comment", description="Why: kept in the audit trail."
+    )
+    plan_digest: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        title="Plan digest",
+        description="The plan digest you reviewed (the dry-run's, shown above): the approval "
+        "is refused if the incident's plan is not this one. Execution runs only this plan.",
     )
 
     def as_input(self) -> dict[str, Any]:
@@ -193,6 +205,8 @@ def dry_run(
         rendered = policy.render(manifest, current.parameters or {})
     except InvalidInput as exc:
         return _dry_run_failed(current.id, f"parameters: {exc}", {}, url)
+    # What an approval binds to and execution re-checks: manifest, version, steps, parameters.
+    digest = policy.plan_digest(manifest, rendered, current.cluster)
     violations = policy.check(manifest, rendered)
     if current.cluster:
         # The control plane cannot reach into the cluster: its connector dry-runs every step
@@ -208,8 +222,11 @@ def dry_run(
         "playbook": manifest.id,
         "version": manifest.version,
         "sha256": manifest.sha256(),
+        "plan_digest": digest,
         "signature": "verified",
         "runtime": connector_runtime(current.cluster) if current.cluster else RUNTIME,
+        "cluster": current.cluster,
+        "parameters": rendered.parameters,
         "steps": [s.model_dump(mode="json") for s in rendered.steps],
         "violations": [v.model_dump(mode="json") for v in violations],
         "server_dry_run": [r.model_dump(mode="json") for r in server],
@@ -229,6 +246,7 @@ def dry_run(
         payload={k: result[k] for k in ("ok", "playbook", "version", "sha256", "violations")},
         dry_run=result,
         pre_state=pre_state,
+        plan_digest=digest,
         url=url,
     )
 
@@ -268,17 +286,32 @@ def _dry_run_failed(
 def decide(
     incident_id: uuid.UUID | str, *, settings: Any, url: URL | None = None
 ) -> incidents.IncidentOut:
-    """Auto-approve where policy allows it, else wait for approval until the deadline."""
+    """Auto-approve where policy allows it, else wait for approval until the deadline. Either
+    way the decision is for the plan the dry-run checked (its digest is in the audit entry);
+    a playbook re-registered since the dry-run is never auto-approved."""
     current = incidents.get(incident_id, url=url)
     manifest = enforce_manifest(current.playbook_id, url=url)
     decision = safety.decide_mode(manifest, settings=settings, url=url)
+    checked = (current.dry_run or {}).get("sha256")
+    if decision.mode == "auto" and (current.plan_digest is None or checked != manifest.sha256()):
+        changed = (
+            f"playbook {manifest.id} changed since the dry-run (now version {manifest.version}): "
+            "execution will refuse any plan but the one the dry-run checked"
+            if current.plan_digest is not None
+            else "the dry-run recorded no plan digest"
+        )
+        decision = decision.model_copy(update={"mode": "manual", "reasons": [changed]})
     reasons = "; ".join(decision.reasons)
     if decision.mode == "auto":
         return incidents.transition(
             current.id,
             "approved",
             actor="policy",
-            payload={"mode": "auto", "reasons": decision.reasons},
+            payload={
+                "mode": "auto",
+                "reasons": decision.reasons,
+                "plan_digest": current.plan_digest,
+            },
             mode="auto",
             mode_reason=reasons,
             approver="policy:auto",
@@ -289,7 +322,7 @@ def decide(
         current.id,
         "awaiting_approval",
         actor=ACTOR,
-        payload={"mode": "manual", "reasons": decision.reasons},
+        payload={"mode": "manual", "reasons": decision.reasons, "plan_digest": current.plan_digest},
         mode="manual",
         mode_reason=reasons,
         expires_at=datetime.now(UTC) + timedelta(seconds=settings.approval_timeout_s),
@@ -337,6 +370,73 @@ def check_token(
     return claims, None
 
 
+PLAN_CHANGED = "the plan changed since you reviewed it"
+
+
+def check_plan(
+    current: incidents.IncidentOut,
+    decision: ApprovalDecision,
+    *,
+    via: str | None = None,
+    url: URL | None = None,
+) -> str | None:
+    """None when an approval may bind to the incident's plan; else why not, after an
+    ``approval.refused`` audit entry naming both digests. An approval that carries the digest
+    its approver reviewed must carry this incident's; one without a plan is never approved."""
+    if decision.decision != "approve":
+        return None  # a rejection of any plan is safe
+    reviewed, planned = decision.plan_digest, current.plan_digest
+    if planned is not None and reviewed in (None, planned):
+        return None
+    reason = (
+        f"{PLAN_CHANGED}: you reviewed plan {reviewed[:12]}, the incident's is "
+        f"{planned[:12]}; review the dry-run again"
+        if planned is not None and reviewed is not None
+        else "the incident has no plan digest from its dry-run: nothing can bind an approval"
+    )
+    payload = {
+        "reason": "plan_changed" if planned is not None else "no_plan",
+        "message": reason,
+        "reviewed_digest": reviewed,
+        "plan_digest": planned,
+    } | ({"via": via} if via else {})
+    incidents.note(
+        current.id,
+        "approval.refused",
+        actor=decision.approver or "unknown",
+        payload=payload,
+        url=url,
+    )
+    return reason
+
+
+def plan_lines(current: incidents.IncidentOut) -> list[str]:
+    """What an approver approves, in a few lines: playbook, version, manifest, digest, cluster
+    and each rendered step (for the Resume form and ``neuralops approve``)."""
+    record = current.dry_run or {}
+    lines = [
+        f"playbook: {current.playbook_id} version {record.get('version', '?')} "
+        f"(manifest sha256 {str(record.get('sha256', '?'))[:16]}...)",
+        f"plan digest: {current.plan_digest or '(none recorded)'}",
+        f"runs on: {current.cluster or 'the local runtime (mock cluster)'}",
+        "parameters: "
+        + (", ".join(f"{k}={v}" for k, v in sorted((current.parameters or {}).items())) or "-"),
+        "steps:",
+    ]
+    for number, step in enumerate(record.get("steps") or [], 1):
+        target = step.get("target") or {}
+        body = step.get("manifest") or {}
+        if target:
+            where = f"{target['namespace']}/" if target.get("namespace") else ""
+            what = f"{target.get('kind')} {where}{target.get('name')}"
+        else:
+            meta = body.get("metadata") or {}
+            where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+            what = f"{body.get('kind', 'object')} {where}{meta.get('name', '?')}"
+        lines.append(f"  {number}. {step.get('name')} ({step.get('action')} {what})")
+    return lines
+
+
 def apply_decision(
     incident_id: uuid.UUID | str,
     decision: ApprovalDecision,
@@ -345,14 +445,20 @@ def apply_decision(
     url: URL | None = None,
 ) -> tuple[incidents.IncidentOut, str | None]:
     """(incident, refusal). A token that does not prove an org-admin approver for this
-    incident changes nothing but an ``approval.refused`` audit entry; the run keeps waiting."""
+    incident, or an approval for another plan than the incident's (``check_plan``), changes
+    nothing but an ``approval.refused`` audit entry; the run keeps waiting. The decision's
+    audit entry records the plan digest it was given for."""
     current = incidents.get(incident_id, url=url)
     claims, refusal = check_token(current.id, decision, keys=keys, url=url)
     if claims is None:
         return current, refusal
+    if refusal := check_plan(current, decision, url=url):
+        return current, refusal
     payload = {
         "decision": decision.decision,
         "comment": decision.comment,
+        "plan_digest": current.plan_digest,
+        "reviewed_digest": decision.plan_digest,
         **claims.audit_payload(),  # the token's fingerprint, never the token
     }
     if decision.decision == "reject":
@@ -414,7 +520,9 @@ def execute(
             payload={"reason": f"signature: {exc}", "signature": exc.reason},
             url=url,
         )
-    rendered = policy.render(manifest, current.parameters or {})
+    rendered, refusal = verify_plan(current, manifest)
+    if rendered is None:
+        return _refuse_execution(current, RUNTIME, refusal or {}, url)
     started = datetime.now(UTC)
     incidents.transition(
         current.id, "executing", actor=ACTOR, payload={"runtime": RUNTIME}, url=url
@@ -431,6 +539,85 @@ def execute(
         payload={"run_id": run_id, "steps": [r.model_dump(mode="json") for r in results]},
         post_state=post_state,
         run_id=run_id,
+        url=url,
+    )
+
+
+def approved_plan(current: incidents.IncidentOut) -> dict[str, Any]:
+    """The plan the dry-run checked, from its record (for ``policy.plan_differences``)."""
+    record = current.dry_run or {}
+    return {
+        "playbook": record.get("playbook"),
+        "manifest_sha256": record.get("sha256"),
+        "version": record.get("version"),
+        "steps": record.get("steps"),
+        "parameters": current.parameters or {},
+        "cluster": current.cluster,
+    }
+
+
+def verify_plan(
+    current: incidents.IncidentOut, manifest: Manifest
+) -> tuple[policy.RenderedPlaybook | None, dict[str, Any] | None]:
+    """(rendered, None) when the registered manifest, rendered with the incident's parameters
+    for its cluster, is exactly the plan that was approved (same digest) and still passes the
+    policy checks; else (None, why) naming both digests and what differs."""
+    approved = current.plan_digest
+    try:
+        rendered = policy.render(manifest, current.parameters or {})
+    except InvalidInput as exc:
+        return None, {
+            "reason": f"the registered playbook {manifest.id} {manifest.version} no longer "
+            f"renders with the approved parameters: {exc}",
+            "approved_digest": approved,
+            "current_digest": None,
+            "differs": policy.plan_differences(
+                approved_plan(current), {"version": manifest.version}
+            ),
+        }
+    now = policy.plan_of(manifest, rendered, current.cluster)
+    digest = policy.digest_of_plan(now)
+    if approved is None or digest != approved:
+        differs = policy.plan_differences(approved_plan(current), now) or ["plan"]
+        what = ", ".join(differs)
+        return None, {
+            "reason": (
+                f"the plan changed since it was approved ({what} differ): approved "
+                f"{approved[:12] if approved else '(none)'}, registered playbook {manifest.id} "
+                f"{manifest.version} now gives {digest[:12]}; nothing was executed, start a new "
+                "remediation to review the new plan"
+            ),
+            "approved_digest": approved,
+            "current_digest": digest,
+            "differs": differs,
+            "approved_version": (current.dry_run or {}).get("version"),
+            "current_version": manifest.version,
+        }
+    if violations := policy.check(manifest, rendered):
+        return None, {
+            "reason": "the approved plan no longer passes the policy checks: "
+            + "; ".join(v.message for v in violations),
+            "approved_digest": approved,
+            "current_digest": digest,
+            "differs": [],
+            "violations": [v.model_dump(mode="json") for v in violations],
+        }
+    return rendered, None
+
+
+def _refuse_execution(
+    current: incidents.IncidentOut, runtime_name: str, refusal: dict[str, Any], url: URL | None
+) -> incidents.IncidentOut:
+    """An ``execute.refused`` audit entry, then the incident ``failed``: nothing ran."""
+    incidents.note(current.id, "execute.refused", actor=ACTOR, payload=refusal, url=url)
+    incidents.transition(
+        current.id, "executing", actor=ACTOR, payload={"runtime": runtime_name}, url=url
+    )
+    return incidents.transition(
+        current.id,
+        "failed",
+        actor=ACTOR,
+        payload={"runtime": runtime_name, "refused": True, **refusal},
         url=url,
     )
 
@@ -452,15 +639,20 @@ def _execute_on_cluster(
     refusal: str | None = None
     extra: dict[str, Any] = {}
     manifest = None
+    rendered = None
     try:
         manifest = enforce_registered(current.playbook_id, public_key_pem, url=url)
     except SignatureRejected as exc:  # changed between dry-run and now: refuse
         refusal, extra = f"signature: {exc}", {"signature": exc.reason}
+    if manifest is not None:
+        rendered, plan_refusal = verify_plan(current, manifest)
+        if rendered is None:
+            return _refuse_execution(current, runtime_name, plan_refusal or {}, url)
     if refusal is None and (problem := _cluster_problem(cluster, url)):
         refusal, extra = problem, {"cluster": cluster}
     if refusal is None and (signer is None or dispatch is None):
         refusal = f"cluster {cluster!r}: no signer or dispatcher to reach its connector"
-    if refusal is not None or manifest is None:
+    if refusal is not None or manifest is None or rendered is None:
         incidents.transition(
             current.id, "executing", actor=ACTOR, payload={"runtime": runtime_name}, url=url
         )
@@ -471,7 +663,6 @@ def _execute_on_cluster(
             payload={"reason": refusal, **extra},
             url=url,
         )
-    rendered = policy.render(manifest, current.parameters or {})
     lifetime = {"lifetime": trigger_lifetime} if trigger_lifetime else {}
     signed = sign_trigger(
         new_trigger(

@@ -377,3 +377,21 @@ def test_get_and_list(database_url: URL) -> None:
         incidents.list_incidents("done", url=database_url)
     with pytest.raises(InvalidInput, match="limit"):
         incidents.list_incidents(limit=0, url=database_url)
+
+
+def test_past_its_dry_run_an_incident_keeps_its_playbook_parameters_and_plan(
+    sqlite_url: URL,
+) -> None:
+    incident_id = _at(sqlite_url, "awaiting_approval")
+    entries = _audit_count(sqlite_url)
+    for field, value in [
+        ("playbook_id", "uncordon-node"),
+        ("parameters", {"node": "evil"}),
+        ("plan_digest", "0" * 64),
+    ]:
+        with pytest.raises(InvalidInput, match=f"past its dry-run.*{field}"):
+            incidents.transition(
+                incident_id, "approved", actor="a", url=sqlite_url, **{field: value}
+            )
+    assert incidents.get(incident_id, url=sqlite_url).state == "awaiting_approval"
+    assert _audit_count(sqlite_url) == entries

@@ -217,6 +217,7 @@ def _manifest(
     kinds: list[str] | None = None,
     namespaces: list[str] | None = None,
     parameters: list[dict[str, Any]] | None = None,
+    allowed_images: list[str] | None = None,
 ) -> Manifest:
     return parse_manifest(
         {
@@ -230,6 +231,7 @@ def _manifest(
                 "kinds": kinds or ["Deployment"],
             },
             "parameters": [PARAMS[0], *(parameters or PARAMS[1:])],
+            **({"allowed_images": allowed_images} if allowed_images is not None else {}),
             "steps": steps,
         }
     )
@@ -598,7 +600,21 @@ ONE_CASE_PER_RULE: dict[str, Any] = {
     "out-of-scope-namespace": lambda: _manifest(
         [_step("restart", target=_target(namespace="kube-system"))]
     ),
+    "unconstrained-parameter": lambda: _manifest(
+        [_step("apply", manifest=_pod_job({"containers": [_container(args=["echo {{ note }}"])]}))],
+        kinds=["Job"],
+        parameters=[PARAMS[1], {"name": "note", "description": "Free text.", "example": "hi"}],
+    ),
+    "image-not-allowed": lambda: _manifest(
+        [_step("apply", manifest=_pod_job({"containers": [_container("evil.example/psql:16")]}))],
+        kinds=["Job"],
+        allowed_images=["postgres"],
+    ),
 }
+
+
+def _container(image: str = "postgres:16.4", **fields: Any) -> dict[str, Any]:
+    return {"name": "c", "image": image, **fields}
 
 
 @pytest.mark.parametrize("rule", policy.RULES)
@@ -647,3 +663,210 @@ def test_diff_without_pre_state_shows_the_rendered_steps() -> None:
     assert "replicas: 6" in text and "namespace: payments" in text
     key = policy.object_key("Deployment", "payments", "payments-api")
     assert "spec.replicas 3 -> 6" in policy.diff(rendered, {key: {"spec": {"replicas": 3}}})
+
+
+# --- what reaches a shell or an image (issue 15) -----------------------------------------
+
+PSQL = {"name": "psql_image", "description": "Image with psql.", "pattern": "^[a-z0-9./:@-]+$"}
+
+
+def _job(container: dict[str, Any], parameters: list[dict[str, Any]], **kwargs: Any) -> Manifest:
+    return _manifest(
+        [_step("apply", manifest=_pod_job({"containers": [container]}))],
+        kinds=["Job"],
+        parameters=[PARAMS[1], *parameters],
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    ("container", "where"),
+    [
+        (_container(command=["/bin/sh", "-c", "echo {{ note }}"]), "command"),
+        (_container(args=["--table={{ note }}"]), "args"),
+        (_container(image="{{ note }}"), "image"),
+        (_container(image="registry.internal/{{ note }}:1"), "image"),
+    ],
+)
+def test_an_unconstrained_string_reaching_a_shell_or_an_image_is_a_problem(
+    container: dict[str, Any], where: str
+) -> None:
+    manifest = _job(container, [{"name": "note", "description": "Free text.", "example": "x"}])
+    problems = policy.manifest_problems(manifest)
+    unconstrained = [p for p in problems if p.rule == "unconstrained-parameter"]
+    assert len(unconstrained) == 1
+    message = unconstrained[0].message
+    assert "step s" in message and "'note'" in message and f"container's {where}" in message
+    assert "add a pattern" in message
+    with pytest.raises(InvalidInput, match=r"playbook crafted: step s: string parameter 'note'"):
+        policy.check_registrable([manifest])
+
+
+@pytest.mark.parametrize(
+    "param",
+    [
+        {"name": "note", "description": "Table.", "pattern": "^[a-z_]+$", "example": "events"},
+        {"name": "note", "description": "Mode.", "values": ["cancel", "terminate"]},
+        {"name": "note", "type": "integer", "description": "Seconds.", "example": 5},
+    ],
+    ids=["pattern", "values", "integer"],
+)
+def test_a_constrained_parameter_may_reach_args(param: dict[str, Any]) -> None:
+    manifest = _job(_container(args=["--x={{ note }}"]), [param])
+    assert policy.manifest_problems(manifest) == []
+    policy.check_registrable([manifest])
+
+
+def test_env_values_are_not_a_shell() -> None:
+    """The catalogue passes values to scripts through env (quoted "$VAR"), not args."""
+    container = _container(env=[{"name": "NOTE", "value": "{{ note }}"}])
+    manifest = _job(container, [{"name": "note", "description": "Free text.", "example": "x"}])
+    assert policy.manifest_problems(manifest) == []
+
+
+def test_a_values_list_is_enforced() -> None:
+    param = {"name": "mode", "description": "Mode.", "values": ["cancel", "terminate"]}
+    manifest = _job(_container(args=["--mode={{ mode }}"]), [param])
+    with pytest.raises(InvalidInput, match=r"parameters\.mode: 'drop' is not one of"):
+        policy.resolve_parameters(manifest, {"mode": "drop", "replicas": 1})
+    with pytest.raises(InvalidInput, match="not one of"):
+        policy.render(manifest, {"namespace": "payments", "replicas": 1, "mode": "drop"})
+    resolved = policy.resolve_parameters(manifest, {"mode": "cancel", "replicas": 1})
+    assert resolved["mode"] == "cancel"
+    with pytest.raises(InvalidInput, match="values"):
+        _job(_container(), [{"name": "m", "description": "x", "values": ["a"], "pattern": "^b$"}])
+
+
+def test_a_pattern_violating_value_never_renders() -> None:
+    manifest = _catalogue("vacuum-bloated-table")
+    with pytest.raises(InvalidInput, match=r"parameters\.table: 'x; rm -rf /' does not match"):
+        policy.resolve_parameters(manifest, {**_needs(manifest), "table": "x; rm -rf /"}, LABELS)
+    good = policy.resolve_parameters(manifest, _needs(manifest), LABELS)
+    with pytest.raises(InvalidInput, match="does not match"):
+        policy.render(manifest, {**good, "table": "x; rm -rf /"})
+
+
+def test_a_parameterised_image_needs_allowed_images() -> None:
+    manifest = _job(_container(image="{{ psql_image }}"), [PSQL])
+    [problem] = policy.manifest_problems(manifest)
+    assert problem.rule == "image-not-allowed"
+    assert "'psql_image'" in problem.message and "add allowed_images" in problem.message
+    with pytest.raises(InvalidInput, match="declares no allowed_images"):
+        policy.check_registrable([manifest])
+
+
+@pytest.mark.parametrize("source", ["given", "label", "render"])
+def test_an_image_outside_allowed_images_is_refused_whatever_its_source(source: str) -> None:
+    manifest = _catalogue("kill-long-running-queries")
+    evil = "evil.example/psql:16"
+    needs = _needs(manifest)
+    if source == "given":
+        with pytest.raises(InvalidInput, match=r"parameters\.psql_image: .*evil\.example/psql:16"):
+            policy.resolve_parameters(manifest, {**needs, "psql_image": evil}, LABELS)
+    elif source == "label":  # a parameter no label gives: the value falls back to its default
+        resolved = policy.resolve_parameters(manifest, needs, {**LABELS, "psql_image": evil})
+        assert resolved["psql_image"] == "postgres:16.4-alpine"
+    else:
+        good = policy.resolve_parameters(manifest, needs, LABELS)
+        with pytest.raises(InvalidInput, match="not in the playbook's allowed_images"):
+            policy.render(manifest, {**good, "psql_image": evil})
+        # The pattern already refuses :latest; the allow-list refuses the rest.
+        with pytest.raises(InvalidInput, match="does not match pattern"):
+            policy.render(manifest, {**good, "psql_image": "evil.example/psql:latest"})
+    good = policy.resolve_parameters(
+        manifest, {**needs, "psql_image": "postgres:17.2-alpine"}, LABELS
+    )
+    assert policy.check(manifest, policy.render(manifest, good)) == []
+
+
+def test_an_image_that_contains_a_placeholder_is_checked_once_rendered() -> None:
+    tag = {"name": "tag", "description": "Tag.", "pattern": "^[a-z0-9.-]+$", "example": "16.4"}
+    manifest = _job(_container(image="postgres:{{ tag }}"), [tag], allowed_images=["postgres:16.4"])
+    assert _violations(manifest, replicas=1) == []
+    [violation] = _violations(manifest, replicas=1, tag="17")
+    assert violation.rule == "image-not-allowed" and "'postgres:17'" in violation.message
+
+
+def test_defaults_and_literal_images_must_be_allowed_too() -> None:
+    param = {**PSQL, "default": "evil.example/psql:16"}
+    manifest = _job(_container(image="{{ psql_image }}"), [param], allowed_images=["postgres"])
+    [problem] = policy.manifest_problems(manifest)
+    assert "evil.example/psql:16" in problem.message and "default" in problem.message
+    literal = _job(_container("busybox:1.36.1"), [], allowed_images=["postgres"])
+    assert _rules(policy.manifest_problems(literal)) == ["image-not-allowed"]
+    assert _job(_container("busybox:1.36.1"), []).allowed_images == []  # none: literal is fine
+    assert policy.manifest_problems(_job(_container("busybox:1.36.1"), [])) == []
+
+
+@pytest.mark.parametrize(
+    ("image", "allowed", "matches"),
+    [
+        ("postgres:16.4-alpine", ["postgres"], True),  # a bare repository: any tag
+        ("docker.io/library/postgres:16", ["postgres"], True),  # normalised like a runtime
+        ("postgres@sha256:" + "a" * 64, ["postgres"], True),
+        ("evil.example/postgres:16", ["postgres"], False),
+        ("evil.example/psql:latest", ["postgres", "ghcr.io/cloudnative-pg/postgresql"], False),
+        ("postgres:16.4", ["postgres:16.4"], True),  # a tag: exactly that tag
+        ("postgres:16", ["postgres:16.4"], False),
+        ("postgres:16.4@sha256:" + "b" * 64, ["postgres:16.4"], False),
+        ("postgres", ["postgres:latest"], True),
+        ("postgres@sha256:" + "a" * 64, ["postgres@sha256:" + "a" * 64], True),  # a digest
+        ("postgres:16@sha256:" + "a" * 64, ["postgres@sha256:" + "a" * 64], True),
+        ("postgres@sha256:" + "b" * 64, ["postgres@sha256:" + "a" * 64], False),
+        ("postgres:16.4", ["postgres@sha256:" + "a" * 64], False),
+        ("registry.internal/payments/batch:2", ["registry.internal/*"], True),  # a prefix
+        ("registry.internal.evil/payments/batch:2", ["registry.internal/*"], False),
+        ("ghcr.io/cloudnative-pg/postgresql-evil:16", ["ghcr.io/cloudnative-pg/postgresql"], False),
+        ("x; rm -rf /", ["postgres"], False),
+    ],
+)
+def test_allowed_images_matching(image: str, allowed: list[str], matches: bool) -> None:
+    from neuralops.manifest import image_allowed
+
+    assert image_allowed(image, allowed) is matches
+
+
+@pytest.mark.parametrize("entry", ["*", "a/*/b", "evil.example/*x", "Postgres", "postgres@md5:1"])
+def test_malformed_allowed_images_are_refused(entry: str) -> None:
+    with pytest.raises(InvalidInput, match="allowed_images"):
+        _job(_container(), [], allowed_images=[entry])
+
+
+def test_manifests_without_the_new_fields_keep_their_hash() -> None:
+    """allowed_images and values enter the signed bytes only when set: manifests signed before
+    they existed still verify."""
+    manifest = _catalogue("restart-deployment")
+    assert b"allowed_images" not in manifest.canonical_json()
+    assert b'"values"' not in manifest.canonical_json()
+    assert b"allowed_images" in _catalogue("vacuum-bloated-table").canonical_json()
+
+
+# --- the plan an approval binds to ---------------------------------------------------------
+
+
+def _plan(manifest: Manifest, cluster: str | None = None, **given: Any) -> str:
+    params = policy.resolve_parameters(manifest, {"container": "api", **given}, LABELS)
+    return policy.plan_digest(manifest, policy.render(manifest, params), cluster)
+
+
+def test_the_plan_digest_is_stable_and_covers_what_runs() -> None:
+    manifest = _catalogue("raise-memory-limit")
+    digest = _plan(manifest)
+    assert len(digest) == 64 and digest == _plan(_catalogue("raise-memory-limit"))
+    data = manifest.model_dump(mode="json")
+    new_version = Manifest.model_validate({**data, "version": "1.0.1"})
+    steps = [{**data["steps"][0], "description": "also something else"}, *data["steps"][1:]]
+    new_steps = Manifest.model_validate({**data, "version": "1.0.1", "steps": steps})
+    others = {
+        "version": _plan(new_version),
+        "steps": _plan(new_steps),
+        "parameters": _plan(manifest, memory_limit="4Gi"),
+        "cluster": _plan(manifest, cluster="edge-1"),
+    }
+    assert digest not in others.values() and len(set(others.values())) == len(others)
+
+    params = policy.resolve_parameters(manifest, {"container": "api"}, LABELS)
+    before = policy.plan_of(manifest, policy.render(manifest, params), None)
+    after = policy.plan_of(new_steps, policy.render(new_steps, params), None)
+    assert policy.plan_differences(before, after) == ["manifest", "version", "steps"]
+    assert policy.digest_of_plan(before) == digest

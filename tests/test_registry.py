@@ -190,3 +190,65 @@ def test_registering_after_runs_picks_up_the_latest_run(database_url: URL, tmp_p
 def test_unknown_playbook_is_not_found(database_url: URL) -> None:
     with pytest.raises(NotFound, match="neuralops playbook list"):
         registry.get_playbook("nope")
+
+
+def _job_manifest(**parameter: object) -> dict:
+    """A playbook whose Job runs ``psql -c "{{ query }}"``, ``query`` as given."""
+    return _manifest(
+        id="run-a-query",
+        title="Run a query",
+        scope={"namespaces": ["{{ namespace }}"], "kinds": ["Job"]},
+        parameters=[
+            {"name": "namespace", "description": "Namespace.", "pattern": "^[a-z0-9-]+$"},
+            {"name": "query", "description": "What to run.", **parameter},
+        ],
+        steps=[
+            {
+                "name": "run-query",
+                "description": "Apply a Job running the query.",
+                "action": "apply",
+                "manifest": {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "metadata": {"name": "q", "namespace": "{{ namespace }}"},
+                    "spec": {
+                        "template": {
+                            "spec": {
+                                "containers": [
+                                    {
+                                        "name": "psql",
+                                        "image": "postgres:16.4",
+                                        "args": ["psql", "-c", "{{ query }}"],
+                                    }
+                                ]
+                            }
+                        }
+                    },
+                },
+            }
+        ],
+    )
+
+
+def test_an_unconstrained_parameter_in_args_is_refused_at_registration(
+    database_url: URL, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, _job_manifest())
+    with pytest.raises(InvalidInput) as refused:
+        registry.add_playbooks(registry.load_manifests([path]))
+    message = str(refused.value)
+    assert "playbook run-a-query" in message and "step run-query" in message
+    assert "'query'" in message and "args" in message and "add a pattern" in message
+    assert registry.list_playbooks() == []  # nothing written
+    constrained = _write(tmp_path / "ok", _job_manifest(pattern="^SELECT [a-z_, ]+ FROM [a-z_]+$"))
+    [added] = registry.add_playbooks(registry.load_manifests([constrained]))
+    assert added.change is registry.Change.added
+
+
+def test_the_shipped_catalogue_passes_the_registration_checks() -> None:
+    from neuralops import policy
+
+    for manifest in registry.load_manifests([registry.catalogue_dir()]):
+        assert policy.manifest_problems(manifest) == [], manifest.id
+        if policy.image_parameters(manifest):
+            assert manifest.allowed_images, manifest.id
