@@ -7,9 +7,12 @@ the incident's state instead of repeating steps. Started by the deployment trigg
 
 Approval: run from a deployment, the flow *suspends* (no worker is held while a human
 decides); run in-process it *pauses*. Either way it waits for an ``ApprovalDecision``
-typed in the run page's Resume form. A token that does not prove an org-admin approver for
-this incident leaves the run waiting (a new pause, with the reason as an artifact and an
-``approval.refused`` audit entry) until the approval deadline, when the incident expires.
+typed in the run page's Resume form. The form shows the plan it approves (playbook, version,
+plan digest, steps) and carries that digest; the approval binds to it and execution refuses
+any other plan. A token that does not prove an org-admin approver for this incident, or a
+digest that is not the incident's, leaves the run waiting (a new pause, with the reason as
+an artifact and an ``approval.refused`` audit entry) until the approval deadline, when the
+incident expires.
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ def _wait_for_approval(
 ) -> incidents.IncidentOut:
     """Pause (or suspend) until a valid decision arrives or the deadline passes."""
     logger = get_run_logger()
+    form = approval_form(current)
     while current.state == "awaiting_approval":
         remaining = (current.expires_at - datetime.now(UTC)).total_seconds()
         if remaining <= 0:
@@ -120,12 +124,12 @@ def _wait_for_approval(
         try:
             if from_deployment:
                 decision = suspend_flow_run(
-                    wait_for_input=ApprovalDecision, timeout=int(remaining) + 1, key=key
+                    wait_for_input=form, timeout=int(remaining) + 1, key=key
                 )
             else:
                 # Survives a Prefect server outage longer than the client's own retries.
                 decision = pause_for_approval(
-                    key=key, timeout=int(remaining) + 1, poll_interval=POLL_S
+                    key=key, timeout=int(remaining) + 1, poll_interval=POLL_S, form=form
                 )
         except FlowPauseTimeout:
             return remediation.expire(current.id)
@@ -140,6 +144,47 @@ def _wait_for_approval(
                 description=f"Incident {current.id}: the last approval attempt was refused",
             )
     return current
+
+
+def approval_form(current: incidents.IncidentOut) -> type[ApprovalDecision]:
+    """The Resume form: an ``ApprovalDecision`` whose description is the plan it approves
+    (playbook, version, plan digest, steps) and whose plan digest is filled in with it."""
+    from prefect.input.run_input import run_input_subclass_from_type
+    from pydantic import Field, create_model
+
+    base = run_input_subclass_from_type(ApprovalDecision)
+    field = ApprovalDecision.model_fields["plan_digest"]
+    form = create_model(
+        base.__name__,
+        __base__=base,
+        plan_digest=(
+            str | None,
+            Field(
+                current.plan_digest,
+                pattern=remediation.DIGEST_PATTERN,
+                title=field.title,
+                description=field.description,
+            ),
+        ),
+    )
+    form._description = approval_description(current)  # what Prefect shows above the form
+    return form
+
+
+def approval_description(current: incidents.IncidentOut) -> str:
+    """Markdown above the Resume form: exactly what an approval lets run."""
+    return "\n".join(
+        [
+            f"### Approve incident {current.id}",
+            "",
+            "The approval is for this plan only: if the registered playbook changes before "
+            "execution (a new version, other steps), execution is refused.",
+            "",
+            "```",
+            *remediation.plan_lines(current),
+            "```",
+        ]
+    )
 
 
 def _already_handled(other: incidents.IncidentOut) -> dict[str, Any]:
@@ -233,6 +278,10 @@ def _publish_dry_run(current: incidents.IncidentOut) -> None:
                 "",
                 f"Signature: {result.get('signature', result.get('reason', '-'))}; "
                 f"runtime: {result.get('runtime', '-')}",
+                "",
+                f"Playbook `{result.get('playbook', current.playbook_id or '-')}` version "
+                f"{result.get('version', '-')}; plan digest `{current.plan_digest or '-'}` "
+                "(an approval binds to it; execution refuses any other plan)",
                 "",
                 *(["### Policy violations", "", *violations, ""] if violations else []),
                 "### What would change",

@@ -1370,9 +1370,17 @@ def approve(
     approver: Annotated[str, typer.Option(help="Your id: the token's subject.")],
     reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approve.")] = False,
     comment: Annotated[str, typer.Option(help="Why; kept in the audit trail.")] = "",
+    plan_digest: Annotated[
+        str | None,
+        typer.Option(
+            help="The plan digest you reviewed (dry-run artifact, Resume form); refused if the "
+            "incident's plan is another. Default: the digest printed here."
+        ),
+    ] = None,
 ) -> None:
     """Approve (or reject) a remediation waiting for approval, with the same token check as
-    the Prefect UI's Resume form; a valid decision resumes the waiting run with it."""
+    the Prefect UI's Resume form; a valid decision resumes the waiting run with it. Prints the
+    plan first (playbook, version, plan digest, steps): the approval binds to that plan."""
     from neuralops import approval, incidents, remediation
 
     settings = get_settings()
@@ -1381,12 +1389,20 @@ def approve(
     if current.state != "awaiting_approval":
         err.print(f"[red]error:[/] incident {current.id} is {current.state}, not awaiting approval")
         raise typer.Exit(2)
-    decision = remediation.ApprovalDecision(
-        decision="reject" if reject else "approve",
-        approver=approver,
-        token=token,
-        comment=comment,
-    )
+    for line in remediation.plan_lines(current):  # what is approved, before approving it
+        out.print(line, highlight=False, markup=False)
+    try:
+        decision = remediation.ApprovalDecision(
+            decision="reject" if reject else "approve",
+            approver=approver,
+            token=token,
+            comment=comment,
+            plan_digest=plan_digest or current.plan_digest,
+        )
+    except ValidationError as exc:  # never echo the values: the token is one of them
+        fields = ", ".join(f"--{str(e['loc'][0]).replace('_', '-')}" for e in exc.errors())
+        err.print(f"[red]error:[/] invalid {fields} (a plan digest is 64 lowercase hex)")
+        raise typer.Exit(2) from None
     keys = approval.keys_from_settings(settings)
     if current.flow_run_id is None:  # no run is waiting: apply it here
         current, refusal = remediation.apply_decision(current.id, decision, keys=keys)
@@ -1395,8 +1411,9 @@ def approve(
             raise typer.Exit(2)
         out.print(f"incident {current.id} is {current.state}", highlight=False)
         return
-    # The same check the run will make, so a bad token fails here, not silently there.
+    # The same checks the run will make, so a bad token or plan fails here, not silently there.
     _, refusal = remediation.check_token(current.id, decision, keys=keys, via="cli")
+    refusal = refusal or remediation.check_plan(current, decision, via="cli")
     if refusal:
         err.print(f"[red]refused:[/] {refusal}", highlight=False)
         raise typer.Exit(2)

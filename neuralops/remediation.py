@@ -60,6 +60,9 @@ def connector_runtime(cluster: str) -> str:
     return f"connector:{cluster}"
 
 
+DIGEST_PATTERN = r"^[0-9a-f]{64}$"
+
+
 class ApprovalDecision(BaseModel):
     """What the approver enters (the Resume form and `neuralops approve`)."""
 
@@ -83,7 +86,7 @@ class ApprovalDecision(BaseModel):
     )
     plan_digest: str | None = Field(
         None,
-        pattern=r"^[0-9a-f]{64}$",
+        pattern=DIGEST_PATTERN,
         title="Plan digest",
         description="The plan digest you reviewed (the dry-run's, shown above): the approval "
         "is refused if the incident's plan is not this one. Execution runs only this plan.",

@@ -114,7 +114,7 @@ def flow_run_ended(flow_run_id: uuid.UUID) -> str | None:
 
 
 def pause_for_approval(
-    *, key: str, timeout: float, poll_interval: float
+    *, key: str, timeout: float, poll_interval: float, form: type | None = None
 ) -> remediation.ApprovalDecision:
     """``pause_flow_run`` waiting for an ``ApprovalDecision``, surviving a Prefect API outage.
 
@@ -124,7 +124,8 @@ def pause_for_approval(
     with ``httpx.ConnectError`` and nobody is left to execute the approval. Here a transport
     error keeps the run waiting: it asks again every ``poll_interval`` until the run is resumed
     (the decision returned), the pause is redone (it never reached the server), or
-    ``timeout`` passes (``FlowPauseTimeout``, as ``pause_flow_run``)."""
+    ``timeout`` passes (``FlowPauseTimeout``, as ``pause_flow_run``). ``form``: the Resume
+    form's model (an ``ApprovalDecision`` described by its plan), else ``ApprovalDecision``."""
     import httpx
     from prefect import get_run_logger, pause_flow_run
     from prefect.context import get_run_context
@@ -132,9 +133,10 @@ def pause_for_approval(
     from prefect.input.run_input import keyset_from_base_key, run_input_subclass_from_type
 
     deadline = time.monotonic() + timeout
+    wanted = form or remediation.ApprovalDecision
     try:
         return pause_flow_run(
-            wait_for_input=remediation.ApprovalDecision,
+            wait_for_input=wanted,
             timeout=max(1, int(timeout)),
             poll_interval=int(poll_interval),
             key=key,
@@ -144,7 +146,7 @@ def pause_for_approval(
             "the Prefect API did not answer while waiting for approval (%s): still waiting", exc
         )
     run_id = get_run_context().flow_run.id
-    form = run_input_subclass_from_type(remediation.ApprovalDecision)
+    run_input = run_input_subclass_from_type(wanted)
     keyset = keyset_from_base_key(f"paused-{key}")
     while time.monotonic() < deadline:
         time.sleep(poll_interval)
@@ -155,15 +157,18 @@ def pause_for_approval(
                     try:  # the outage may have cut the pause short of saving its form
                         client.read_flow_run_input(run_id, keyset["schema"])
                     except Exception:
-                        form.save(keyset, flow_run_id=run_id)
+                        run_input.save(keyset, flow_run_id=run_id)
                     continue
         except httpx.TransportError:
             continue
         if run.state is not None and run.state.is_running():
             if key in (run.empirical_policy.pause_keys or set()):  # resumed meanwhile
-                return form.load(keyset, flow_run_id=run_id)
+                return run_input.load(keyset, flow_run_id=run_id)
             return pause_for_approval(  # the pause never reached the server: pause now
-                key=key, timeout=deadline - time.monotonic(), poll_interval=poll_interval
+                key=key,
+                timeout=deadline - time.monotonic(),
+                poll_interval=poll_interval,
+                form=form,
             )
         state = run.state.name if run.state else "no state"
         raise RuntimeError(f"flow run {run_id} is {state} while waiting for approval")
