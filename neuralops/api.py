@@ -30,6 +30,7 @@ from fastapi import (
 )
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -51,6 +52,7 @@ from pydantic import (
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
 
 from neuralops import __version__, api_auth, clusters, registry, runs, signals
 from neuralops.api_auth import ApiPrincipal, AuthRefused
@@ -325,34 +327,75 @@ HEARTBEAT_BEARER = HTTPBearer(
 
 def authorized(scope: str) -> Callable[..., ApiPrincipal]:
     """A dependency: the principal of the request's bearer token, if it holds ``scope``
-    (else ``AuthRefused``: 401 or 403). The keys are the app's (``app.state.api_keys``)."""
+    (else ``AuthRefused``: 401 or 403). The keys are the app's (``app.state.api_keys``).
+    :class:`AuthenticatedRoute` runs it before the body is read; the token is verified once
+    a request."""
     if scope not in api_auth.SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
-    def principal(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(API_BEARER)],
-    ) -> ApiPrincipal:
-        token = credentials.credentials if credentials is not None else None
-        found = api_auth.verify_api_token(token, keys=request.app.state.api_keys)
+    def check(request: Request) -> ApiPrincipal:
+        found = getattr(request.state, "api_principal", None)
+        if found is None:
+            token = api_auth.bearer_token(request.headers.get("authorization"))
+            found = api_auth.verify_api_token(token, keys=request.app.state.api_keys)
+            request.state.api_principal = found
         return api_auth.require_scope(found, scope)
 
+    def principal(
+        request: Request,
+        _: Annotated[HTTPAuthorizationCredentials | None, Security(API_BEARER)],
+    ) -> ApiPrincipal:  # the HTTPBearer parameter puts the scheme in the OpenAPI document
+        return check(request)
+
+    principal.authenticate = check  # type: ignore[attr-defined]
     return principal
 
 
-def heartbeat_key(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(HEARTBEAT_BEARER)],
-) -> str:
-    """A dependency: the heartbeat key the request presents (else 401, before the body is
-    even validated)."""
-    if credentials is None or not credentials.credentials:
+def _heartbeat_key(request: Request) -> str:
+    key = api_auth.bearer_token(request.headers.get("authorization"))
+    if not key:
         raise clusters.HeartbeatRefused(
             401,
             "missing",
             "no heartbeat key: send `Authorization: Bearer <key>`, the key issued when the "
             "cluster registered",
         )
-    return credentials.credentials
+    return key
+
+
+def heartbeat_key(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(HEARTBEAT_BEARER)],
+) -> str:
+    """A dependency: the heartbeat key the request presents (else 401)."""
+    return _heartbeat_key(request)
+
+
+heartbeat_key.authenticate = _heartbeat_key  # type: ignore[attr-defined]
+
+
+class AuthenticatedRoute(APIRoute):
+    """A route that checks its credential before FastAPI reads the body: a request without
+    a good one is a 401 (or 403) whatever its body, never a 400 or 422 that would tell an
+    anonymous caller about the operation. The checks are the route's dependencies that carry
+    an ``authenticate(request)`` function (:func:`authorized`, :func:`heartbeat_key`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handle = super().get_route_handler()
+        checks = [
+            d.call.authenticate
+            for d in self.dependant.dependencies
+            if callable(getattr(d.call, "authenticate", None))
+        ]
+        if not checks:
+            return handle
+
+        async def authenticate_first(request: Request) -> Response:
+            for check in checks:
+                await run_in_threadpool(check, request)  # a JWKS fetch may block
+            return await handle(request)
+
+        return authenticate_first
 
 
 def create_app(database_url: URL | None = None) -> FastAPI:
@@ -370,6 +413,7 @@ def create_app(database_url: URL | None = None) -> FastAPI:
         ),
     )
     app.state.api_keys = keys
+    app.router.route_class = AuthenticatedRoute  # before any route is added
 
     @app.middleware("http")
     async def measure(request: Request, call_next):

@@ -24,6 +24,7 @@ import pytest
 import schemathesis
 import sqlalchemy as sa
 import yaml
+from conftest import api_headers
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -107,7 +108,7 @@ def seeded(database_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.fixture
 def client(seeded: URL) -> TestClient:
-    return TestClient(create_app(seeded))
+    return TestClient(create_app(seeded), headers=api_headers())
 
 
 # --- the OpenAPI spec, fuzzed ------------------------------------------------------------------
@@ -120,8 +121,10 @@ FUZZ_EXAMPLES = 25  # per operation and generation mode
 def test_no_operation_answers_a_server_error(seeded: URL) -> None:
     """Every operation of the OpenAPI spec, with data that fits its schema and data that
     does not (Schemathesis), answers without a 5xx: the ``not_a_server_error`` check. The
-    one 5xx allowed is /register's documented 503 while Vault is not configured."""
+    one 5xx allowed is /register's documented 503 while Vault is not configured. Requests
+    carry an API token with every scope, so they reach the handlers."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(seeded))
+    auth = api_headers()
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 13
     examples: dict[str, int] = {}
@@ -140,7 +143,7 @@ def test_no_operation_answers_a_server_error(seeded: URL) -> None:
             )
             def call(case) -> None:
                 examples[case.operation.label] = examples.get(case.operation.label, 0) + 1
-                response = case.call()
+                response = case.call(headers=auth)
                 if response.status_code == 503 and case.path == "/register":
                     assert "VAULT_ADDR" in response.json()["detail"]
                     return
@@ -151,6 +154,53 @@ def test_no_operation_answers_a_server_error(seeded: URL) -> None:
     print(f"schemathesis: {len(examples)} operations, {sum(examples.values())} examples")
     print(examples)
     assert set(examples) == {op.label for op in operations}
+
+
+OPEN_OPERATIONS = {"GET /healthz", "GET /metrics"}
+
+
+@pytest.mark.slow
+def test_every_operation_but_health_and_metrics_is_401_without_a_token(seeded: URL) -> None:
+    """Schemathesis' cases for each operation, valid and invalid, sent without any
+    credential: 401 with a Bearer challenge before anything is validated or written, except
+    the two open operations."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(seeded))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    before = row_counts(seeded)
+    answered: dict[str, set[int]] = {}
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(
+                max_examples=5,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            def call(case) -> None:
+                if case.headers:
+                    case.headers.pop("Authorization", None)
+                    case.headers.pop("authorization", None)
+                response = case.call()
+                answered.setdefault(case.operation.label, set()).add(response.status_code)
+                if case.operation.label in OPEN_OPERATIONS:
+                    assert response.status_code in (200, 503), response.text
+                    return
+                assert response.status_code in (401, 413), (case.operation.label, response.text)
+                if response.status_code == 401:
+                    [challenge] = response.headers["www-authenticate"]  # schemathesis: lists
+                    assert challenge.startswith("Bearer realm=")
+
+            with contextlib.suppress(Unsatisfiable):
+                call()
+    assert set(answered) == {op.label for op in operations}
+    for label, statuses in answered.items():
+        if label not in OPEN_OPERATIONS:
+            assert 401 in statuses, (label, statuses)
+    assert row_counts(seeded) == before
 
 
 # --- POST /runs --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import api_headers
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import URL
 from typer.testing import CliRunner
@@ -239,7 +240,7 @@ def test_cli_and_api_agree_on_the_largest_top() -> None:
 
 @pytest.fixture
 def client(history: URL) -> TestClient:
-    return TestClient(create_app(history))
+    return TestClient(create_app(history), headers=api_headers())
 
 
 def test_api_recommends_for_a_signal(
@@ -249,7 +250,7 @@ def test_api_recommends_for_a_signal(
     register_catalogue()
     build_history(tmp_path)
     oom = seed_signals()["oom-kills"]
-    client = TestClient(create_app(database_url))
+    client = TestClient(create_app(database_url), headers=api_headers())
     response = client.post("/recommend", json={"signal_id": oom, "top": 2})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -308,7 +309,7 @@ def test_api_rejects_bad_requests_with_422(client: TestClient, body: dict, expec
 
 
 def test_api_without_registered_playbooks_is_503_saying_how_to_fix_it(sqlite_url: URL) -> None:
-    response = TestClient(create_app(sqlite_url)).post(
+    response = TestClient(create_app(sqlite_url), headers=api_headers()).post(
         "/recommend", json={"incident": {"summary": OOM_TEXT}}
     )
     assert response.status_code == 503
@@ -320,7 +321,7 @@ def test_api_sees_history_vectorized_after_its_first_request(
 ) -> None:
     use_embedder(monkeypatch, "hashing")
     register_catalogue()
-    client = TestClient(create_app(sqlite_url))
+    client = TestClient(create_app(sqlite_url), headers=api_headers())
     body = {"incident": {"summary": OOM_TEXT}}
     before = client.post("/recommend", json=body).json()["recommendations"][0]
     assert before["playbook_id"] == "raise-memory-limit"
@@ -331,7 +332,7 @@ def test_api_sees_history_vectorized_after_its_first_request(
 
 
 def test_api_documents_the_request(sqlite_url: URL) -> None:
-    schema = TestClient(create_app(sqlite_url)).get("/openapi.json").json()
+    schema = TestClient(create_app(sqlite_url), headers=api_headers()).get("/openapi.json").json()
     operation = schema["paths"]["/recommend"]["post"]
     assert {"200", "404", "422", "503"} <= set(operation["responses"])
     request = schema["components"]["schemas"]["RecommendRequest"]["properties"]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_until
+from conftest import api_headers, wait_until
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -219,7 +219,7 @@ def test_no_planted_secret_reaches_any_output(
         outputs["signal row"] = json.dumps([row.labels, row.hint, row.correlated], default=str)
     assert "approval.refused" in outputs["audit entries"]
     assert "incident.approved" in outputs["audit entries"]
-    api = TestClient(create_app())
+    api = TestClient(create_app(), headers=api_headers())
     outputs["GET /signals"] = api.get("/signals").text
     outputs["POST /recommend"] = api.post("/recommend", json={"signal_id": str(signal_id)}).text
     outputs["POST /runs echo"] = api.post(

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import api_headers
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import URL
 from typer.testing import CliRunner
@@ -33,7 +34,7 @@ def recent(prom) -> str:
 
 
 def test_api_analyze_finds_the_spike_lists_it_and_counts_it(prom, database_url: URL) -> None:
-    client = TestClient(create_app(database_url))
+    client = TestClient(create_app(database_url), headers=api_headers())
     body = {"query": prom.spike.selector, "lookback": "2h", "step": "1m", "recent": recent(prom)}
     response = client.post("/analyze", json=body)
     assert response.status_code == 200, response.text
@@ -54,7 +55,7 @@ def test_api_analyze_finds_the_spike_lists_it_and_counts_it(prom, database_url: 
 
 
 def test_api_analyze_a_quiet_series(prom, sqlite_url: URL) -> None:
-    client = TestClient(create_app(sqlite_url))
+    client = TestClient(create_app(sqlite_url), headers=api_headers())
     body = {"query": 'http_request_duration_seconds_p99{service="db"}', "lookback": "2h"}
     result = client.post("/analyze", json=body).json()
     assert result["signal_id"] is None and result["series"] == 1
@@ -73,7 +74,7 @@ def test_api_analyze_a_quiet_series(prom, sqlite_url: URL) -> None:
 def test_api_analyze_rejects_bad_requests_naming_the_field(
     prom, sqlite_url: URL, body: dict, field: str
 ) -> None:
-    response = TestClient(create_app(sqlite_url)).post("/analyze", json=body)
+    response = TestClient(create_app(sqlite_url), headers=api_headers()).post("/analyze", json=body)
     assert response.status_code == 422
     assert field in response.text
 
@@ -81,13 +82,15 @@ def test_api_analyze_rejects_bad_requests_naming_the_field(
 def test_api_analyze_bad_promql_is_422_and_a_down_prometheus_503(
     prom, sqlite_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = TestClient(create_app(sqlite_url))
+    client = TestClient(create_app(sqlite_url), headers=api_headers())
     bad = client.post("/analyze", json={"query": "rate(up[5m]"})
     assert bad.status_code == 422 and "rate(up[5m]" in bad.text
 
     monkeypatch.setenv("PROM_URL", f"http://127.0.0.1:{free_port()}")
     get_settings.cache_clear()
-    down = TestClient(create_app(sqlite_url)).post("/analyze", json={"query": "up"})
+    down = TestClient(create_app(sqlite_url), headers=api_headers()).post(
+        "/analyze", json={"query": "up"}
+    )
     assert down.status_code == 503 and "unreachable" in down.json()["detail"]
     assert client.get("/signals").json() == []
 
