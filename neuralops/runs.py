@@ -1,12 +1,27 @@
-"""The run logger: every workflow run, validated, upserted by run_id, tied to its playbook."""
+"""The run logger: every workflow run, validated, stored by run_id, tied to its playbook.
+
+Each run records where it came from (``provenance``) and whether that was confirmed
+(``verified``): ``prefect`` (the run-logger hook; verified when the Prefect API knows the flow
+run), ``neuralops`` (an execution NeuralOps performed; verified), ``api:<subject>`` (a writer
+authenticated at ``POST /runs``), ``seed`` (synthetic history), ``local`` (any other library
+call). Only verified runs and runs of writers an operator trusts (``NEURALOPS_TRUSTED_WRITERS``)
+teach the recommender (docs/run-history.md).
+
+A finished run (succeeded, failed, cancelled, crashed) is immutable: logging the same run_id
+with the same content again is idempotent (nothing is written), with different content it is
+a ``Conflict`` and nothing in the batch is written. A pending or running run may be updated,
+only by the writer (provenance) that logged it. NeuralOps corrects the status of its own
+executions through ``record_outcome``, never through ``log_run``.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -27,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from neuralops.db import session_scope
 from neuralops.db.models import RUN_STATUSES, Playbook, WorkflowRun, utcnow
-from neuralops.errors import InvalidInput, NotFound
+from neuralops.errors import Conflict, InvalidInput, NotFound
 
 RunStatus = Literal["pending", "running", "succeeded", "failed", "cancelled", "crashed"]
 if set(get_args(RunStatus)) != set(RUN_STATUSES):  # the API and the CHECK constraint agree
@@ -36,17 +51,55 @@ if set(get_args(RunStatus)) != set(RUN_STATUSES):  # the API and the CHECK const
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 MAX_JSON_BYTES = 1024 * 1024  # per JSON field; run history is not a blob store
 MAX_BIGINT = 2**63 - 1
+FINISHED = frozenset({"succeeded", "failed", "cancelled", "crashed"})
+# A run cannot start after it is logged; a little slack for writers' clocks.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+# Where a run came from (workflow_runs.provenance, migration 0007).
+PREFECT = "prefect"  # the run-logger hook (neuralops.hooks), with its flow run id
+NEURALOPS = "neuralops"  # an execution NeuralOps performed (remediation.log_execution)
+SEED = "seed"  # synthetic history: `neuralops seed runs`, the demo's seed-demo flow
+LOCAL = "local"  # any other library call
+API_PREFIX = "api:"  # + the authenticated subject of POST /runs
+# Provenance values: a known word, or api:<subject> (no spaces or commas: the trusted-writers
+# setting is a comma-separated list of them).
+PROVENANCE_PATTERN = r"^(prefect|neuralops|seed|local|unknown|api:[^\s,\x00-\x1f\x7f]{1,196})$"
+_PROVENANCE = re.compile(PROVENANCE_PATTERN)
+
+
+def api_provenance(subject: str) -> str:
+    """The provenance of runs posted by an authenticated API writer."""
+    return check_provenance(f"{API_PREFIX}{subject}")
+
+
+def check_provenance(value: str) -> str:
+    if not isinstance(value, str) or not _PROVENANCE.fullmatch(value):
+        raise InvalidInput(
+            f"provenance {value!r}: use prefect, neuralops, seed, local, unknown or "
+            "api:<subject> (at most 200 characters, no spaces or commas)"
+        )
+    return value
 
 
 def refuse_nul(value: Any) -> Any:
     """``value`` unchanged; a ValueError if any string or key in it holds a NUL character,
-    which PostgreSQL cannot store in text or JSONB (SQLite would, so the backends differ)."""
+    which PostgreSQL cannot store in text or JSONB (SQLite would, so the backends differ), or
+    text that cannot be encoded as UTF-8 (a lone surrogate such as \\ud800: neither backend
+    can store it, and an export could not write it)."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
                 raise ValueError("must not contain NUL characters (\\u0000)")
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(
+                        "must be valid Unicode text: a lone surrogate (\\ud800-\\udfff) "
+                        "cannot be encoded"
+                    ) from None
         elif isinstance(item, Mapping):
             stack.extend(item.keys())
             stack.extend(item.values())
@@ -68,6 +121,21 @@ def _in_range(value: datetime | None) -> datetime | None:
     return value
 
 
+def _not_future(value: datetime | None) -> datetime | None:
+    """Not more than MAX_CLOCK_SKEW ahead of now: a future time would pin a resource's
+    "latest" run (and the recommender's recency) for as long as it lies ahead."""
+    if value is not None and value > datetime.now(UTC) + MAX_CLOCK_SKEW:
+        minutes = int(MAX_CLOCK_SKEW.total_seconds() // 60)
+        raise ValueError(
+            f"is more than {minutes} minutes in the future: a run is logged after it starts "
+            "(check the writer's clock)"
+        )
+    return value
+
+
+RunTime = Annotated[AwareDatetime | None, AfterValidator(_in_range), AfterValidator(_not_future)]
+
+
 class NodeLog(BaseModel):
     """One step (task, node) of a run."""
 
@@ -76,7 +144,7 @@ class NodeLog(BaseModel):
     name: NoNulStr = Field(min_length=1, max_length=200)
     status: NoNulStr = Field(min_length=1, max_length=32)
     duration_ms: NonNegativeInt | None = Field(None, le=MAX_BIGINT)
-    started_at: Annotated[AwareDatetime | None, AfterValidator(_in_range)] = None
+    started_at: RunTime = None
     message: NoNulStr | None = Field(None, max_length=10_000)
 
 
@@ -88,7 +156,11 @@ class RunIn(BaseModel):
     wpk_id: str = Field(
         pattern=ID_PATTERN, description="Playbook (workflow package) or flow the run belongs to."
     )
-    run_id: str = Field(pattern=ID_PATTERN, description="Unique id; logging it again updates.")
+    run_id: str = Field(
+        pattern=ID_PATTERN,
+        description="Unique id. A finished run is immutable: logging it again with the same "
+        "content changes nothing, with different content is refused (409).",
+    )
     status: RunStatus
     duration_ms: NonNegativeInt = Field(le=MAX_BIGINT)
     inputs: dict[str, Any] = Field(default_factory=dict)
@@ -96,8 +168,10 @@ class RunIn(BaseModel):
     node_logs: list[NodeLog] = Field(default_factory=list, max_length=10_000)
     cluster: NoNulStr | None = Field(None, max_length=128)
     flow_run_id: uuid.UUID | None = None
-    created_at: Annotated[AwareDatetime | None, AfterValidator(_in_range)] = Field(
-        None, description="When the run started; defaults to now. Set it to backfill history."
+    created_at: RunTime = Field(
+        None,
+        description="When the run started; defaults to now. Set it to backfill history; at "
+        "most 5 minutes in the future.",
     )
 
     @field_validator("inputs", "outputs")
@@ -139,16 +213,35 @@ def validate_run(run: RunIn | Mapping[str, Any]) -> RunIn:
         raise InvalidInput.from_validation(exc, "run") from None
 
 
-def log_run(run: RunIn | Mapping[str, Any], *, url: URL | None = None) -> str:
-    """Validate and store one run; returns its run_id. Logging a run_id again updates it."""
-    return log_runs([run], url=url)[0]
+def log_run(
+    run: RunIn | Mapping[str, Any],
+    *,
+    url: URL | None = None,
+    provenance: str = LOCAL,
+    verified: bool = False,
+) -> str:
+    """Validate and store one run; returns its run_id. See ``log_runs``."""
+    return log_runs([run], url=url, provenance=provenance, verified=verified)[0]
 
 
-def log_runs(runs: Iterable[RunIn | Mapping[str, Any]], *, url: URL | None = None) -> list[str]:
-    """Store many runs in one transaction (all or none), each upserted by run_id.
+def log_runs(
+    runs: Iterable[RunIn | Mapping[str, Any]],
+    *,
+    url: URL | None = None,
+    provenance: str = LOCAL,
+    verified: bool = False,
+    keep_existing: bool = False,
+) -> list[str]:
+    """Store many runs in one transaction (all or none), recorded as coming from
+    ``provenance`` (``verified`` when the caller confirmed it).
 
+    A run_id not stored yet is inserted. A stored finished run is immutable: the same content
+    again writes nothing, different content raises ``Conflict`` naming the run_id. A stored
+    pending or running run is updated, only by the same provenance (else ``Conflict``).
+    ``keep_existing`` (seeding) leaves every stored run_id as it is and inserts the rest.
     Each playbook's latest_run_id moves, in the same transaction, to its newest run.
     """
+    check_provenance(provenance)
     valid = [validate_run(run) for run in runs]  # validate all before writing any
     if not valid:
         return []
@@ -156,24 +249,148 @@ def log_runs(runs: Iterable[RunIn | Mapping[str, Any]], *, url: URL | None = Non
     # take the unique-index locks in the same order.
     unique = sorted({run.run_id: run for run in valid}.values(), key=lambda run: run.run_id)
     now = utcnow()
-    rows = [
-        {
-            "id": uuid.uuid4(),
-            **run.model_dump(mode="python", exclude={"created_at", "node_logs"}),
-            "node_logs": [log.model_dump(mode="json", exclude_none=True) for log in run.node_logs],
-            "created_at": run.created_at or now,
-            "updated_at": now,
-        }
-        for run in unique
-    ]
     with session_scope(url) as session:
+        stored = _stored(session, [run.run_id for run in unique], lock=True)
+        todo = []
+        for run in unique:
+            row = stored.get(run.run_id)
+            if row is None or (not keep_existing and _may_update(row, run, provenance)):
+                todo.append(run)
+        rows = [_row(run, now, provenance, verified) for run in todo]
+        written: set[str] = set()
         for chunk in _chunks(rows, _rows_per_statement(session)):
-            session.execute(_upsert(session, chunk))
-        _advance_latest_run_ids(session, {run.wpk_id for run in unique})
+            written.update(session.scalars(_upsert(session, chunk)))
+        # Rows another writer inserted or finished between our read and our write were left
+        # alone by the upsert's guard: they are the same run again, or a conflict.
+        raced = [run for run in todo if run.run_id not in written]
+        if raced:
+            again = _stored(session, [run.run_id for run in raced], lock=False)
+            for run in raced:
+                row = again.get(run.run_id)
+                if row is None or keep_existing:
+                    continue
+                if row.status not in FINISHED or not _same(row, run):
+                    raise _conflict(run.run_id, row, provenance)
+        if todo:
+            _advance_latest_run_ids(session, {run.wpk_id for run in todo})
     return [run.run_id for run in valid]
 
 
+def record_outcome(
+    run_id: str,
+    status: RunStatus,
+    *,
+    outputs: Mapping[str, Any],
+    url: URL | None = None,
+) -> None:
+    """NeuralOps' own correction of an execution it logged: the outcome it verified later
+    (``remediation.verify_outcome``: the signal was not resolved, so the run failed). Only
+    runs of provenance ``neuralops`` can be corrected; their other fields stay as logged."""
+    with session_scope(url) as session:
+        row = session.scalar(
+            select(WorkflowRun).where(WorkflowRun.run_id == run_id).with_for_update()
+        )
+        if row is None:
+            raise NotFound(f"run '{run_id}' not found")
+        if row.provenance != NEURALOPS:
+            raise Conflict(
+                f"run '{run_id}' was not logged by NeuralOps' own execution: its outcome "
+                "cannot be corrected"
+            )
+        checked = validate_run(
+            {
+                "wpk_id": row.wpk_id,
+                "run_id": row.run_id,
+                "status": status,
+                "duration_ms": row.duration_ms,
+                "outputs": dict(outputs),
+            }
+        )
+        row.status = checked.status
+        row.outputs = checked.outputs
+        row.updated_at = utcnow()
+
+
+# The content of a run: what makes a second report of a finished run "the same".
+_CONTENT = (
+    "wpk_id",
+    "status",
+    "duration_ms",
+    "inputs",
+    "outputs",
+    "node_logs",
+    "cluster",
+    "flow_run_id",
+    "created_at",
+)
+
+
+def _stored(session: Session, run_ids: list[str], *, lock: bool) -> dict[str, Any]:
+    """run_id -> stored (provenance, content) of those already stored; locked for update on
+    PostgreSQL (SQLite has one writer at a time anyway)."""
+    found: dict[str, Any] = {}
+    columns = [getattr(WorkflowRun, name) for name in ("run_id", "provenance", *_CONTENT)]
+    for chunk in _chunks(run_ids, 1000):
+        query = select(*columns).where(WorkflowRun.run_id.in_(chunk)).order_by(WorkflowRun.run_id)
+        if lock:
+            query = query.with_for_update()
+        found.update({row.run_id: row for row in session.execute(query)})
+    return found
+
+
+def _may_update(row: Any, run: RunIn, provenance: str) -> bool:
+    """False when ``run`` repeats the stored finished run (nothing to write); True when it
+    may replace a stored pending or running one; else the Conflict."""
+    if row.status in FINISHED:
+        if _same(row, run):
+            return False
+        raise _conflict(run.run_id, row, provenance)
+    if row.provenance != provenance:
+        raise _conflict(run.run_id, row, provenance)
+    return True
+
+
+def _same(row: Any, run: RunIn) -> bool:
+    mine = _content(run)
+    if run.created_at is None:  # "now" by default: a re-post need not repeat it
+        mine.pop("created_at")
+    return all(getattr(row, name) == value for name, value in mine.items())
+
+
+def _content(run: RunIn) -> dict[str, Any]:
+    return {
+        **run.model_dump(mode="python", include=set(_CONTENT) - {"node_logs"}),
+        "node_logs": [log.model_dump(mode="json", exclude_none=True) for log in run.node_logs],
+    }
+
+
+def _conflict(run_id: str, row: Any, provenance: str) -> Conflict:
+    if row.status in FINISHED:
+        return Conflict(
+            f"run '{run_id}' is already recorded as {row.status} with different content: a "
+            "finished run is immutable (logging the same content again is fine)"
+        )
+    return Conflict(
+        f"run '{run_id}' is still {row.status} and was logged by another writer: only that "
+        f"writer may update it, not {provenance}"
+    )
+
+
+def _row(run: RunIn, now: datetime, provenance: str, verified: bool) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "run_id": run.run_id,
+        **_content(run),
+        "created_at": run.created_at or now,
+        "updated_at": now,
+        "provenance": provenance,
+        "verified": verified,
+    }
+
+
 def _upsert(session: Session, rows: list[dict[str, Any]]):
+    """Insert, or update a stored run that is still pending or running and was logged by the
+    same provenance; RETURNING the run_ids written (a guarded-out row returns nothing)."""
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     stmt = insert(WorkflowRun).values(rows)
     # A re-logged run keeps its id and created_at; everything else is the latest report.
@@ -187,18 +404,23 @@ def _upsert(session: Session, rows: list[dict[str, Any]]):
         "cluster",
         "flow_run_id",
         "updated_at",
+        "verified",
     )
+    table = WorkflowRun.__table__
     return stmt.on_conflict_do_update(
-        index_elements=["run_id"], set_={name: stmt.excluded[name] for name in updated}
-    )
+        index_elements=["run_id"],
+        set_={name: stmt.excluded[name] for name in updated},
+        where=table.c.status.in_(("pending", "running"))
+        & (table.c.provenance == stmt.excluded.provenance),
+    ).returning(table.c.run_id)
 
 
 def _rows_per_statement(session: Session) -> int:
-    # SQLite caps bound parameters per statement (32766); 12 columns a row.
+    # SQLite caps bound parameters per statement (32766); 14 columns a row.
     return 2000 if session.get_bind().dialect.name == "sqlite" else 5000
 
 
-def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+def _chunks(rows: list[Any], size: int) -> Iterable[list[Any]]:
     for start in range(0, len(rows), size):
         yield rows[start : start + size]
 

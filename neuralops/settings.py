@@ -7,6 +7,7 @@ Secrets are ``SecretStr`` so they never print in a repr or a log line.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -122,6 +123,12 @@ class Settings(BaseSettings):
     rules_file: Path | None = Field(
         None, description="Detection rules (YAML); unset means the shipped neuralops/rules."
     )
+    trusted_writers: str = Field(
+        "",
+        description="Comma-separated run provenances whose runs teach the recommender although "
+        "unverified (e.g. `api:ci-bot,seed`); verified runs (NeuralOps' executions, flow runs "
+        "the Prefect API confirms) always do. docs/run-history.md.",
+    )
     dask_address: str | None = Field(
         None,
         description="Dask scheduler (tcp://host:8786) that runs the detect flow's per-rule "
@@ -185,6 +192,20 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
 
+    @field_validator("trusted_writers")
+    @classmethod
+    def _trusted_writers(cls, value: str) -> str:
+        from neuralops.runs import PROVENANCE_PATTERN
+
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        bad = [item for item in items if not re.fullmatch(PROVENANCE_PATTERN, item)]
+        if bad:
+            raise ValueError(
+                f"{', '.join(map(repr, bad))}: each must be prefect, neuralops, seed, local, "
+                "unknown or api:<subject>"
+            )
+        return ",".join(dict.fromkeys(items))
+
     @field_validator("dask_address")
     @classmethod
     def _dask_address(cls, value: str | None) -> str | None:
@@ -205,6 +226,11 @@ class Settings(BaseSettings):
         if scheme != "inproc" and ":" not in rest:  # inproc: a cluster in this process
             raise ValueError("must name host and port (tcp://host:8786), or be `local`")
         return value
+
+    @property
+    def trusted(self) -> frozenset[str]:
+        """The provenances of ``trusted_writers``."""
+        return frozenset(filter(None, self.trusted_writers.split(",")))
 
     @property
     def uses_sqlite(self) -> bool:

@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 
 from neuralops import db, registry, runs
 from neuralops.db.models import WorkflowRun
-from neuralops.errors import InvalidInput, NotFound
+from neuralops.errors import Conflict, InvalidInput, NotFound
 
 
 def _run(run_id: str, wpk_id: str = "restart-deployment", **fields) -> dict:
@@ -158,3 +158,143 @@ def test_list_runs_of_a_playbook_without_runs_is_empty(catalogue: URL) -> None:
 def test_list_runs_of_an_unknown_workflow_is_not_found(database_url: URL) -> None:
     with pytest.raises(NotFound, match="no-such-thing"):
         runs.list_runs("no-such-thing")
+
+
+# --- provenance, immutability, time and text (issue 15) -------------------------------------
+
+
+def test_provenance_and_verification_are_recorded(database_url: URL) -> None:
+    runs.log_run(_run("r-lib"))
+    runs.log_run(_run("r-api"), provenance="api:ci-bot")
+    runs.log_run(_run("r-own"), provenance=runs.NEURALOPS, verified=True)
+    assert [(r.run_id, r.provenance, r.verified) for r in _rows(database_url)] == [
+        ("r-api", "api:ci-bot", False),
+        ("r-lib", "local", False),
+        ("r-own", "neuralops", True),
+    ]
+    with pytest.raises(InvalidInput, match="provenance"):
+        runs.log_run(_run("r-x"), provenance="api:two words")
+    assert runs.api_provenance("ci-bot@example.com") == "api:ci-bot@example.com"
+
+
+def test_a_finished_run_is_immutable(database_url: URL) -> None:
+    runs.log_run(_run("r-1", created_at=datetime(2026, 11, 1, tzinfo=UTC)))
+    [before] = _rows(database_url)
+    # The same content again (created_at repeated or left out) writes nothing.
+    runs.log_run(_run("r-1", created_at=datetime(2026, 11, 1, tzinfo=UTC)))
+    assert runs.log_run(_run("r-1"), provenance="api:someone") == "r-1"
+    [same] = _rows(database_url)
+    assert (same.updated_at, same.provenance) == (before.updated_at, "local")
+    # Different content is a Conflict naming the run, and nothing of the batch is written.
+    for change in ({"status": "failed"}, {"outputs": {"message": "rewritten"}}):
+        with pytest.raises(Conflict, match="run 'r-1' is already recorded as succeeded"):
+            runs.log_runs([_run("r-2"), _run("r-1", **change)])
+    with pytest.raises(Conflict, match="r-1"):
+        runs.log_run(_run("r-1", created_at=datetime(2026, 1, 1, tzinfo=UTC)))
+    [after] = _rows(database_url)
+    assert (after.status, after.outputs, after.updated_at) == (
+        "succeeded",
+        before.outputs,
+        before.updated_at,
+    )
+
+
+def test_a_running_run_is_updated_only_by_its_writer(database_url: URL) -> None:
+    runs.log_run(_run("r-1", status="running"), provenance="api:ci-bot")
+    with pytest.raises(Conflict, match="another writer"):
+        runs.log_run(_run("r-1", status="succeeded"), provenance="api:mallory")
+    with pytest.raises(Conflict):
+        runs.log_run(_run("r-1", status="succeeded"))  # local: not the writer either
+    runs.log_run(_run("r-1", status="succeeded"), provenance="api:ci-bot")
+    [row] = _rows(database_url)
+    assert (row.status, row.provenance) == ("succeeded", "api:ci-bot")
+
+
+def test_seeding_keeps_what_is_stored(database_url: URL) -> None:
+    runs.log_run(_run("r-1"), provenance="api:ci-bot")
+    runs.log_runs(
+        [_run("r-1", status="failed"), _run("r-2")], provenance=runs.SEED, keep_existing=True
+    )
+    assert [(r.run_id, r.status, r.provenance) for r in _rows(database_url)] == [
+        ("r-1", "succeeded", "api:ci-bot"),
+        ("r-2", "succeeded", "seed"),
+    ]
+
+
+def test_concurrent_reports_of_one_run_cannot_rewrite_it(database_url: URL) -> None:
+    """Writers racing to record the same run_id with different content: one wins, the others
+    get a Conflict, and the stored run is exactly the winner's."""
+
+    def write(n: int) -> str:
+        try:
+            runs.log_run(_run("r-race", duration_ms=1000 + n), provenance=f"api:w{n}")
+        except Conflict:
+            return "conflict"
+        return "written"
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outcomes = list(pool.map(write, range(6)))
+    assert outcomes.count("written") == 1
+    [row] = _rows(database_url)
+    assert row.provenance == f"api:w{outcomes.index('written')}"
+    assert row.duration_ms == 1000 + outcomes.index("written")
+
+
+def test_record_outcome_corrects_only_neuralops_own_runs(database_url: URL) -> None:
+    runs.log_run(_run("remediate-1"), provenance=runs.NEURALOPS, verified=True)
+    runs.record_outcome("remediate-1", "failed", outputs={"outcome": "not_resolved"})
+    [row] = _rows(database_url)
+    assert (row.status, row.outputs, row.verified) == ("failed", {"outcome": "not_resolved"}, True)
+    runs.log_run(_run("r-api"), provenance="api:ci-bot")
+    with pytest.raises(Conflict, match="r-api"):
+        runs.record_outcome("r-api", "failed", outputs={})
+    with pytest.raises(NotFound):
+        runs.record_outcome("r-none", "failed", outputs={})
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"created_at": "9999-12-30T00:00:00+00:00"}, "created_at"),
+        ({"created_at": (datetime.now(UTC) + timedelta(minutes=6)).isoformat()}, "created_at"),
+        (
+            {
+                "node_logs": [
+                    {"name": "a", "status": "Completed", "started_at": "9999-12-30T00:00:00Z"}
+                ]
+            },
+            "node_logs.0.started_at",
+        ),
+    ],
+)
+def test_times_in_the_future_are_refused(database_url: URL, change: dict, field: str) -> None:
+    with pytest.raises(InvalidInput, match="in the future") as caught:
+        runs.log_runs([_run("r-good"), _run("r-bad", **change)])
+    assert field in [p.field for p in caught.value.problems]
+    assert _rows(database_url) == []
+    runs.log_run(_run("r-soon", created_at=datetime.now(UTC) + timedelta(minutes=4)))
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"inputs": {"note": "a\ud800b"}}, "inputs"),
+        ({"inputs": {"deep": [{"\udfff": 1}]}}, "inputs"),
+        ({"outputs": {"message": "\ud83d"}}, "outputs"),
+        ({"cluster": "prod-\ud800"}, "cluster"),
+        ({"node_logs": [{"name": "a\ud800", "status": "Completed"}]}, "node_logs.0.name"),
+        (
+            {"node_logs": [{"name": "a", "status": "Failed", "message": "\udc80"}]},
+            "node_logs.0.message",
+        ),
+    ],
+)
+def test_text_that_cannot_be_encoded_is_refused(
+    database_url: URL, change: dict, field: str
+) -> None:
+    with pytest.raises(InvalidInput, match="lone surrogate|unicode string") as caught:
+        runs.log_runs([_run("r-good"), _run("r-bad", **change)])
+    assert field in [p.field for p in caught.value.problems]
+    assert "\ud800" not in str(caught.value)  # the input is not echoed
+    assert _rows(database_url) == []
+    runs.log_run(_run("r-emoji", outputs={"message": "ok \U0001f600 \u00e9"}))  # real text is fine
