@@ -123,6 +123,50 @@ def test_approval_in_the_ui_form_resumes_and_executes(world):
     assert audit.verify().ok
 
 
+def _run_input(flow_run_id: uuid.UUID, key: str):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return json.loads(client.read_flow_run_input(flow_run_id, key))
+
+
+def test_the_form_shows_the_plan_and_an_approval_for_another_plan_keeps_the_run_waiting(world):
+    thread, box = start(signal_id=str(world["signals"]["oom-kills"].id), parameters=OOM_PARAMETERS)
+    current = paused_incident()
+    wait_until(lambda: flow_state(current.flow_run_id) == "PAUSED", what="the run to pause")
+    digest = current.plan_digest
+    # Above the Resume form: the playbook, its version, the plan digest and the steps.
+    description = _run_input(current.flow_run_id, "paused-approval-0-description")
+    assert digest in description and "raise-memory-limit version 1.0.0" in description
+    assert "patch-memory-limit (patch Deployment payments/payments-api)" in description
+    schema = _run_input(current.flow_run_id, "paused-approval-0-schema")
+    assert schema["properties"]["plan_digest"]["default"] == digest  # the form carries it
+    assert digest in artifacts(current.flow_run_id)["remediation-dry-run"]["data"]
+
+    stale = decision(world, current.id).model_copy(update={"plan_digest": "0" * 64})
+    resume(current.flow_run_id, stale)
+    wait_until(
+        lambda: incidents.count_notes(current.id, "approval.refused") == 1, what="the refusal"
+    )
+    wait_until(lambda: flow_state(current.flow_run_id) == "PAUSED", what="a second pause")
+    refused = artifacts(current.flow_run_id)["approval-refused"]["data"]
+    assert "the plan changed since you reviewed it" in refused
+    assert incidents.get(current.id).state == "awaiting_approval"
+
+    resume(
+        current.flow_run_id, decision(world, current.id).model_copy(update={"plan_digest": digest})
+    )
+    thread.join(60)
+    assert "error" not in box, box.get("error")
+    assert box["result"]["state"] == "succeeded"
+    approved = [
+        e
+        for e in audit.recent(subject=incidents.subject(current.id))
+        if e.action == "incident.approved"
+    ]
+    assert approved[0].payload["plan_digest"] == approved[0].payload["reviewed_digest"] == digest
+
+
 def test_rejection_in_the_form_ends_the_incident_without_executing(world):
     thread, box = start(signal_id=str(world["signals"]["oom-kills"].id), parameters=OOM_PARAMETERS)
     current = paused_incident()
@@ -156,7 +200,7 @@ def test_unanswered_approval_expires(world, monkeypatch):
 def test_the_form_has_titles_and_help():
     schema = ApprovalDecision.model_json_schema()["properties"]
     assert schema["decision"]["enum"] == ["approve", "reject"]
-    for field in ("decision", "approver", "token", "comment"):
+    for field in ("decision", "approver", "token", "comment", "plan_digest"):
         assert schema[field]["title"] and schema[field]["description"]
 
 

@@ -318,3 +318,57 @@ def test_a_named_cluster_never_falls_back_to_the_local_runtime(env):
     assert current.state == "dry_run_failed" and current.cluster == "edge-1"
     assert "not registered" in current.dry_run["reason"]
     assert not env["cluster"].path.exists()
+
+
+def test_the_dry_run_records_its_plan_and_each_decision_names_it(env):
+    current = oom_incident(env)
+    digest = current.plan_digest
+    assert len(digest) == 64 and current.dry_run["plan_digest"] == digest
+    assert current.dry_run["parameters"] == current.parameters
+    current = remediation.decide(current.id, settings=env["settings"])
+    entries = {p.get("to"): p for p in _payloads(current.id)}
+    assert entries["dry_run_passed"]["plan_digest"] == digest
+    assert entries["awaiting_approval"]["plan_digest"] == digest
+    lines = remediation.plan_lines(current)
+    assert f"plan digest: {digest}" in lines
+    assert "  1. patch-memory-limit (patch Deployment payments/payments-api)" in lines
+
+
+def test_an_incident_without_a_plan_digest_is_never_approved_or_executed(env):
+    """An incident dry-run before plans were recorded (or whose digest was lost) has no plan
+    an approval could bind to: both the approval and the execution refuse it."""
+    from neuralops.db.models import Incident as IncidentRow
+
+    current = remediation.decide(oom_incident(env).id, settings=env["settings"])
+    with session_scope() as session:
+        session.execute(
+            update(IncidentRow).where(IncidentRow.id == current.id).values(plan_digest=None)
+        )
+    keys = keys_from_settings(env["settings"])
+    after, refusal = remediation.apply_decision(current.id, decision(env, current.id), keys=keys)
+    assert "no plan digest" in refusal and after.state == "awaiting_approval"
+    with session_scope() as session:  # approved behind the state machine's back
+        session.execute(
+            update(IncidentRow).where(IncidentRow.id == current.id).values(state="approved")
+        )
+    done = remediation.execute(current.id, public_key_pem=env["public_key"], runtime=env["cluster"])
+    assert done.state == "failed" and incidents.count_notes(done.id, "execute.refused") == 1
+    assert env["cluster"].get("Deployment", "payments", "payments-api") is None
+
+
+def test_a_malformed_plan_digest_is_refused_by_the_form():
+    with pytest.raises(ValueError, match="plan_digest"):
+        remediation.ApprovalDecision(
+            decision="approve", approver="ana", token="t", plan_digest="not-a-digest"
+        )
+
+
+def _payloads(incident_id) -> list[dict]:
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(AuditLog.payload)
+                .where(AuditLog.subject == incidents.subject(incident_id))
+                .order_by(AuditLog.seq)
+            )
+        )
