@@ -106,3 +106,46 @@ def test_unreachable_postgres_names_the_fix_without_the_password(tmp_path: Path)
 def test_unknown_playbook_exits_2(database_url: URL, command: list[str]) -> None:
     result = neuralops(*command)
     assert result.returncode == 2 and "'nope' not found" in result.stderr
+
+
+# --- API tokens and where the API listens (issue 15) ------------------------------------------
+
+
+def test_token_issue_dev_scope_prints_an_api_token_the_api_accepts(sqlite_url: URL) -> None:
+    from neuralops import api_auth
+    from neuralops.settings import get_settings
+
+    result = runner.invoke(
+        app,
+        ["token", "issue-dev", "--scope", "runs:write", "--scope", "recommend", "--subject", "ci"],
+    )
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip().splitlines()[-1]
+    assert "DEV ONLY API token" in result.stderr
+    principal = api_auth.verify_api_token(token, keys=api_auth.keys_from_settings(get_settings()))
+    assert principal.subject == "ci" and principal.scopes == {"runs:write", "recommend"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give either --scope"),
+        (["--scope", "runs:write", "--incident", "i-1", "--approver", "a"], "give either"),
+        (["--scope", "root"], "'root' is not a scope"),
+        (["--scope", "runs:write", "--approver", "a"], "--approver and --role"),
+        (["--incident", "i-1"], "--approver"),
+        (["--incident", "i-1", "--approver", "a", "--subject", "s"], "--subject is for API"),
+    ],
+)
+def test_token_issue_dev_takes_one_kind_of_token(args: list[str], message: str) -> None:
+    result = neuralops("token", "issue-dev", *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_api_refuses_a_public_host_without_auth(sqlite_url: URL) -> None:
+    result = neuralops("api", "--host", "0.0.0.0")
+    assert result.returncode == 2
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert "refusing to serve the API on 0.0.0.0" in line
+    assert "NEURALOPS_API_PUBLIC_KEY or NEURALOPS_API_JWKS_URL" in line
