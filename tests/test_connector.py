@@ -193,6 +193,12 @@ def test_connector_install_registers_and_writes_valid_manifests(
         == f"cluster-{name}"
     )
     assert clusters.get_cluster(name).labels == {"env": "prod"}
+    # the heartbeat key: shown once to the installer, in Vault for the connector, not on disk
+    stored = hvac.Client(url=addr, token=root).secrets.kv.v2.read_secret_version(
+        path=clusters.kv_path(name), mount_point="secret", raise_on_deleted_version=False
+    )["data"]["data"]
+    assert f"HEARTBEAT_KEY={stored['heartbeat_key']}" in result.output
+    assert stored["heartbeat_key"] not in written
     refused = CliRunner().invoke(
         app,
         [
