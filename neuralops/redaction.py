@@ -28,6 +28,21 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 from uuid import UUID
 
+from detect_secrets.plugins.azure_storage_key import AzureStorageKeyDetector
+from detect_secrets.plugins.discord import DiscordBotTokenDetector
+from detect_secrets.plugins.github_token import GitHubTokenDetector
+from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
+from detect_secrets.plugins.keyword import DENYLIST as _KEYWORD_DENYLIST
+from detect_secrets.plugins.mailchimp import MailchimpDetector
+from detect_secrets.plugins.openai import OpenAIDetector
+from detect_secrets.plugins.pypi_token import PypiTokenDetector
+from detect_secrets.plugins.sendgrid import SendGridDetector
+from detect_secrets.plugins.slack import SlackDetector
+from detect_secrets.plugins.square_oauth import SquareOAuthDetector
+from detect_secrets.plugins.stripe import StripeDetector
+from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
+from detect_secrets.plugins.twilio import TwilioKeyDetector
+
 __all__ = [
     "DEFAULT_FIELD_RULES",
     "DEV_HASH_KEY",
@@ -48,6 +63,7 @@ PLACEHOLDERS: Final[Mapping[str, str]] = MappingProxyType(
         "bearer_token": "<BEARER_TOKEN>",
         "aws_access_key": "<AWS_ACCESS_KEY>",
         "aws_secret_key": "<AWS_SECRET_KEY>",
+        "api_token": "<API_TOKEN>",
         "password": "<PASSWORD>",
         "secret": "<SECRET>",
         "email": "<EMAIL>",
@@ -118,9 +134,16 @@ _AWS_SECRET_NEAR_ID = re.compile(
     r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]*[A-Z])(?=[A-Za-z0-9/+]*[a-z])" + _B64_40
 )
 _URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s:/?#@\"'<>]*:)([^\s/?#\"']+)@")
-_SECRET_WORDS = (
-    r"(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key"
-    r"|secret[_-]?key|credentials?)"
+# Key names that hold secrets: detect-secrets' KeywordDetector list (its DENYLIST, a
+# maintained set: password, api_key, auth_key, client_key, db_pass, contraseña, ...) plus
+# what it lacks (hand-written: passphrase, token, credentials, ...). A key must END with one
+# of them, so ``password_file`` or ``max_tokens`` are not secrets.
+_OWN_SECRET_WORDS = (
+    r"pass(?:phrase|code)|token|access[_-]?key|secret[_-]?key"
+    r"|(?:encryption|signing|master|session|hmac)[_-]?key|credentials?"
+)
+_SECRET_WORDS = "(?:{})".format(
+    "|".join([w.replace("_?", "[_-]?") for w in _KEYWORD_DENYLIST] + [_OWN_SECRET_WORDS])
 )
 _SECRET_KEY_NAME = re.compile(rf"(?i)[A-Za-z0-9_.-]*?{_SECRET_WORDS}|(?:proxy[_-])?authorization")
 _KEY_VALUE = re.compile(
@@ -132,6 +155,99 @@ _KEY_VALUE = re.compile(
     r"|(?![{\[])([^\s,;&\"'\\]+))"  # bare v up to a delimiter
 )
 _NOT_A_SECRET = frozenset({"null", "none", "true", "false", "nil", "undefined"})
+
+# Vendor API tokens: detect-secrets' regex plugins. Those with a literal prefix run only when
+# _TOKEN_HINT (one search for every prefix, ours below included) finds one; the four without
+# need 34+ characters and a character their tokens hold ("" for Twilio: cheap on its own).
+# Plugins whose patterns need surrounding context or match common words (artifactory's
+# ``AP[A-F]...``, npm's ``.npmrc`` line, the keyword and high-entropy heuristics) are not used.
+
+
+def _to_token_end(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    """A plugin's pattern, extended over the token characters after its match: several match
+    a fixed length (ghp_ + 36), and a longer token must not keep its tail."""
+    return re.compile(f"(?:{pattern.pattern})[A-Za-z0-9_-]*", pattern.flags)
+
+
+_PREFIXED_TOKENS: Final[tuple[re.Pattern[str], ...]] = tuple(
+    _to_token_end(pattern)
+    for plugin in (
+        GitHubTokenDetector,  # ghp_ gho_ ghu_ ghs_ ghr_
+        GitLabTokenDetector,  # glpat- gldt- ... GR1348941
+        SlackDetector,  # xox?- and hooks.slack.com webhooks
+        OpenAIDetector,  # sk-...T3BlbkFJ...
+        StripeDetector,  # sk_live_ rk_live_
+        SendGridDetector,  # SG.
+        PypiTokenDetector,  # pypi-
+        SquareOAuthDetector,  # sq0csp-
+        AzureStorageKeyDetector,  # AccountKey=
+    )
+    for pattern in plugin.denylist
+)
+_UNPREFIXED_TOKENS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = tuple(
+    (needle, _to_token_end(pattern))
+    for needle, plugin in (
+        ("", TwilioKeyDetector),  # AC/SK + 32
+        ("-us", MailchimpDetector),  # 32 + -us1
+        (":", TelegramBotTokenDetector),  # 8-10 digits : 35
+        (".", DiscordBotTokenDetector),  # [MNO]... . ... . ...
+    )
+    for pattern in plugin.denylist
+)
+_TOKEN_HINT = re.compile(
+    r"gh[pousr]_|github_pat_|gl(?:pat|dt|ft|soat|rt|cbt|imt|ptt|agent|oas)-|GR1348941"
+    r"|xox|XOX|hooks\.slack|T3BlbkFJ|k_live_|SG\.|pypi-|sq0csp-|AccountKey=|sk-"
+)
+# Hand-written, because no plugin covers them: GitHub fine-grained tokens (github_pat_) and
+# classic ones of another length than the plugin's 36; Slack tokens without the plugin's
+# digit groups; OpenAI-style ``sk-`` keys without the legacy ``T3BlbkFJ`` marker (project
+# and service-account keys), which must mix upper case, lower case and digits (so a long
+# hyphenated name starting with "sk-" is not one).
+_OWN_TOKENS: Final[tuple[tuple[re.Pattern[str], bool], ...]] = (
+    (re.compile(r"(?<![A-Za-z0-9_])(?:gh[pousr]_|github_pat_)[A-Za-z0-9_]{20,}"), False),
+    (re.compile(r"(?i)(?<![A-Za-z0-9])xox[abposre]-[A-Za-z0-9-]{10,}"), False),
+    (re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]*?[A-Za-z0-9]{20}[A-Za-z0-9_-]*"), True),
+)
+_MIXED = re.compile(r"(?=[^A-Z]*[A-Z])(?=[^a-z]*[a-z])(?=\D*\d)")
+
+# Hand-written (detect-secrets scans code and config, not command lines or prose):
+# ``--password X`` / ``-storepass X``: a flag named like a secret, a space, a value. The
+# ``--password=X`` form is rule 7's.
+_FLAG_VALUE = r"(\"[^\"\n]*\"|'[^'\n]*'|(?!-)[^\s\"';&|]+)"
+_SECRET_FLAG = re.compile(
+    rf"(?i)(?<![\w-])(--?[A-Za-z0-9_-]*?(?:{_SECRET_WORDS}|store[_-]?pass)[ \t]+){_FLAG_VALUE}"
+)
+# ``-p X`` / ``-pX`` is a password only for some commands (mysql, mongo, sshpass, docker
+# login, useradd ...) or next to ``-u USER``; elsewhere it is a port (docker, ssh), "parents"
+# (mkdir) or "previous" (kubectl logs). Port specs and paths are never a password.
+_PASSWORD_COMMAND = re.compile(
+    r"(?<![\w-])(?:mysql\w*|mariadb[\w-]*|mongo\w*|sshpass|useradd|usermod|login)(?![\w-])"
+    r"|(?<![\w-])-u[ \t]*[^\s-]"
+)
+_SHORT_P = re.compile(rf"(?<![\w-])(-p(?:[ \t]+|(?=[^\s-])))(?!-){_FLAG_VALUE}")
+_PORT = r"\d{1,5}(?:-\d{1,5})?"  # a port or a range: 8080, 8000-8010
+_PORT_OR_PATH = re.compile(
+    rf"(?:(?:\d{{1,3}}(?:\.\d{{1,3}}){{3}}|\[[0-9A-Fa-f:]*\]):)?{_PORT}(?::{_PORT})?"
+    r"(?:/(?:tcp|udp|sctp))?|(?:~|\.{1,2})?/.*",  # or a path: /x ./x ../x ~/x
+    re.ASCII,
+)
+# "the password is X", "passphrase was 'X'", "PIN set to X": hand-written (prose).
+_SECRET_PHRASE = re.compile(
+    r"(?i)(?<![\w-])((?:passw(?:or)?d|pass(?:phrase|code)|pwd|pin|secret|api[ _-]?key|token)s?"
+    r"[ \t]+(?:is(?:[ \t]+now)?|was|(?:set|changed|reset)[ \t]+to)[ \t]*:?[ \t]+)"
+    r"(\"[^\"\n]*\"|'[^'\n]*'|[^\s\"']+)"
+)
+# Words after "the password is" that describe it rather than being it.
+_PHRASE_NOT_A_SECRET = frozenset((
+    "a", "an", "the", "not", "no", "now", "set", "being", "still", "also", "too", "very",
+    "wrong", "invalid", "incorrect", "correct", "expired", "expiring", "required", "missing",
+    "empty", "blank", "valid", "revoked", "rotated", "changed", "reset", "stored", "saved",
+    "hashed", "encrypted", "masked", "redacted", "hidden", "unknown", "unset", "null", "none",
+    "nil", "true", "false", "same", "different", "weak", "strong", "short", "long", "out",
+    "in", "on", "off", "ok", "fine", "case", "used", "needed", "sent", "known", "shared",
+    "leaked", "compromised", "generated", "updated", "provided", "given", "for", "to", "of",
+    "at", "from", "that", "this", "it", "available", "configured", "mandatory", "optional",
+))  # fmt: skip
 _EMAIL = re.compile(
     r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9_%+-][A-Za-z0-9._%+-]*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
@@ -181,6 +297,18 @@ def _is_card(digits: str, grouped: bool) -> bool:
 def _looks_like_token(token: str) -> bool:
     """After a bare "bearer": a token, not an English word ("bearer of bad news")."""
     return len(token) >= 20 or (len(token) >= 8 and any(c.isdigit() for c in token))
+
+
+def _has_secret_word(text: str) -> bool:
+    """Cheap gate for the rules built on _SECRET_WORDS: true whenever one could match (each
+    word holds one of these; casefold, like the regexes' IGNORECASE, maps the long s and the
+    Kelvin sign to s and k). The regexes' cost grows with the number of words: this keeps it off
+    the strings that name no secret at all."""
+    folded = text.casefold()
+    return (
+        "pass" in folded or "pwd" in folded or "secret" in folded or "token" in folded
+        or "key" in folded or "credent" in folded or "contrase" in folded
+    )  # fmt: skip
 
 
 @lru_cache(maxsize=8192)
@@ -261,8 +389,11 @@ class Redactor:
             self._jwts,
             self._bearer_tokens,
             self._aws,
+            self._api_tokens,
             self._url_passwords,
+            self._secret_flags,
             self._key_values,
+            self._secret_phrases,
             self._emails,
         )
         self._numeric_rules: tuple[Callable[[str], str], ...] = (
@@ -466,6 +597,77 @@ class Redactor:
             text = self._sub("aws_secret_key", _AWS_SECRET_NEAR_ID, text)
         return text
 
+    def _api_tokens(self, text: str) -> str:
+        if len(text) < 24:  # the shortest: sk- + 20, xoxb- + 10, gh?_ + 20
+            return text
+        ph = PLACEHOLDERS["api_token"]
+
+        def mixed(m: re.Match[str]) -> str:
+            if _MIXED.match(m.group(0)) is None:
+                return m.group(0)
+            self.stats[ph] += 1
+            return ph
+
+        if _TOKEN_HINT.search(text) is not None:
+            for pattern in _PREFIXED_TOKENS:
+                text = self._sub("api_token", pattern, text)
+            for pattern, must_mix in _OWN_TOKENS:
+                text = (
+                    pattern.sub(mixed, text) if must_mix else self._sub("api_token", pattern, text)
+                )
+        if len(text) >= 34:
+            for needle, pattern in _UNPREFIXED_TOKENS:
+                if needle in text:
+                    text = self._sub("api_token", pattern, text)
+        return text
+
+    def _secret_flags(self, text: str) -> str:
+        if "-" not in text:
+            return text
+        ph = PLACEHOLDERS["secret"]
+
+        def repl(m: re.Match[str]) -> str:
+            value = m.group(2)
+            quote = value[0] if value[0] in "\"'" else ""
+            inner = value[1:-1] if quote else value
+            if not inner or _PLACEHOLDER.match(inner) or inner.lower() in _NOT_A_SECRET:
+                return m.group(0)
+            if m.group(1).startswith("-p") and _PORT_OR_PATH.fullmatch(inner):
+                return m.group(0)
+            self.stats[ph] += 1
+            return m.group(1) + quote + ph + quote
+
+        if _has_secret_word(text):
+            text = _SECRET_FLAG.sub(repl, text)
+        if "-p" in text and _PASSWORD_COMMAND.search(text) is not None:
+            text = _SHORT_P.sub(repl, text)
+        return text
+
+    def _secret_phrases(self, text: str) -> str:
+        if not (
+            " is" in text or " was" in text or " to" in text or "\t" in text
+            or " IS" in text or " WAS" in text or " TO" in text
+        ):  # fmt: skip
+            return text
+        ph = PLACEHOLDERS["secret"]
+
+        def repl(m: re.Match[str]) -> str:
+            value = m.group(2)
+            if value[0] in "\"'":
+                inner = value[1:-1]
+                if not inner or _PLACEHOLDER.match(inner):
+                    return m.group(0)
+                self.stats[ph] += 1
+                return m.group(1) + value[0] + ph + value[0]
+            bare = value.rstrip(".,;:!?)")
+            tail = value[len(bare) :]
+            if not bare or _PLACEHOLDER.match(bare) or bare.lower() in _PHRASE_NOT_A_SECRET:
+                return m.group(0)
+            self.stats[ph] += 1
+            return m.group(1) + ph + tail
+
+        return _SECRET_PHRASE.sub(repl, text)
+
     def _url_passwords(self, text: str) -> str:
         if "://" not in text:
             return text
@@ -480,7 +682,7 @@ class Redactor:
         return _URL_PASSWORD.sub(repl, text)
 
     def _key_values(self, text: str) -> str:
-        if "=" not in text and ":" not in text:
+        if ("=" not in text and ":" not in text) or not _has_secret_word(text):
             return text
         ph = PLACEHOLDERS["secret"]
 
@@ -616,7 +818,10 @@ class SecretRedactor(Redactor):
             self._jwts,
             self._bearer_tokens,
             self._aws,
+            self._api_tokens,
             self._url_passwords,
+            self._secret_flags,
             self._key_values,
+            self._secret_phrases,
         )
         self._numeric_rules = ()

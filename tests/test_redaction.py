@@ -279,6 +279,111 @@ def test_key_value_secret(text: str, expected: str) -> None:
     assert redact(text) == expected
 
 
+GHP = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"  # 36 after the prefix
+GITHUB_PAT = "github_pat_11ABCDEFG0123456789ab_" + "cdEFgh1234567890" * 3 + "abcdefghijk"
+SLACK = "xoxb-1234567890123-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"
+OPENAI = "sk-proj-Ab3dEfGh1jKlMnOpQrStUvWxYz0123456789abcdEFGH"
+OPENAI_LEGACY = "sk-" + "aB3" * 7 + "T3BlbkFJ" + "xY9" * 7
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"token {GHP} leaked", "token <API_TOKEN> leaked"),
+        (
+            f"git clone https://{GITHUB_PAT}@github.com/o/r",
+            "git clone https://<API_TOKEN>@github.com/o/r",
+        ),
+        (f"SLACK_TOKEN={SLACK}", "SLACK_TOKEN=<API_TOKEN>"),
+        ("slack xoxp-abcdefghijklmnop ok", "slack <API_TOKEN> ok"),  # no digit groups: ours
+        (f"OPENAI_API_KEY={OPENAI}", "OPENAI_API_KEY=<API_TOKEN>"),
+        (f"key {OPENAI_LEGACY}.", "key <API_TOKEN>."),
+        ("glpat-" + "x1Y2z3" * 4, "<API_TOKEN>"),  # detect-secrets' GitLab plugin
+        ("sk_live_" + "a1B2" * 6, "<API_TOKEN>"),  # Stripe
+        # benign look-alikes: hyphenated names, words, short suffixes
+        ("disk-pressure on sk-learn task-runner", "disk-pressure on sk-learn task-runner"),
+        ("sk-payments-api-7d9f8b6c5d-x2k4q", "sk-payments-api-7d9f8b6c5d-x2k4q"),
+        ("the ghp_ prefix and xoxb- tokens", "the ghp_ prefix and xoxb- tokens"),
+    ],
+)
+def test_vendor_tokens(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("pg_dump --password hunter2 -h db", "pg_dump --password <SECRET> -h db"),
+        ("--db-password 'two words' --api-key k1", "--db-password '<SECRET>' --api-key <SECRET>"),
+        (
+            "keytool -storepass changeit -keypass k2",
+            "keytool -storepass <SECRET> -keypass <SECRET>",
+        ),
+        ("psql --no-password --verbose", "psql --no-password --verbose"),  # no value
+        ("--password-file /run/pw --token-ttl 60", "--password-file /run/pw --token-ttl 60"),
+        ("mysql -u root -p hunter2 -h db", "mysql -u root -p <SECRET> -h db"),
+        ("mysql -uroot -phunter2 app", "mysql -uroot -p<SECRET> app"),
+        ("sshpass -p 's3 cr3t' ssh host", "sshpass -p '<SECRET>' ssh host"),
+        ("docker login -u bot -p s3cr3t reg.io", "docker login -u bot -p <SECRET> reg.io"),
+        # -p is a port, "parents" or "previous" elsewhere, and a port spec never is a password
+        ("docker run -p 8080:80 nginx", "docker run -p 8080:80 nginx"),
+        ("ssh -p 2222 ops@bastion", "ssh -p 2222 ops@bastion"),
+        (
+            "mkdir -p /var/lib/x && kubectl logs -p web-0",
+            "mkdir -p /var/lib/x && kubectl logs -p web-0",
+        ),
+        ("docker login -u bot -p 8080:80/tcp", "docker login -u bot -p 8080:80/tcp"),
+        ("mysql -u root -p -e 'select 1'", "mysql -u root -p -e 'select 1'"),  # prompts
+    ],
+)
+def test_secret_flags(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("the password is hunter2.", "the password is <SECRET>."),
+        ("The Password is: 'correct horse'", "The Password is: '<SECRET>'"),
+        ("passphrase was Tr0ub4dor&3 yesterday", "passphrase was <SECRET> yesterday"),
+        ("PIN set to 4321", "PIN set to <SECRET>"),
+        ("the api key is now k-123, rotate it", "the api key is now <SECRET>, rotate it"),
+        # words that describe the secret rather than being it
+        ("the password is expired", "the password is expired"),
+        ("password was not set; token is invalid", "password was not set; token is invalid"),
+    ],
+)
+def test_secret_phrases(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    "key", ["passphrase", "GPG_PASSPHRASE", "passcode", "auth_key", "db_pass", "contraseña"]
+)
+def test_secret_named_keys_at_any_depth(key: str) -> None:
+    record = {
+        "inputs": {"a": {"b": [{key: "v4lue-1"}]}},
+        "outputs": {key: "v4lue-2"},
+        "node_logs": [{"name": "s", "env": {key: "v4lue-3"}, "message": f"{key}=v4lue-4"}],
+    }
+    out = json.dumps(Redactor().record(record), ensure_ascii=False)
+    assert "v4lue" not in out and key in out
+
+
+def test_keyword_list_comes_from_detect_secrets() -> None:
+    from detect_secrets.plugins.keyword import DENYLIST
+
+    from neuralops.redaction import _is_secret_key
+
+    for word in DENYLIST:  # "api_?key" -> "api_key", "apikey"; every one is a secret key name
+        for name in {
+            word.replace("_?", "_"),
+            word.replace("_?", ""),
+            "X_" + word.replace("_?", "-"),
+        }:
+            assert _is_secret_key(name), name
+
+
 def test_order_specific_before_generic() -> None:
     # the DSN's password is not read as an e-mail; the JWT is not a generic token value
     assert (
@@ -402,6 +507,8 @@ WORD = st.text(LETTERS, min_size=1, max_size=12)
 PUNCT = st.sampled_from(["", "", "", ".", ",", ";", "!", "?", ")", "'"])
 NUMBER = st.integers(0, 10**7 - 1).map(str)  # 8+ digits after "bearer" is a token
 SECRET_WORDS = (
+    "pass",
+    "contrase",
     "password",
     "passwd",
     "pwd",
@@ -446,6 +553,10 @@ def _card_number(prefix: str, length: int, body: str) -> str:
     raise AssertionError
 
 
+def _has_digit(text: str) -> bool:
+    return any(c.isdigit() for c in text)
+
+
 @st.composite
 def secrets(draw: st.DrawFn) -> tuple[str, list[str]]:
     """One planted secret: (text to plant, the sensitive strings that must not survive)."""
@@ -464,6 +575,9 @@ def secrets(draw: st.DrawFn) -> tuple[str, list[str]]:
                 "pem",
                 "url",
                 "kv",
+                "vendor",
+                "flag",
+                "phrase",
             ]
         )
     )
@@ -566,10 +680,47 @@ def secrets(draw: st.DrawFn) -> tuple[str, list[str]]:
         pw = draw(st.text(B64 + "!$%*_~.-:@", min_size=14, max_size=24))
         scheme = draw(st.sampled_from(["postgresql", "redis", "https", "amqp"]))
         return f"{scheme}://app:{pw}@db.internal:5432/app", [pw]
+    if kind == "vendor":
+        body = draw(st.text(B64, min_size=36, max_size=36))
+        digits = draw(st.text("0123456789", min_size=12, max_size=12))
+        s = draw(
+            st.sampled_from(
+                [
+                    f"ghp_{body}",
+                    f"ghs_{body}",
+                    f"github_pat_{body[:22]}_{body}{body[:23]}",
+                    f"xoxb-{digits}-{digits}-{body[:24]}",
+                    f"xoxp-{digits}-{digits}-{digits}-{body[:32].lower()}",
+                    f"sk-{body}a1B",
+                    f"sk-proj-{body}-{body}a1B",
+                ]
+            )
+        )
+        return s, [s, body]
+    if kind in ("flag", "phrase"):  # a digit: never a word like "none" or the flag's name
+        value = draw(st.text(B64 + "!$%*_~.+", min_size=8, max_size=24).filter(_has_digit))
+    if kind == "flag":
+        form = draw(
+            st.sampled_from(
+                [
+                    "--password {}",
+                    "--db-password '{}'",
+                    "mysql -u root -p {} -h db",
+                    "mysql -uroot -p{}",
+                    "sshpass -p {} ssh host",
+                ]
+            )
+        )
+        return form.format(value), [value]
+    if kind == "phrase":
+        value = value.strip("!$%*_~.+") or "s3cr3t"  # trailing punctuation ends the sentence
+        form = draw(st.sampled_from(["the password is {}", "Passphrase was '{}'", "PIN set to {}"]))
+        return form.format(value), [value]
     value = draw(st.text(B64 + "!$%*_~.-/+", min_size=14, max_size=30))
     key = draw(
         st.sampled_from(
             [
+                "passphrase",
                 "password",
                 "DB_PASSWORD",
                 "api_key",
