@@ -30,6 +30,12 @@ def vectorize(full: bool = False, embedder: str | None = None) -> dict[str, Any]
     commit_watermark(exported)  # only now: a failed embedding exports the same runs again
     if result.warning:
         get_run_logger().warning(result.warning)
+    # Rows that could not be exported or vectorized: left out, named (never their content).
+    quarantined = [str(q) for q in [*exported.quarantined, *result.quarantined]]
+    if quarantined:
+        get_run_logger().warning(
+            "quarantined %d run(s): %s", len(quarantined), "; ".join(quarantined[:20])
+        )
     summary = {
         "exported": exported.rows,
         "written": result.written,
@@ -37,6 +43,7 @@ def vectorize(full: bool = False, embedder: str | None = None) -> dict[str, Any]
         "texts_embedded": result.embedded_texts,
         "model": result.model,
         "redacted": sum(exported.redactions.values()),
+        "quarantined": len(quarantined),
         "export_file": str(exported.path),
     }
     create_markdown_artifact(
@@ -44,6 +51,12 @@ def vectorize(full: bool = False, embedder: str | None = None) -> dict[str, Any]
         markdown="\n".join(
             ["| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in summary.items())]
             + ([f"\n**Warning:** {result.warning}"] if result.warning else [])
+            + (
+                ["\n**Quarantined** (left out, not blocking the rest):"]
+                + [f"- {q}" for q in quarantined[:50]]
+                if quarantined
+                else []
+            )
         ),
         description="What this vectorize run exported, redacted and embedded",
     )

@@ -978,6 +978,24 @@ def etl_export(
     if redacted:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(result.redactions.items()))
         out.print(f"redacted {redacted} values: {kinds}", highlight=False)
+    _print_quarantined(result.quarantined, "could not be exported")
+
+
+def _print_quarantined(quarantined: list, what: str, limit: int = 20) -> None:
+    """Runs (or lines) left out, each with why (never its content); the rest went on."""
+    if not quarantined:
+        return
+    from rich.markup import escape
+
+    count = len(quarantined)
+    named = "; ".join(str(q) for q in quarantined[:limit])
+    err.print(
+        f"[yellow]quarantined {count} run{'s' if count != 1 else ''} that {what}:[/] "
+        + escape(named)
+        + (f"; and {count - limit} more" if count > limit else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @etl_app.command("vectorize")
@@ -986,8 +1004,16 @@ def etl_vectorize(
     embedder: Annotated[
         str | None, typer.Option(help="auto (default: NEURALOPS_EMBEDDER), minilm or hashing.")
     ] = None,
+    lock_wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds to wait for another vectorize of the same store; 0 refuses at once.",
+        ),
+    ] = 900.0,
 ) -> None:
-    """Embed exported runs and upsert them into LanceDB (unchanged runs are skipped)."""
+    """Embed exported runs and upsert them into LanceDB (unchanged runs are skipped). One
+    vectorize at a time per store: a second one waits for the first (--lock-wait)."""
     from neuralops import vectorize
     from neuralops.embedding import load_embedder
     from neuralops.vectorstore import store_from_settings
@@ -1001,20 +1027,28 @@ def etl_vectorize(
     with in_path.open("rb") as lines:  # one cheap pass for the progress bar's total
         total = sum(1 for _ in lines)
     store = store_from_settings(settings)
-    with _progress(total, "vectorizing") as progress:
-        task = progress.add_task("runs", total=total)
-        result = vectorize.vectorize_records(
-            vectorize.read_jsonl(in_path),
-            store,
-            model,
-            progress=lambda n: progress.update(task, completed=n),
-        )
-    indexed = store.ensure_index()
+    bad_lines: list[vectorize.Quarantined] = []
+    with vectorize.vectorize_lock(
+        store,
+        timeout_s=lock_wait,
+        on_wait=lambda message: err.print(f"[yellow]{message}[/]", highlight=False),
+    ):
+        with _progress(total, "vectorizing") as progress:
+            task = progress.add_task("runs", total=total)
+            result = vectorize.vectorize_records(
+                vectorize.read_jsonl(in_path, bad_lines),
+                store,
+                model,
+                progress=lambda n: progress.update(task, completed=n),
+                lock=False,  # held above, across the index update too
+            )
+        indexed = store.ensure_index()
     out.print(
         f"{result.written} vectors written ({result.skipped} unchanged, "
         f"{result.embedded_texts} texts embedded; model {result.model}; "
         f"{store.count()} in {settings.vector_uri}" + ("; ANN index built" if indexed else "") + ")"
     )
+    _print_quarantined(bad_lines + result.quarantined, "could not be vectorized")
 
 
 # --- audit (docs/policies/audit.md) ----------------------------------------------------------

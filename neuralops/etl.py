@@ -11,6 +11,16 @@ Incremental: without ``full`` or ``since``, an export starts after the stored wa
 ends at the newest row that existed when it started. ``full`` re-exports everything and
 resets the watermark; ``since`` exports rows updated at or after a time and leaves the
 watermark alone (an ad-hoc slice).
+
+Each record carries the run's ``provenance`` and ``verified`` (neuralops.runs) as stored,
+unredacted: they are NeuralOps' own metadata (a known word or ``api:<authenticated
+subject>``), and the recommender matches them against the trusted writers.
+
+Bad rows never block the export: a stored row that cannot be exported (JSON that does not
+parse, text that is not valid UTF-8 or holds a lone surrogate, a number out of range, nesting
+too deep, anything the redactor refuses; e.g. written before such input was refused) is
+quarantined: left out, counted and named in ``ExportResult.quarantined`` (run_id and reason,
+never its content), and the watermark still moves past it, so it is not met again.
 """
 
 from __future__ import annotations
@@ -27,13 +37,14 @@ from typing import IO, Any
 
 import polars as pl
 import pyarrow.parquet as pq
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import LargeBinary, Text, cast, func, select, tuple_
 from sqlalchemy.engine import URL
 
 from neuralops.db import get_engine, session_scope
 from neuralops.db.models import EtlWatermark, WorkflowRun, utcnow
 from neuralops.errors import InvalidInput
 from neuralops.redaction import Redactor, default_redactor
+from neuralops.vectorize import Quarantined, unencodable
 
 BATCH_ROWS = 5_000
 DEFAULT_STREAM = "runs"
@@ -51,9 +62,16 @@ COLUMNS = (
     WorkflowRun.flow_run_id,
     WorkflowRun.created_at,
     WorkflowRun.updated_at,
+    WorkflowRun.provenance,
+    WorkflowRun.verified,
 )
 # Nested fields travel as JSON text in Parquet (their shape differs from run to run).
 NESTED = ("inputs", "outputs", "node_logs")
+# Read undecoded (bytes on SQLite, JSON text on PostgreSQL) and decoded row by row, so that
+# one bad row is quarantined instead of failing the whole batch.
+RAW = (*NESTED, "run_id", "wpk_id", "status", "cluster", "provenance")
+# Kept as stored, not redacted (NeuralOps' own metadata: see the module docstring).
+UNREDACTED = ("provenance", "verified")
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,7 @@ class ExportResult:
     previous: Watermark | None
     watermark: Watermark | None
     redactions: dict[str, int] = field(default_factory=dict)
+    quarantined: list[Quarantined] = field(default_factory=list)  # rows left out, and why
 
 
 def export_runs(
@@ -103,15 +122,22 @@ def export_runs(
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     rows, last = 0, None
+    quarantined: list[Quarantined] = []
     try:
         with os.fdopen(handle, "wb") as sink:
             writer = _JsonlWriter(sink) if kind == "jsonl" else _ParquetWriter(sink)
-            for batch in batches:
-                writer.write([redactor.record(_public(record)) for record in batch])
-                rows += len(batch)
-                last = Watermark(batch[-1]["_updated_at"], batch[-1]["_id"])
+            for batch, mark in batches:
+                good = []
+                for record in batch:
+                    if isinstance(record, Quarantined):
+                        quarantined.append(record)
+                    elif (done := _redacted(record, redactor, quarantined)) is not None:
+                        good.append(done)
+                writer.write(good)
+                rows += len(good)
+                last = mark  # past the quarantined rows too
                 if progress:
-                    progress(rows)
+                    progress(rows + len(quarantined))
             writer.close()
         os.replace(temp, out)
     except BaseException:
@@ -122,7 +148,24 @@ def export_runs(
         watermark = last
         if commit:
             save_watermark(stream, last, rows, url=url)
-    return ExportResult(rows, out, kind, previous, watermark, dict(redactor.stats))
+    return ExportResult(
+        rows, out, kind, previous, watermark, dict(redactor.stats), quarantined=quarantined
+    )
+
+
+def _redacted(
+    record: dict[str, Any], redactor: Redactor, quarantined: list[Quarantined]
+) -> dict[str, Any] | None:
+    """The record redacted, or None (and the reason in ``quarantined``) when it cannot be."""
+    try:
+        done = redactor.record({k: v for k, v in _public(record).items() if k not in UNREDACTED})
+        # What the writers will do with it: text that cannot be encoded fails here, not there.
+        json.dumps(done, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:
+        reason = unencodable(record) or f"could not be redacted ({type(exc).__name__})"
+        quarantined.append(Quarantined(record["run_id"], reason))
+        return None
+    return done | {k: record[k] for k in UNREDACTED}
 
 
 def commit_watermark(
@@ -169,46 +212,107 @@ def _after(mark: Watermark, *, inclusive: bool):
 
 def _batches(
     url: URL | None, start: Watermark | None, *, inclusive: bool, batch_rows: int
-) -> Iterator[list[dict[str, Any]]]:
-    """Rows as export records, ``batch_rows`` at a time, up to the newest row at the start."""
+) -> Iterator[tuple[list[dict[str, Any] | Quarantined], Watermark]]:
+    """(records, and Quarantined for the rows that cannot be exported; the keyset position
+    of the batch's last row), ``batch_rows`` at a time, up to the newest row at the start."""
     engine = get_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
+    columns = [
+        (cast(c, LargeBinary) if sqlite else cast(c, Text) if c.key in NESTED else c).label(c.key)
+        if c.key in RAW
+        else c
+        for c in COLUMNS
+    ]
     with engine.connect() as conn:
         ceiling = conn.execute(select(func.max(WorkflowRun.updated_at))).scalar()
         if ceiling is None:
             return
         mark, first = start, True
         while True:
-            query = select(*COLUMNS).where(WorkflowRun.updated_at <= ceiling)
+            query = select(*columns).where(WorkflowRun.updated_at <= ceiling)
             if mark is not None:
                 query = query.where(_after(mark, inclusive=inclusive and first))
             query = query.order_by(WorkflowRun.updated_at, WorkflowRun.id).limit(batch_rows)
             rows = conn.execute(query).all()
             if not rows:
                 return
-            batch = [_record(row) for row in rows]
-            yield batch
             mark, first = Watermark(rows[-1].updated_at, rows[-1].id), False
+            yield [_record(row) for row in rows], mark
             if len(rows) < batch_rows:
                 return
 
 
-def _record(row: Any) -> dict[str, Any]:
-    return {
-        "run_id": row.run_id,
-        "wpk_id": row.wpk_id,
-        "status": row.status,
-        "duration_ms": row.duration_ms,
-        "inputs": row.inputs,
-        "outputs": row.outputs,
-        "node_logs": row.node_logs,
-        "cluster": row.cluster,
-        "flow_run_id": str(row.flow_run_id) if row.flow_run_id else None,
-        "created_at": row.created_at.isoformat(),
-        "updated_at": row.updated_at.isoformat(),
-        # Keyset position; dropped by the writers.
-        "_updated_at": row.updated_at,
-        "_id": row.id,
-    }
+class _BadRow(ValueError):
+    pass
+
+
+def _record(row: Any) -> dict[str, Any] | Quarantined:
+    try:
+        record = {
+            "run_id": _text(row.run_id, "run_id"),
+            "wpk_id": _text(row.wpk_id, "wpk_id"),
+            "status": _text(row.status, "status"),
+            "duration_ms": row.duration_ms,
+            "inputs": _json(row.inputs, "inputs"),
+            "outputs": _json(row.outputs, "outputs"),
+            "node_logs": _json(row.node_logs, "node_logs"),
+            "cluster": _text(row.cluster, "cluster"),
+            "flow_run_id": str(row.flow_run_id) if row.flow_run_id else None,
+            "created_at": row.created_at.isoformat(),
+            "updated_at": row.updated_at.isoformat(),
+            "provenance": _text(row.provenance, "provenance"),
+            "verified": bool(row.verified),
+        }
+    except _BadRow as exc:
+        run_id = (
+            row.run_id.decode("utf-8", "backslashreplace")
+            if isinstance(row.run_id, bytes)
+            else str(row.run_id)
+        )
+        return Quarantined(run_id.encode("utf-8", "backslashreplace").decode(), str(exc))
+    return record
+
+
+def _text(value: Any, name: str) -> Any:
+    if isinstance(value, bytes | memoryview):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _BadRow(f"{name}: not valid UTF-8") from None
+    if isinstance(value, str) and (problem := unencodable(value, name)):
+        raise _BadRow(problem)
+    return value
+
+
+def _json(value: Any, name: str) -> Any:
+    text = _text(value, name)
+    if text is None:
+        return None
+    if not isinstance(text, str):  # already decoded by the driver
+        parsed = text
+    else:
+        try:
+            parsed = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        except RecursionError:
+            raise _BadRow(f"{name}: nested too deeply") from None
+        except _BadRow as exc:
+            raise _BadRow(f"{name}: {exc}") from None
+        except ValueError:
+            raise _BadRow(f"{name}: not valid JSON") from None
+    if problem := unencodable(parsed, name):
+        raise _BadRow(problem)
+    return parsed
+
+
+def _no_constant(name: str) -> Any:
+    raise _BadRow(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _BadRow("a number out of range")
+    return value
 
 
 class _JsonlWriter:
@@ -259,6 +363,8 @@ _PARQUET_SCHEMA = {
     "flow_run_id": pl.String,
     "created_at": pl.String,
     "updated_at": pl.String,
+    "provenance": pl.String,
+    "verified": pl.Boolean,
 }
 
 

@@ -28,11 +28,12 @@ Safety by construction:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
+from sqlalchemy import or_
 from sqlalchemy.engine import URL
 
 from neuralops import approval, incidents, policy, runs, safety
@@ -167,16 +168,40 @@ def suggest(
 
 
 def precedent_parameters(
-    manifest: Manifest, incident: Incident, *, scan: int = 500, url: URL | None = None
+    manifest: Manifest,
+    incident: Incident,
+    *,
+    scan: int = 500,
+    url: URL | None = None,
+    trusted: Collection[str] | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """The parameters of the latest succeeded run of this playbook on this incident's own
-    resource (namespace/workload), among its ``scan`` newest runs: what worked here before,
-    for the values labels cannot give (a container name, a memory limit). Never from another
-    resource, whose values name other objects; labels still win. Empty without one."""
+    resource (namespace/workload), among its ``scan`` newest vouched-for runs: what worked
+    here before, for the values labels cannot give (a container name, a memory limit). Never
+    from another resource, whose values name other objects; labels still win. Empty without
+    one.
+
+    Only runs NeuralOps can vouch for count: verified ones (its own executions, flow runs the
+    Prefect API confirmed) and those of ``trusted`` writers (default: the
+    ``NEURALOPS_TRUSTED_WRITERS`` setting); never a run dated in the future, which would
+    otherwise stay "latest" for as long as its date lies ahead."""
     resource = resource_of(incident.labels)
     if resource is None:
         return {}
-    query = runs.newest_runs(manifest.id, WorkflowRun.inputs, WorkflowRun.status).limit(scan)
+    if trusted is None:
+        from neuralops.settings import get_settings
+
+        trusted = get_settings().trusted
+    vouched = WorkflowRun.verified.is_(True)
+    if trusted:
+        vouched = or_(vouched, WorkflowRun.provenance.in_(sorted(trusted)))
+    query = (
+        runs.newest_runs(manifest.id, WorkflowRun.inputs, WorkflowRun.status)
+        .where(vouched, WorkflowRun.status == "succeeded")
+        .where(WorkflowRun.created_at <= (now or datetime.now(UTC)))
+        .limit(scan)
+    )
     with session_scope(url) as session:
         for inputs, status in session.execute(query):
             if status == "succeeded" and run_resource({"inputs": inputs}) == resource:
@@ -797,6 +822,8 @@ def log_execution(
             created_at=started,
         ),
         url=url,
+        provenance=runs.NEURALOPS,  # NeuralOps performed it: verified, it teaches
+        verified=True,
     )
 
 
@@ -846,24 +873,17 @@ def verify_outcome(
                 outcome, evidence = recheck(signal, rule, source)
     updated = incidents.record_outcome(current.id, outcome, actor=ACTOR, evidence=evidence, url=url)
     if current.run_id and outcome == "not_resolved" and current.state == "succeeded":
+        # A finished run is immutable to every writer; NeuralOps corrects its own execution's
+        # outcome through record_outcome (runs of provenance neuralops only).
         run = runs.get_run(current.run_id, url=url)
-        runs.log_run(
-            runs.RunIn(
-                wpk_id=run.wpk_id,
-                run_id=run.run_id,
-                status="failed",
-                duration_ms=run.duration_ms,
-                inputs=run.inputs,
-                outputs={
-                    **run.outputs,
-                    "outcome": outcome,
-                    "error": "the signal was still anomalous after the settle time",
-                },
-                node_logs=run.node_logs,
-                cluster=run.cluster,
-                flow_run_id=run.flow_run_id,
-                created_at=run.created_at,
-            ),
+        runs.record_outcome(
+            run.run_id,
+            "failed",
+            outputs={
+                **run.outputs,
+                "outcome": outcome,
+                "error": "the signal was still anomalous after the settle time",
+            },
             url=url,
         )
     return updated

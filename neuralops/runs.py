@@ -181,6 +181,8 @@ class RunIn(BaseModel):
             size = len(json.dumps(value, allow_nan=False, default=str))
         except ValueError:
             raise ValueError("must not contain NaN or Infinity (not valid JSON)") from None
+        except RecursionError:
+            raise ValueError("is nested too deeply") from None
         if size > MAX_JSON_BYTES:
             raise ValueError(f"is {size} bytes of JSON; the limit is {MAX_JSON_BYTES}")
         refuse_nul(value)

@@ -1,9 +1,14 @@
-"""Run vectors in LanceDB: one row per run, upserted on ``run_id``.
+"""Run vectors in LanceDB: one row per run, merged on ``run_id``.
 
 The store lives at ``LANCEDB_URI``: a local directory by default (``<data dir>/lancedb``) or
 an object-storage URI (``s3://bucket/path``, ``gs://``, ``az://``), passed to LanceDB as is.
 Each row records the summary's content hash and the embedding model (``name@version``), so
-the vectorize pipeline can skip runs whose text and model are unchanged.
+the vectorize pipeline can skip runs whose text and model are unchanged, and the run's
+``provenance`` and ``verified`` (neuralops.runs), so the recommender can count only runs it
+can vouch for. ``run_id`` is the table's (unenforced) primary key: LanceDB then detects two
+concurrent ``merge_insert`` commits inserting the same run_id and retries the second as an
+update, so concurrent writers cannot leave duplicates (without the key they do: lance#4585).
+One vectorize at a time per store is still the rule (``neuralops.vectorize.vectorize_lock``).
 
 Queries are brute force until the table reaches ``INDEX_MIN_ROWS``; from there an
 IVF_HNSW_SQ index answers them. The threshold and the index type come from
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +44,8 @@ REMOTE_SCHEMES = ("s3://", "s3+ddb://", "gs://", "az://", "abfs://")
 VECTOR_COLUMN = "vector"
 TEXT_COLUMN = "summary"
 KEY = "run_id"
+# Field metadata LanceDB writes for set_unenforced_primary_key.
+_PRIMARY_KEY_META = b"lance-schema:unenforced-primary-key"
 _IN_CHUNK = 1000
 INDEX_CHECK_S = 60.0
 
@@ -57,8 +64,36 @@ def schema(dim: int = 384) -> pa.Schema:
             pa.field(VECTOR_COLUMN, pa.list_(pa.float32(), dim)),
             pa.field("created_at", pa.timestamp("us", tz="UTC")),
             pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+            # Where the run came from and whether that was confirmed (neuralops.runs); null in
+            # rows written before these columns existed: unverified, counted for nothing.
+            pa.field("provenance", pa.string()),
+            pa.field("verified", pa.bool_()),
         ]
     )
+
+
+def vouched_filter(trusted: Iterable[str] = ()) -> str:
+    """A LanceDB filter for runs that count as evidence: verified, or from a trusted writer."""
+    writers = sorted(set(trusted))
+    if not writers:
+        return "(verified = true)"
+    return f"(verified = true OR provenance IN ({', '.join(sql_str(w) for w in writers)}))"
+
+
+def reported_filter(trusted: Iterable[str] = ()) -> str:
+    """The complement of ``vouched_filter``: runs shown as "reported", weighing nothing
+    (nulls included: rows written before provenance was stored)."""
+    writers = sorted(set(trusted))
+    unverified = "(verified IS NULL OR verified = false)"
+    if not writers:
+        return unverified
+    listed = ", ".join(sql_str(w) for w in writers)
+    return f"({unverified} AND (provenance IS NULL OR provenance NOT IN ({listed})))"
+
+
+def is_vouched(row: Mapping[str, Any], trusted: Iterable[str] = ()) -> bool:
+    """``vouched_filter`` for one row already read."""
+    return bool(row.get("verified")) or row.get("provenance") in set(trusted)
 
 
 def index_config(rows: int) -> IvfHnswSq:
@@ -138,6 +173,16 @@ class VectorStore:
         if missing:  # a table written before these columns existed (new rows fill them)
             with self._remote_errors("migrate"):
                 table.add_columns(pa.schema(missing))
+        if not _has_primary_key(table):
+            # merge_insert on run_id then detects concurrent inserts of the same run
+            with self._remote_errors("migrate"):
+                try:
+                    table.set_unenforced_primary_key(KEY)
+                except (OSError, RuntimeError, ValueError):
+                    # another process set it at the same moment (a conflicting commit)
+                    table = db.open_table(self.table_name)
+                    if not _has_primary_key(table):
+                        raise
         stored = table.schema.field(VECTOR_COLUMN).type
         if stored != self.schema.field(VECTOR_COLUMN).type:
             raise ConfigError(
@@ -198,31 +243,22 @@ class VectorStore:
         ]
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
-    def fingerprints(self, run_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """run_id -> (content_hash, model) for the given runs that are stored."""
+    def fingerprints(self, run_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        """run_id -> (content_hash, model, provenance, verified) for the given runs that are
+        stored."""
         table = self._open()
         if table is None or not run_ids:
             return {}
-        found: dict[str, tuple[str, str]] = {}
+        found: dict[str, tuple[Any, ...]] = {}
         unique = list(dict.fromkeys(run_ids))
+        columns = ["run_id", "content_hash", "model", "provenance", "verified"]
         for start in range(0, len(unique), _IN_CHUNK):
             chunk = unique[start : start + _IN_CHUNK]
             where = f"run_id IN ({', '.join(sql_str(r) for r in chunk)})"
             with self._remote_errors("read"):
-                hits = (
-                    table.search()
-                    .where(where)
-                    .select(["run_id", "content_hash", "model"])
-                    .limit(len(chunk))
-                    .to_arrow()
-                )
-            for run_id, digest, model in zip(
-                hits.column("run_id").to_pylist(),
-                hits.column("content_hash").to_pylist(),
-                hits.column("model").to_pylist(),
-                strict=True,
-            ):
-                found[run_id] = (digest, model)
+                hits = table.search().where(where).select(columns).limit(len(chunk)).to_arrow()
+            for row in hits.to_pylist():
+                found[row["run_id"]] = tuple(row[name] for name in columns[1:])
         return found
 
     def _columns(self, with_vectors: bool) -> list[str]:
@@ -346,6 +382,11 @@ class VectorStore:
                     return False
             table.create_index(VECTOR_COLUMN, config=index_config(rows), replace=True)
         return True
+
+
+def _has_primary_key(table: Any) -> bool:
+    metadata = table.schema.field(KEY).metadata or {}
+    return any(key.startswith(_PRIMARY_KEY_META) for key in metadata)
 
 
 def sql_str(value: str) -> str:

@@ -28,10 +28,16 @@ def commit_watermark(exported: etl.ExportResult) -> bool:
 
 @task(name="vectorize-runs", cache_policy=NO_CACHE, **IO_RETRIES)
 def vectorize_runs(path: Path, embedder: str | None = None) -> vectorize.VectorizeResult:
-    """Embed the exported runs and upsert them into LanceDB; unchanged runs are skipped."""
+    """Embed the exported runs and upsert them into LanceDB; unchanged runs are skipped.
+    One vectorize at a time per store (``vectorize.vectorize_lock``): a second one waits."""
     settings = get_settings()
     model, warning = load_embedder(embedder or settings.embedder)
     store = store_from_settings(settings)
-    result = vectorize.vectorize_records(vectorize.read_jsonl(path), store, model, warning=warning)
-    store.ensure_index()  # once the table is large enough to benefit (see vectorstore)
+    bad_lines: list[vectorize.Quarantined] = []
+    with vectorize.vectorize_lock(store):
+        result = vectorize.vectorize_records(
+            vectorize.read_jsonl(path, bad_lines), store, model, warning=warning, lock=False
+        )
+        store.ensure_index()  # once the table is large enough to benefit (see vectorstore)
+    result.quarantined[:0] = bad_lines
     return result

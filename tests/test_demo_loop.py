@@ -130,8 +130,14 @@ def test_parameters_come_from_what_worked_on_the_same_resource(database_url: URL
             run("here-new", "succeeded", 10, "payments-api", "2Gi"),
             run("here-failed", "failed", 2, "payments-api", "8Gi"),  # failed: not a precedent
             run("elsewhere", "succeeded", 1, "ledger", "4Gi"),  # another workload's values
-        ]
+        ],
+        provenance=runs.NEURALOPS,  # NeuralOps' own executions: verified
+        verified=True,
     )
+    # Newer, but nobody vouches for them: a run posted by an API writer, and an unverified
+    # library call.
+    runs.log_run(run("posted", "succeeded", 1, "payments-api", "64Gi"), provenance="api:mallory")
+    runs.log_run(run("local", "succeeded", 1, "payments-api", "32Gi"))
     assert precedent_parameters(manifest, oom_incident()) == {
         "deployment": "payments-api",
         "container": "payments-api",

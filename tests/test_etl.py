@@ -28,23 +28,26 @@ def run_ids(path: Path) -> list[str]:
 
 def test_incremental_export_writes_each_change_once(database_url: URL, tmp_path: Path) -> None:
     seed(40)
+    live = {**next(synthetic_runs(1, start=99)).model_dump(), "run_id": "live", "status": "running"}
+    runs.log_run(live)  # still running: its writer will report how it ended
     first = etl.export_runs(tmp_path / "a.jsonl", batch_rows=7)
-    assert first.rows == 40 and first.previous is None
-    assert sorted(run_ids(tmp_path / "a.jsonl")) == sorted(f"syn-0-{n:07d}" for n in range(40))
+    assert first.rows == 41 and first.previous is None
+    expected = sorted(f"syn-0-{n:07d}" for n in range(40))
+    assert sorted(run_ids(tmp_path / "a.jsonl")) == ["live", *expected]
 
     assert etl.export_runs(tmp_path / "b.jsonl").rows == 0
     assert (tmp_path / "b.jsonl").read_text() == ""
     assert etl.count_pending() == 0
 
     seed(5, start=40)  # five new runs
-    changed = next(synthetic_runs(1, start=3)).model_copy(update={"status": "failed"})
-    runs.log_run(changed)  # a change to an exported run
+    runs.log_run({**live, "status": "failed"})  # a change to an exported run
     assert etl.count_pending() == 6
     third = etl.export_runs(tmp_path / "c.jsonl", batch_rows=2)
     assert third.previous == first.watermark
-    assert sorted(run_ids(tmp_path / "c.jsonl")) == ["syn-0-0000003"] + [
+    assert sorted(run_ids(tmp_path / "c.jsonl")) == ["live"] + [
         f"syn-0-{n:07d}" for n in range(40, 45)
     ]
+    assert third.quarantined == []
 
 
 def test_full_resets_and_since_slices_without_moving_the_watermark(
@@ -138,3 +141,75 @@ def test_no_planted_secret_reaches_the_vectors(sqlite_url: URL, tmp_path: Path) 
         for kind, value in planted(0, n).items():
             for piece in value.split("\n")[1:-1] or [value]:
                 assert piece not in text, f"{kind} reached LanceDB"
+
+
+# --- bad stored rows are quarantined (issue 15) ---------------------------------------------
+
+
+def _corrupt(url: URL, run_id: str, column: str, sql_value: str) -> None:
+    """Write a value the run logger refuses today straight into a stored row (a row written
+    before the fix, or by another tool)."""
+    import sqlalchemy as sa
+
+    from neuralops.db import get_engine
+
+    with get_engine(url).begin() as conn:
+        conn.execute(
+            sa.text(f"UPDATE workflow_runs SET {column} = {sql_value} WHERE run_id = :id"),
+            {"id": run_id},
+        )
+
+
+def test_an_export_quarantines_bad_rows_and_exports_the_rest(
+    database_url: URL, tmp_path: Path
+) -> None:
+    seed(12)
+    postgres = database_url.get_backend_name() == "postgresql"
+    deep = "[" * 3000 + "]" * 3000  # PostgreSQL stores it; Python cannot parse it
+    jsonb = "::jsonb" if postgres else ""
+    _corrupt(database_url, "syn-0-0000002", "outputs", f"'{{\"deep\": {deep}}}'{jsonb}")
+    bad = {"syn-0-0000002": "outputs: nested too deeply"}
+    if not postgres:  # what only SQLite can hold: PostgreSQL refuses these on write
+        _corrupt(database_url, "syn-0-0000005", "inputs", '\'{"note": "\\ud800"}\'')
+        _corrupt(database_url, "syn-0-0000007", "node_logs", "'[{not json'")
+        _corrupt(database_url, "syn-0-0000009", "cluster", "CAST(X'FF00FE' AS TEXT)")
+        bad |= {
+            "syn-0-0000005": "inputs.note: text that cannot be encoded (a lone surrogate)",
+            "syn-0-0000007": "node_logs: not valid JSON",
+            "syn-0-0000009": "cluster: not valid UTF-8",
+        }
+    for kind in ("jsonl", "parquet"):
+        result = etl.export_runs(tmp_path / f"runs.{kind}", full=True, batch_rows=4)
+        assert {q.run_id: q.reason for q in result.quarantined} == bad
+        assert result.rows == 12 - len(bad)
+    exported = run_ids(tmp_path / "runs.jsonl")
+    assert sorted(exported) == sorted(
+        f"syn-0-{n:07d}" for n in range(12) if f"syn-0-{n:07d}" not in bad
+    )
+    assert "ud800" not in (tmp_path / "runs.jsonl").read_text()
+    # The watermark moved past them: the next export neither meets nor repeats them.
+    assert etl.count_pending() == 0
+    again = etl.export_runs(tmp_path / "again.jsonl")
+    assert (again.rows, again.quarantined) == (0, [])
+
+
+def test_cli_names_what_it_quarantined(sqlite_url: URL, tmp_path: Path) -> None:
+    seed(5)
+    _corrupt(sqlite_url, "syn-0-0000001", "inputs", '\'{"note": "\\udfff secret"}\'')
+    runner = CliRunner()
+    out = str(tmp_path / "runs.jsonl")
+    exported = runner.invoke(app, ["etl", "export", "--out", out])
+    assert exported.exit_code == 0, exported.output
+    assert "4 runs exported" in exported.output
+    assert "quarantined 1 run that could not be exported" in exported.output
+    assert "syn-0-0000001 (inputs.note: text that cannot be encoded" in exported.output
+    assert "secret" not in exported.output
+    # A bad line in the file given to vectorize: quarantined too, the rest embedded.
+    with open(out, "a") as handle:
+        handle.write('{"run_id": "x-1", "outputs": {"error": "\\ud800"}}\n{broken\n')
+    vectorized = runner.invoke(app, ["etl", "vectorize", "--in", out, "--embedder", "hashing"])
+    assert vectorized.exit_code == 0, vectorized.output
+    assert "4 vectors written" in vectorized.output
+    assert "quarantined 2" in vectorized.output
+    assert "x-1 (outputs.error: text that cannot be encoded" in vectorized.output
+    assert "line 6 (not valid JSON" in vectorized.output

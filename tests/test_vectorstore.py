@@ -54,8 +54,8 @@ def test_upsert_twice_never_duplicates_and_update_replaces(store):
     store.upsert([row("r2", 99, summary="new"), row("r5", 5)])
     assert store.count() == 6
     assert store.fingerprints(["r2", "r0", "missing"]) == {
-        "r2": ("h-new", "m@1"),
-        "r0": ("h-s", "m@1"),
+        "r2": ("h-new", "m@1", None, None),  # (content hash, model, provenance, verified)
+        "r0": ("h-s", "m@1", None, None),
     }
     hit = store.search(unit(99), k=1)[0]
     assert hit["run_id"] == "r2" and hit["summary"] == "new"
@@ -67,7 +67,7 @@ def test_upsert_accepts_arrow_and_quotes_ids(store):
     table = store._to_arrow([row("it's", 1)])
     assert isinstance(table, pa.Table)
     assert store.upsert(table) == 1
-    assert store.fingerprints(["it's"]) == {"it's": ("h-s", "m@1")}
+    assert store.fingerprints(["it's"]) == {"it's": ("h-s", "m@1", None, None)}
 
 
 def test_search_returns_nearest_first_and_filters(store):
