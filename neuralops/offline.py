@@ -15,8 +15,9 @@ import contextlib
 import csv
 import math
 import os
+import stat
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,17 +54,70 @@ def detect_file(
     except OSError as exc:
         raise InvalidInput(f"{source}: cannot read ({exc.strerror})") from exc
     with handle:
-        reader = csv.reader(handle)
-        _check_header(next(reader, None), source)
-        with _atomic_output(target) as out:
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(OUTPUT_HEADER)
-            written = 0
-            for stamps, texts, values in _chunks(reader, source, chunk_rows):
-                scores = np.nan_to_num(stream.update(values).score, nan=0.0)
-                writer.writerows(zip(stamps, texts, map(repr, scores.tolist()), strict=True))
-                written += len(stamps)
+        source_stat = os.fstat(handle.fileno())
+        _check_output(source, target, source_stat)
+        try:
+            reader = csv.reader(handle)
+            _check_header(next(reader, None), source)
+            with _atomic_output(target, lambda: _check_output(source, target, source_stat)) as out:
+                writer = csv.writer(out, lineterminator="\n")
+                writer.writerow(OUTPUT_HEADER)
+                written = 0
+                for stamps, texts, values in _chunks(reader, source, chunk_rows):
+                    scores = np.nan_to_num(stream.update(values).score, nan=0.0)
+                    writer.writerows(zip(stamps, texts, map(repr, scores.tolist()), strict=True))
+                    written += len(stamps)
+        except UnicodeDecodeError:
+            line, offset = _first_bad_utf8(source)
+            raise _problem(
+                source, line, "-", f"byte {offset} is not UTF-8 text; save the file as UTF-8"
+            ) from None
     return written
+
+
+_KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_output(source: Path, target: Path, source_stat: os.stat_result) -> None:
+    """The output is a new file or a regular one (never a link, device, FIFO or socket,
+    which the final rename would replace), and never the input itself (by a link too)."""
+    try:
+        found = os.lstat(target)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InvalidInput(f"OUTPUT_CSV {target}: cannot check it ({exc.strerror})") from exc
+    kind = next((name for test, name in _KINDS if test(found.st_mode)), None)
+    if kind is not None or not stat.S_ISREG(found.st_mode):
+        raise InvalidInput(
+            f"OUTPUT_CSV {target} is {kind or 'not a regular file'}: name a new file or a "
+            "regular file to replace"
+        )
+    if (found.st_dev, found.st_ino) == (source_stat.st_dev, source_stat.st_ino):
+        raise InvalidInput(
+            f"OUTPUT_CSV {target} is the input file {source}: name another file for the scores"
+        )
+
+
+def _first_bad_utf8(source: Path) -> tuple[int, int]:
+    """Line (1-based) and byte offset (0-based, in the file) of the first byte that is not
+    UTF-8. Line by line: no UTF-8 sequence holds a newline byte."""
+    line, offset = 1, 0
+    with open(source, "rb") as raw:
+        for line, data in enumerate(raw, start=1):
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return line, offset + exc.start
+            offset += len(data)
+    return line, offset  # not found again: the file changed meanwhile
 
 
 def _problem(source: Path, line: int, column: str, message: str) -> InvalidInput:
@@ -147,8 +201,9 @@ def _chunks(
 
 
 @contextlib.contextmanager
-def _atomic_output(target: Path) -> Iterator[Any]:
-    """A text file that becomes ``target`` when the block succeeds and vanishes otherwise."""
+def _atomic_output(target: Path, check: Callable[[], None] = lambda: None) -> Iterator[Any]:
+    """A text file that becomes ``target`` when the block succeeds and vanishes otherwise;
+    ``check`` runs just before the rename (and may refuse it)."""
     # A fresh name beside the target (same file system, so the rename is atomic); open()
     # rather than mkstemp so the file gets the usual permissions, not 0600.
     temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
@@ -161,6 +216,7 @@ def _atomic_output(target: Path) -> Iterator[Any]:
             yield out
             out.flush()
             os.fsync(out.fileno())
+        check()  # again: the output may have changed while the input was scored
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +154,84 @@ def test_blank_lines_and_a_byte_order_mark_are_tolerated(tmp_path: Path) -> None
         "\ufefftimestamp,value\n2024-01-01 00:00:00,1\n\n2024-01-01 00:01:00,2\n".encode()
     )
     assert detect_file(source, tmp_path / "out.csv") == 2
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "dangling symlink", "directory"])
+def test_a_non_regular_output_is_refused_and_left_alone(tmp_path: Path, kind: str) -> None:
+    source = write_input(tmp_path / "in.csv", series())
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("keep me\n")
+    target = tmp_path / "out.csv"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "symlink":
+        target.symlink_to(elsewhere)
+    elif kind == "dangling symlink":
+        target.symlink_to(tmp_path / "nothing-here")
+    else:
+        target.mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(InvalidInput, match=r"OUTPUT_CSV .*out\.csv is a .*: name a new file"):
+        detect_file(source, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary file either
+    assert elsewhere.read_text() == "keep me\n"
+    assert (kind == "fifo") == stat.S_ISFIFO(os.lstat(target).st_mode)
+    assert kind.endswith("symlink") == target.is_symlink()
+
+
+def test_a_device_output_is_refused(tmp_path: Path) -> None:
+    source = write_input(tmp_path / "in.csv", series())
+    with pytest.raises(InvalidInput, match="OUTPUT_CSV /dev/null is a character device"):
+        detect_file(source, "/dev/null")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink to the input", "hard link"])
+def test_the_output_is_never_the_input(tmp_path: Path, how: str) -> None:
+    source = write_input(tmp_path / "in.csv", series())
+    original = source.read_bytes()
+    if how == "same path":
+        args = (source, source)
+    elif how == "symlink to the input":  # the input named through a link, output the file
+        link = tmp_path / "link.csv"
+        link.symlink_to(source)
+        args = (link, source)
+    else:
+        hard = tmp_path / "hard.csv"
+        os.link(source, hard)
+        args = (source, hard)
+    with pytest.raises(InvalidInput, match=r"OUTPUT_CSV .* is the input file .*name another"):
+        detect_file(*args)
+    assert source.read_bytes() == original
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_regular_output_is_still_replaced_atomically(tmp_path: Path) -> None:
+    source = write_input(tmp_path / "in.csv", series())
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    inode = os.stat(target).st_ino
+    assert detect_file(source, target) == 600
+    assert read_output(target)[0] == ["timestamp", "value", "anomaly_score"]
+    assert os.stat(target).st_ino != inode  # a new file renamed over the old one
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "offset"),
+    [
+        (b"timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01 00:01:00,\xff\n", 3, 58),
+        (b"time\xe9stamp,value\n", 1, 4),  # Latin-1, in the header
+        (b"timestamp,value\n" + b"2024-01-01 00:00:00,1\n" * 3000 + b"x\xc3(", 3002, 66017),
+    ],
+)
+def test_non_utf8_input_names_the_line_and_byte(
+    tmp_path: Path, body: bytes, line: int, offset: int
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_bytes(body)
+    with pytest.raises(InvalidInput) as raised:
+        detect_file(source, tmp_path / "out.csv", chunk_rows=7)
+    message = str(raised.value)
+    assert f"line {line}," in message and f"byte {offset} is not UTF-8" in message
+    assert "\n" not in message and str(source) in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
