@@ -380,7 +380,7 @@ def _print_api_access(settings: Settings) -> None:
     """How to call the HTTP API (`neuralops api`): a DEV ONLY read token, or the IdP."""
     from neuralops import api_auth
 
-    where = f"`neuralops api` (http://{settings.api_host}:{settings.api_port})"
+    where = f"(start it with `neuralops api`: http://{settings.api_host}:{settings.api_port})"
     if api_auth.auth_configured(settings):
         out.print(
             f"\nHTTP API {where}: bearer tokens from your identity provider, with the scopes "

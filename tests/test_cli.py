@@ -149,3 +149,19 @@ def test_api_refuses_a_public_host_without_auth(sqlite_url: URL) -> None:
     [line] = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert "refusing to serve the API on 0.0.0.0" in line
     assert "NEURALOPS_API_PUBLIC_KEY or NEURALOPS_API_JWKS_URL" in line
+
+
+def test_make_run_prints_a_dev_api_token(sqlite_url: URL, capsys: pytest.CaptureFixture) -> None:
+    from neuralops import api_auth
+    from neuralops.cli import _print_api_access
+    from neuralops.settings import get_settings
+
+    _print_api_access(get_settings())
+    printed = capsys.readouterr().out
+    assert "DEV ONLY" in printed and "neuralops token issue-dev --scope" in printed
+    [token] = [
+        line.removeprefix("API_TOKEN=") for line in printed.splitlines() if "API_TOKEN=" in line
+    ]
+    keys = api_auth.keys_from_settings(get_settings())
+    principal = api_auth.verify_api_token(token, keys=keys)
+    assert principal.scopes == {"runs:read", "signals:read", "recommend"}
