@@ -61,7 +61,7 @@ from _report import write_section  # noqa: E402
 from neuralops import runs, signals  # noqa: E402
 
 REPORT = ROOT / "reports" / "load.md"
-SHARED_RUN_IDS = 5  # POST /runs re-posts these (upserts) every 5th request
+SHARED_RUN_IDS = 5  # POST /runs re-posts these (idempotent) every 5th request
 SIGNAL_LIST = TypeAdapter(list[signals.Signal])
 SCOPES = ("runs:write", "runs:read", "signals:read", "recommend")
 
@@ -171,12 +171,15 @@ class Workload:
                 wf,
             )
         run_id = self.run_id(thread, n)
+        # A shared run id is re-posted with the same content each time: a finished run is
+        # immutable, so a re-post is idempotent (different content would be a 409).
+        k = (n // 5) % SHARED_RUN_IDS if n % 5 == 0 else n
         body = {
-            "wpk_id": t.workflow_ids[n % len(t.workflow_ids)],
+            "wpk_id": t.workflow_ids[k % len(t.workflow_ids)],
             "run_id": run_id,
-            "status": "succeeded" if n % 7 else "failed",
-            "duration_ms": 1000 + n % 5000,
-            "inputs": {"namespace": "payments", "deployment": f"api-{n % 50}"},
+            "status": "succeeded" if k % 7 else "failed",
+            "duration_ms": 1000 + k % 5000,
+            "inputs": {"namespace": "payments", "deployment": f"api-{k % 50}"},
             "outputs": {"message": "rollout complete"},
             "node_logs": [{"name": "restart", "status": "Completed", "duration_ms": 900}],
         }
