@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,10 +12,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from neuralops.errors import ConfigError
 from neuralops.settings import get_settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -74,10 +78,79 @@ def alembic_config(url: URL | None = None) -> Config:
 
 
 def upgrade(url: URL | None = None, revision: str = "head") -> tuple[str | None, str | None]:
-    """Apply migrations up to ``revision``; returns (before, after). Safe to run again."""
-    before = current_revision(url)
-    command.upgrade(alembic_config(url), revision)
-    return before, current_revision(url)
+    """Apply migrations up to ``revision``; returns (before, after). Safe to run again, and
+    at the same time from several processes: they take turns (``migration_lock``)."""
+    url = url or get_settings().database_url
+    with migration_lock(url):
+        before = current_revision(url)
+        command.upgrade(alembic_config(url), revision)
+        return before, current_revision(url)
+
+
+# pg_advisory_lock key of migrations: any constant the application uses for nothing else
+# ("nops_mig" in ASCII).
+MIGRATION_LOCK_KEY = 0x6E6F70735F6D6967
+MIGRATION_LOCK_WAIT_S = 600.0
+
+
+@contextmanager
+def migration_lock(url: URL, wait_s: float = MIGRATION_LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the database's migration lock: one ``db upgrade`` at a time, the others wait
+    (then find the schema already at head). PostgreSQL: a session advisory lock on a
+    connection of its own; SQLite: an exclusive ``flock`` on ``<database>.migrate.lock``
+    beside the file. Waits up to ``wait_s`` seconds, then raises ConfigError."""
+    if url.get_backend_name() == "postgresql":
+        with _pg_advisory_lock(url, wait_s):
+            yield
+    elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        with _file_lock(Path(f"{url.database}.migrate.lock"), wait_s):
+            yield
+    else:  # an in-memory database belongs to one process
+        yield
+
+
+def _waited_too_long(where: str, wait_s: float) -> ConfigError:
+    return ConfigError(
+        f"another `neuralops db upgrade` has held the migration lock on {where} for "
+        f"{wait_s:.0f} s: let it finish, or stop it, then run this again"
+    )
+
+
+@contextmanager
+def _pg_advisory_lock(url: URL, wait_s: float) -> Iterator[None]:
+    key = {"key": MIGRATION_LOCK_KEY}
+    with get_engine(url).connect() as conn:
+        deadline = time.monotonic() + wait_s
+        while not conn.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+            conn.rollback()
+            if time.monotonic() > deadline:
+                raise _waited_too_long(f"database {url.database} at {url.host}", wait_s)
+            time.sleep(0.1)
+        conn.commit()  # a session lock outlives the transaction: nothing stays open
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+                conn.commit()
+            except SQLAlchemyError:
+                conn.invalidate()  # closing the session releases the lock too
+
+
+@contextmanager
+def _file_lock(path: Path, wait_s: float) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:  # closing it releases the lock, also when killed
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise _waited_too_long(str(path), wait_s) from None
+                time.sleep(0.05)
+        yield
 
 
 def current_revision(url: URL | None = None) -> str | None:
