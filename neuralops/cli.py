@@ -14,6 +14,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
@@ -54,16 +55,18 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def main() -> None:
-    """Console entry point: errors an operator can fix print as one clear line, exit 2."""
+    """Console entry point: errors an operator can fix print as one clear line, exit 2.
+    Messages are escaped: a regex or a path with ``[a-z]`` in it prints as it is."""
     try:
         app()
     except NeuralOpsError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except OperationalError:
         # The driver's message can carry the DSN; say where without the password.
         err.print(
-            f"[red]error:[/] cannot reach the database ({get_settings().database_label()}): "
+            "[red]error:[/] cannot reach the database "
+            f"({escape(get_settings().database_label())}): "
             "check POSTGRES_DSN and that the server is up",
             highlight=False,
         )
@@ -75,7 +78,7 @@ def _announce() -> None:
     settings = get_settings()
     if settings.uses_sqlite:
         err.print(
-            f"[dim]POSTGRES_DSN is not set: using {settings.database_label()} "
+            f"[dim]POSTGRES_DSN is not set: using {escape(settings.database_label())} "
             "(set POSTGRES_DSN=postgresql://... for PostgreSQL)[/]",
             highlight=False,
         )
@@ -577,8 +580,8 @@ def playbook_sign(
     if signer.dev:
         err.print(
             "[yellow]warning:[/] DEV ONLY: signing with the local key file "
-            f"{signing.dev_key_path(settings)}; set VAULT_ADDR and VAULT_TOKEN to sign with "
-            "Vault transit",
+            f"{escape(str(signing.dev_key_path(settings)))}; set VAULT_ADDR and VAULT_TOKEN to "
+            "sign with Vault transit",
             highlight=False,
         )
     table = Table("playbook", "version", "sha256")
@@ -594,8 +597,8 @@ def playbook_sign(
     signed_by = signing.split_key_id(key_id)[1]
     if pinned and signing.key_fingerprint(signing.trusted_public_key(settings)) != signed_by:
         err.print(
-            f"[yellow]warning:[/] NEURALOPS_SIGNING_PUBLIC_KEY {pinned} is another key: "
-            "these signatures will not verify until it is the signer's public key",
+            f"[yellow]warning:[/] NEURALOPS_SIGNING_PUBLIC_KEY {escape(str(pinned))} is another "
+            "key: these signatures will not verify until it is the signer's public key",
             highlight=False,
         )
 
@@ -841,7 +844,7 @@ def recommend(
     with err.status("loading the playbook catalogue and the embedding model"):
         recommender, warning = recommender_from_settings(settings)
     if warning:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     result = recommender.recommend(incident, top=top)
     if as_json:
         out.print_json(result.model_dump_json())

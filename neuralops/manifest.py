@@ -380,11 +380,42 @@ def read_yaml(path: Path) -> Any:
     return yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)
 
 
+# Quoted text PyYAML's problems may keep: punctuation (',' ']') and token names (<stream end>).
+_YAML_TOKEN = re.compile(r"<[a-z ]+>|[^\w\s']{1,3}|\\(?:[a-z]|x[0-9a-f]{2})")
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where a YAML file is broken and how, never what it holds: str(exc) quotes the
+    offending lines (a symlink to /etc/shadow or a kubeconfig would print its secrets), and
+    problems can quote a word of it (an alias, a tag), which becomes "…"."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+    elif getattr(exc, "position", None) is not None:  # a ReaderError: a byte or character
+        where = f"character {exc.position}"  # type: ignore[attr-defined]
+    else:
+        where = "somewhere"
+    parts = [
+        getattr(exc, "context", None),
+        getattr(exc, "problem", None) or getattr(exc, "reason", None) or "cannot be parsed",
+    ]
+    what = ": ".join(str(p) for p in parts if p)
+    what = re.sub(
+        r"'([^'\n]*)'",
+        lambda m: m.group(0) if _YAML_TOKEN.fullmatch(m.group(1)) else "'…'",
+        what,
+    )
+    return f"{where}: {what}"
+
+
 def load_manifest_file(path: Path) -> Manifest:
     try:
         data = read_yaml(path)
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: not valid YAML: {exc}") from None
+        raise InvalidInput(
+            f"{path}: not valid YAML at {yaml_problem(exc)}; a playbook manifest is a YAML "
+            "mapping (id, version, title, description, steps, ...)"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not UTF-8 text"
         raise InvalidInput(f"{path}: cannot read: {reason}") from None

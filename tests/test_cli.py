@@ -94,6 +94,16 @@ def test_invalid_manifest_exits_2_naming_file_and_field(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("name", ["[a-z0-9]", "[/a-z]", "[bold]x[/bold]"])
+def test_error_messages_print_verbatim_not_as_rich_markup(tmp_path: Path, name: str) -> None:
+    invoke("db", "upgrade")
+    missing = tmp_path / name / "m.yaml"  # the error names the path, brackets and all
+    result = neuralops("playbook", "add", str(missing))
+    assert result.returncode == 2
+    assert f"error: {missing}: no such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr and "MarkupError" not in result.stderr
+
+
 def test_unreachable_postgres_names_the_fix_without_the_password(tmp_path: Path) -> None:
     dsn = "postgresql://ops:hunter2@127.0.0.1:1/neuralops"
     result = neuralops("db", "upgrade", env={"POSTGRES_DSN": dsn})

@@ -252,3 +252,42 @@ def test_the_shipped_catalogue_passes_the_registration_checks() -> None:
         assert policy.manifest_problems(manifest) == [], manifest.id
         if policy.image_parameters(manifest):
             assert manifest.allowed_images, manifest.id
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ("db_password: hunter2XYZ\nnext: [unclosed hunter2XYZ\n", "line 3, column 1"),
+        ("root:x:0:0:hunter2XYZ\nfoo: bar: hunter2XYZ\n", "line 2, column 4"),
+        ("a: &hunter2XYZ one\nb: *hunter2XYZ\n", "line 2, column 4"),  # an alias's name
+        ("a: !hunter2XYZ x\n", "line 1, column 4"),  # a tag's name
+        ('token: "hunter2XYZ\n', "line 2, column 1"),
+        ("a:\n\thunter2XYZ: 1\n", "line 2, column 1"),
+        ("a: hunter2XYZ\x00\n", "character 13"),
+    ],
+)
+def test_broken_yaml_is_located_never_quoted(tmp_path: Path, body: str, where: str) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(body)
+    with pytest.raises(InvalidInput) as caught:
+        registry.load_manifests([path])
+    message = str(caught.value)
+    assert f"{path}: not valid YAML at {where}" in message
+    assert "hunter2" not in message and "\n" not in message
+    assert "a playbook manifest is a YAML mapping" in message
+
+
+@pytest.mark.parametrize(
+    "target_body", ["root:x:0:0:root:/root:/bin/bash\nhunter2XYZ\n", "- hunter2XYZ\n", "x"]
+)
+def test_a_symlink_to_another_file_names_the_file_not_its_content(
+    tmp_path: Path, target_body: str
+) -> None:
+    target = tmp_path / "shadow"
+    target.write_text(target_body)
+    link = tmp_path / "innocent.yaml"
+    link.symlink_to(target)
+    with pytest.raises(InvalidInput, match="must be a YAML mapping") as caught:
+        registry.load_manifests([link])
+    assert "hunter2" not in str(caught.value) and "root:x" not in str(caught.value)
+    assert str(link) in str(caught.value)
