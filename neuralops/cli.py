@@ -1217,11 +1217,13 @@ def api(
     import uvicorn
 
     from neuralops.api import uvicorn_options
-    from neuralops.api_auth import check_bind_host
+    from neuralops.api_auth import auth_configured, check_bind_host, keys_from_settings
 
     settings = get_settings()
     bind = host or settings.api_host
     check_bind_host(bind, settings)  # DEV ONLY keys never face a network
+    if auth_configured(settings):
+        keys_from_settings(settings)  # a bad key setting: one line here, not uvicorn's traceback
     _require_schema(settings)
     uvicorn.run(
         "neuralops.api:create_app",

@@ -175,3 +175,12 @@ def test_make_run_prints_a_dev_api_token(sqlite_url: URL, capsys: pytest.Capture
     keys = api_auth.keys_from_settings(get_settings())
     principal = api_auth.verify_api_token(token, keys=keys)
     assert principal.scopes == {"runs:read", "signals:read", "recommend"}
+
+
+def test_api_with_an_unreadable_key_exits_2_naming_the_setting(
+    sqlite_url: URL, tmp_path: Path
+) -> None:
+    missing = tmp_path / "idp.pem"
+    result = neuralops("api", "--host", "0.0.0.0", env={"NEURALOPS_API_PUBLIC_KEY": str(missing)})
+    assert result.returncode == 2
+    assert "NEURALOPS_API_PUBLIC_KEY" in result.stderr and "Traceback" not in result.stderr
