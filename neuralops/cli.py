@@ -761,8 +761,14 @@ def _since(value: str | None) -> datetime | None:
         return None
     from neuralops.signals import parse_duration
 
+    out_of_range = typer.BadParameter(
+        f"{value!r} is out of range: the time must fall between the years 1 and 9999 in UTC",
+        param_hint="--since",
+    )
     try:
         return datetime.now(UTC) - parse_duration(value)
+    except OverflowError:
+        raise out_of_range from None
     except ValueError:
         pass
     try:
@@ -771,7 +777,10 @@ def _since(value: str | None) -> datetime | None:
         raise typer.BadParameter(
             f"{value!r} is neither a duration (2h, 30m) nor an ISO time", param_hint="--since"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:  # 0001-01-01T00:00:00+14:00 has no UTC equivalent
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise out_of_range from None
 
 
 @app.command("detect-file")

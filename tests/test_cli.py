@@ -184,3 +184,10 @@ def test_api_with_an_unreadable_key_exits_2_naming_the_setting(
     result = neuralops("api", "--host", "0.0.0.0", env={"NEURALOPS_API_PUBLIC_KEY": str(missing)})
     assert result.returncode == 2
     assert "NEURALOPS_API_PUBLIC_KEY" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+14:00", "9999999999h"])
+def test_signals_since_out_of_range_is_a_clear_error(database_url: URL, since: str) -> None:
+    result = runner.invoke(app, ["signals", "list", "--since", since])
+    assert result.exit_code == 2, result.output
+    assert "out of range" in result.output and "Traceback" not in result.output
