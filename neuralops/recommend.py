@@ -18,13 +18,21 @@
    incidents, weighted by similarity and age, smoothed toward 0.5 so one lucky run does not
    dominate), ``recency`` (how recently it last worked on a similar incident), minus
    ``failure`` times its recent failures on this same resource.
+
+Evidence is only what NeuralOps can vouch for: runs that are verified (its own executions,
+flow runs the Prefect API confirmed) or whose writer an operator trusts
+(``NEURALOPS_TRUSTED_WRITERS``). Retrieval, success rates, recency, the recent-failure
+penalty and the history rankings see only those (filtered in the store, so a flood of posted
+runs cannot push real history out of the neighbours either). Other similar runs are still
+shown in a recommendation's evidence, marked ``counted: false`` with their provenance, and
+weigh nothing (docs/recommend.md).
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,7 +45,13 @@ from pydantic import BaseModel, Field
 from neuralops.embedding import Embedder, content_hash, model_id
 from neuralops.incident import Incident
 from neuralops.manifest import Manifest
-from neuralops.vectorstore import VectorStore, sql_str, sql_timestamp
+from neuralops.vectorstore import (
+    VectorStore,
+    reported_filter,
+    sql_str,
+    sql_timestamp,
+    vouched_filter,
+)
 
 RRF_K = 60  # fusing run hits: long lists, the usual constant
 PLAYBOOK_RRF_K = 5  # fusing playbook lists: 20-odd items, so ranks must stay distinct
@@ -101,6 +115,14 @@ class Evidence(BaseModel):
     similarity: float
     created_at: datetime | None
     resource: str | None
+    provenance: str | None = Field(
+        None, description="Where the run came from: prefect, neuralops, api:<subject>, seed..."
+    )
+    counted: bool = Field(
+        True,
+        description="Whether it weighs in the score: verified, or from a trusted writer. A "
+        "run that is not is only reported, and weighs nothing.",
+    )
 
 
 class Recommendation(BaseModel):
@@ -148,7 +170,7 @@ class Candidates:
     run_age_days: np.ndarray  # (E,)
     run_outcome: np.ndarray  # (E,) 1 succeeded, 0 failed, nan otherwise (cancelled...)
     run_similar: np.ndarray  # (E,) bool: a similar incident (see SIMILAR_MIN)
-    runs: list[dict[str, Any]]  # (E,) run_id, status, created_at, resource
+    runs: list[dict[str, Any]]  # (E,) run_id, status, created_at, resource, provenance
     failures: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # on this resource
 
     def features(self, temperature: float) -> np.ndarray:
@@ -297,13 +319,20 @@ class Recommender:
         embedder: Embedder,
         manifests: list[Manifest],
         weights: Weights = DEFAULT_WEIGHTS,
+        trusted: Collection[str] | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.weights = weights
+        if trusted is None:
+            from neuralops.settings import get_settings
+
+            trusted = get_settings().trusted
+        # Writers whose unverified runs still count (NEURALOPS_TRUSTED_WRITERS by default).
+        self.trusted = frozenset(trusted)
         self.catalogue = Catalogue(store, embedder, manifests)
         self.model = model_id(embedder)
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="recommend")
+        self._pool = ThreadPoolExecutor(max_workers=5, thread_name_prefix="recommend")
 
     def candidates(
         self,
@@ -320,10 +349,11 @@ class Recommender:
         count = len(manifests)
         query = self.embedder.embed([incident.text()])[0] if vector is None else vector
         words = search_text(incident)
-        where = f"created_at < {sql_timestamp(before)}" if before else None
+        # Only vouched-for runs are retrieved as evidence (``reported`` shows the others).
+        where = vouched_filter(self.trusted) + _earlier(before)
 
         use_vectors, use_text = retrieval != "bm25", retrieval != "embedding"
-        # The four lookups are independent I/O (LanceDB releases the GIL): run them together.
+        # The lookups are independent I/O (LanceDB releases the GIL): run them together.
         pending = {
             "vector": self._pool.submit(self.store.search, query, NEIGHBOURS, where)
             if use_vectors
@@ -400,11 +430,35 @@ class Recommender:
             run_similar=run_similar,
             run_age_days=np.array(ages, dtype=float),
             run_outcome=np.array(outcomes, dtype=float),
-            runs=[
-                {k: r.get(k) for k in ("run_id", "status", "created_at", "resource")} for r in runs
-            ],
+            runs=[{k: r.get(k) for k in _EVIDENCE_FIELDS} for r in runs],
             failures=found["failures"],
         )
+
+    def reported(
+        self,
+        playbook_ids: Sequence[str],
+        vector: np.ndarray,
+        *,
+        before: datetime | None = None,
+        k: int = EVIDENCE_SHOWN,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """playbook id -> its ``k`` runs nearest the incident that nobody vouches for (not
+        verified, writer not trusted): shown in the evidence as reported, never scored."""
+        unvouched = reported_filter(self.trusted) + _earlier(before)
+        jobs = {
+            pid: self._pool.submit(
+                self.store.search, vector, k, f"{unvouched} AND wpk_id = {sql_str(pid)}"
+            )
+            for pid in playbook_ids
+        }
+        return {
+            pid: [
+                {f: hit.get(f) for f in _EVIDENCE_FIELDS}
+                | {"similarity": 1.0 - float(hit["_distance"])}
+                for hit in job.result()
+            ]
+            for pid, job in jobs.items()
+        }
 
     def _recent_failures(self, resource: str | None, now: datetime) -> dict[int, list[dict]]:
         if not resource:
@@ -412,7 +466,7 @@ class Recommender:
         where = (
             f"resource = {sql_str(resource)} AND status = 'failed' "
             f"AND created_at >= {sql_timestamp(now - FAILURE_WINDOW)} "
-            f"AND created_at < {sql_timestamp(now)}"
+            f"AND created_at < {sql_timestamp(now)} AND {vouched_filter(self.trusted)}"
         )
         failures: dict[int, list[dict]] = defaultdict(list)
         for row in self.store.rows(where, ["run_id", "wpk_id", "created_at"], limit=500):
@@ -433,7 +487,8 @@ class Recommender:
         """The ``top`` playbooks for ``incident``, best first, or none and the reason."""
         top = max(1, min(top, MAX_TOP))
         now = before or now or datetime.now(UTC)
-        candidates = self.candidates(incident, before=before, now=now)
+        vector = self.embedder.embed([incident.text()])[0]
+        candidates = self.candidates(incident, before=before, now=now, vector=vector)
         features = candidates.features(self.weights.temperature)
         scores = score(candidates, self.weights)
         manifests = candidates.playbooks
@@ -447,8 +502,12 @@ class Recommender:
             if candidates.treats[p] or features[p, 1] >= MIN_SIMILARITY
         ]
         ranked = [p for p in np.lexsort((np.arange(len(manifests)), -scores)) if scores[p] >= 0]
+        shown = [manifests[p].id for p in ranked[:top]]
+        reported = self.reported(shown, vector, before=before)
         recommendations = [
-            self._recommendation(p, candidates, features, scores, incident, now)
+            self._recommendation(
+                p, candidates, features, scores, incident, now, reported[manifests[p].id]
+            )
             for p in ranked[:top]
         ]
         reason = None
@@ -473,6 +532,7 @@ class Recommender:
         scores: np.ndarray,
         incident: Incident,
         now: datetime,
+        reported: list[dict[str, Any]],
     ) -> Recommendation:
         manifest = candidates.playbooks[p]
         mine = np.flatnonzero(candidates.run_playbook == p)
@@ -485,12 +545,14 @@ class Recommender:
         ]
         evidence = [
             Evidence(
-                **{
-                    k: candidates.runs[i][k] for k in ("run_id", "status", "created_at", "resource")
-                },
+                **candidates.runs[i],
                 similarity=round(float(candidates.run_similarity[i]), 3),
             )
             for i in mine[:EVIDENCE_SHOWN]
+        ]
+        evidence += [
+            Evidence(**{**r, "similarity": round(r["similarity"], 3)}, counted=False)
+            for r in reported[:EVIDENCE_SHOWN]
         ]
         parts: list[str] = []
         title = incident.title()
@@ -516,6 +578,9 @@ class Recommender:
             parts.append(f"treats {', '.join(treated)}")
         if not similar or not treated:
             parts.append(f"catalogue match {candidates.catalogue_similarity[p]:.2f}")
+        if reported:
+            writers = ", ".join(sorted({str(r["provenance"]) for r in reported}))
+            parts.append(f"runs reported by {writers} not counted (unverified)")
         failures = candidates.failures.get(p, [])
         if failures:
             latest = failures[0]
@@ -536,6 +601,13 @@ class Recommender:
             features={name: round(float(features[p, i]), 4) for i, name in enumerate(FEATURES)}
             | {"recent_failures": float(len(failures))},
         )
+
+
+_EVIDENCE_FIELDS = ("run_id", "status", "created_at", "resource", "provenance")
+
+
+def _earlier(before: datetime | None) -> str:
+    return f" AND created_at < {sql_timestamp(before)}" if before else ""
 
 
 def _playbooks_in_order(hits: list[dict[str, Any]]) -> list[str]:
@@ -593,7 +665,8 @@ def recommender_from_settings(
             "(`neuralops run` registers the shipped catalogue)"
         )
     model, warning = load_embedder(embedder or settings.embedder)
-    return Recommender(store_from_settings(settings), model, manifests), warning
+    store = store_from_settings(settings)
+    return Recommender(store, model, manifests, trusted=settings.trusted), warning
 
 
 def recommend_for_signal(

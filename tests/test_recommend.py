@@ -62,6 +62,9 @@ def run(
         "node_logs": [],
         "created_at": created,
         "updated_at": created,
+        # History that teaches: NeuralOps' own executions (reported runs: test_trust_provenance)
+        "provenance": "neuralops",
+        "verified": True,
     }
 
 
@@ -283,3 +286,89 @@ def test_a_store_from_before_resource_and_symptoms_gains_the_columns(tmp_path, e
     row = store.rows("run_id = 'r-scale-up-deployment-failed-1'", ["resource", "symptoms"])[0]
     assert row == {"resource": "checkout/checkout-web", "symptoms": "high-latency"}
     assert store.text_search("checkout latency", k=1)[0]["run_id"].startswith("r-scale-up")
+
+
+# --- only vouched-for history counts (issue 15) ---------------------------------------------
+
+
+def reported(run_: dict, provenance: str = "api:mallory") -> dict:
+    return {
+        **run_,
+        "run_id": f"{run_['run_id']}-{provenance}",
+        "provenance": provenance,
+        "verified": False,
+    }
+
+
+def test_unvouched_runs_are_reported_and_weigh_nothing(tmp_path, embedder, manifests):
+    history = [run(i, "scale-up-deployment", "succeeded") for i in range(3)]
+    # A flood of "succeeded" runs of another playbook, and "failed" runs of the right one on
+    # this very resource, from a writer nobody vouches for.
+    flood = [
+        reported(run(100 + i, "adjust-hpa-limits", "succeeded", age=timedelta(days=1)))
+        for i in range(60)
+    ]
+    flood += [
+        reported(run(200 + i, "scale-up-deployment", "failed", age=timedelta(hours=3)))
+        for i in range(3)
+    ]
+    flood += [
+        reported(run(300, "adjust-hpa-limits", "succeeded"), "local"),
+        reported(run(301, "adjust-hpa-limits", "succeeded"), "unknown"),
+    ]
+    clean = build(tmp_path, embedder, manifests, history, name="clean")
+    poisoned = build(tmp_path, embedder, manifests, history + flood, name="poisoned")
+    expected = clean.recommend(latency_incident(), now=NOW, top=10)
+    result = poisoned.recommend(latency_incident(), now=NOW, top=10)
+
+    # The same ranking, scores and features as without the flood.
+    assert [(r.playbook_id, r.score, r.features) for r in result.recommendations] == [
+        (r.playbook_id, r.score, r.features) for r in expected.recommendations
+    ]
+    first = result.recommendations[0]
+    assert first.playbook_id == "scale-up-deployment" and first.similar_runs == 3
+    assert first.features["recent_failures"] == 0  # unvouched failures do not demote
+    assert [e.counted for e in first.evidence] == [True] * 3 + [False] * 3
+    assert {e.provenance for e in first.evidence if not e.counted} == {"api:mallory"}
+    hpa = next(r for r in result.recommendations if r.playbook_id == "adjust-hpa-limits")
+    assert (hpa.similar_runs, hpa.success_rate) == (0, None)
+    assert hpa.evidence and not any(e.counted for e in hpa.evidence)
+    assert "runs reported by api:mallory not counted (unverified)" in hpa.justification
+    # Runs of plain library calls, and from before provenance was recorded, count no more.
+    vector = embedder.embed([latency_incident().text()])[0]
+    everything = poisoned.reported(["adjust-hpa-limits"], vector, k=100)["adjust-hpa-limits"]
+    assert {r["provenance"] for r in everything} == {"api:mallory", "local", "unknown"}
+    assert len(everything) == 62
+
+
+def test_a_trusted_writer_counts(tmp_path, embedder, manifests):
+    history = [reported(run(i, "adjust-hpa-limits", "succeeded"), "api:ci-bot") for i in range(4)]
+    store = VectorStore(str(tmp_path / "store"))
+    vectorize_records(history, store, embedder)
+    untrusted = Recommender(store, embedder, manifests, trusted=())
+    trusted = Recommender(store, embedder, manifests, trusted={"api:ci-bot"})
+    hpa = {
+        name: next(
+            x
+            for x in r.recommend(latency_incident(), now=NOW, top=20).recommendations
+            if x.playbook_id == "adjust-hpa-limits"
+        )
+        for name, r in (("untrusted", untrusted), ("trusted", trusted))
+    }
+    assert hpa["untrusted"].similar_runs == 0
+    assert hpa["trusted"].similar_runs == 4 and all(e.counted for e in hpa["trusted"].evidence)
+    assert hpa["trusted"].score > hpa["untrusted"].score
+
+
+def test_trusted_writers_default_to_the_setting(tmp_path, embedder, manifests, monkeypatch):
+    from neuralops.settings import get_settings
+
+    monkeypatch.setenv("NEURALOPS_TRUSTED_WRITERS", "seed, api:ci-bot")
+    get_settings.cache_clear()
+    try:
+        assert Recommender(VectorStore(str(tmp_path / "s")), embedder, manifests).trusted == {
+            "seed",
+            "api:ci-bot",
+        }
+    finally:
+        get_settings.cache_clear()
