@@ -29,7 +29,7 @@ import yaml
 
 from neuralops.errors import ConfigError, InvalidInput
 from neuralops.kube import BUILTIN_RESOURCES
-from neuralops.manifest import Manifest
+from neuralops.manifest import Manifest, yaml_problem
 
 CHART = Path(__file__).resolve().parents[1] / "deployments" / "helm" / "neuralops-connector"
 KUBERNETES_VERSION = "1.30.0"  # the schemas the rendered objects are validated against
@@ -203,8 +203,14 @@ def kubernetes_api_url(kubeconfig: Path) -> str:
     """The API server of the kubeconfig's current context (checks the file is usable)."""
     try:
         config = yaml.safe_load(kubeconfig.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidInput(f"--kubeconfig {kubeconfig}: cannot read it ({exc})") from None
+    except OSError as exc:
+        raise InvalidInput(f"--kubeconfig {kubeconfig}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"--kubeconfig {kubeconfig}: cannot read it (not UTF-8 text)") from None
+    except yaml.YAMLError as exc:  # never quote it: a kubeconfig holds tokens and keys
+        raise InvalidInput(
+            f"--kubeconfig {kubeconfig}: not valid YAML at {yaml_problem(exc)}"
+        ) from None
     if not isinstance(config, dict):
         raise InvalidInput(f"--kubeconfig {kubeconfig}: not a kubeconfig")
     contexts = {c.get("name"): c.get("context", {}) for c in config.get("contexts") or []}

@@ -49,7 +49,7 @@ from neuralops.detectors import (
     Detection,
 )
 from neuralops.errors import InvalidInput, NotFound
-from neuralops.manifest import read_yaml
+from neuralops.manifest import read_yaml, yaml_problem
 from neuralops.redaction import SecretRedactor
 from neuralops.runs import NoNulStr
 from neuralops.sources import MetricSource, SeriesBatch
@@ -176,7 +176,7 @@ def load_rules(path: Path | str | None = None) -> list[Rule]:
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{path}: cannot read the rule file (not UTF-8 text)") from exc
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: not valid YAML ({exc})") from exc
+        raise InvalidInput(f"{path}: not valid YAML at {yaml_problem(exc)}") from None
     try:
         return RuleFile.model_validate(document).rules
     except ValidationError as exc:

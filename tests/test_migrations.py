@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -88,6 +89,7 @@ def test_audit_logs_refuse_truncate_on_postgresql(postgresql_url: URL) -> None:
 # ------------------------------------------------------------------ concurrent upgrades
 
 
+@contextlib.contextmanager
 def _empty_database(kind: str, tmp_path: Path) -> Iterator[tuple[URL, dict[str, str]]]:
     """A database with no schema at all, and the environment that points the CLI at it."""
     if kind == "sqlite":
@@ -113,7 +115,7 @@ def _empty_database(kind: str, tmp_path: Path) -> Iterator[tuple[URL, dict[str, 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_concurrent_upgrades_take_turns_and_all_succeed(kind: str, tmp_path: Path) -> None:
-    for url, env in _empty_database(kind, tmp_path):
+    with _empty_database(kind, tmp_path) as (url, env):
         environ = {k: v for k, v in os.environ.items() if k != "POSTGRES_DSN"}
         procs = [
             subprocess.Popen(
