@@ -232,7 +232,8 @@ def _publish_incident(current: incidents.IncidentOut) -> None:
     )
     evidence = [
         f"| {e['run_id']} | {r['playbook_id']} | {e['status']} | {e['similarity']:.2f} | "
-        f"{e.get('resource') or '-'} |"
+        f"{e.get('resource') or '-'} | {e.get('provenance') or '-'}"
+        f"{'' if e.get('counted', True) else ' (reported: not counted)'} |"
         for r in current.recommendations[:3]
         for e in r["evidence"]
     ]
@@ -255,9 +256,9 @@ def _publish_incident(current: incidents.IncidentOut) -> None:
                 "",
                 "### Evidence: similar past runs",
                 "",
-                "| run | playbook | outcome | similarity | resource |",
-                "| --- | --- | --- | ---: | --- |",
-                *(evidence or ["| - | - | - | - | - |"]),
+                "| run | playbook | outcome | similarity | resource | source |",
+                "| --- | --- | --- | ---: | --- | --- |",
+                *(evidence or ["| - | - | - | - | - | - |"]),
             ]
         ),
         description=f"Incident {current.id}: what happened and what was done before",

@@ -180,6 +180,10 @@ def run(
             "NEURALOPS_DATA_DIR": str(settings.data_dir),
             # The demo's runtime is the mock cluster: nothing to wait for before re-checking.
             "NEURALOPS_SETTLE_S": os.environ.get("NEURALOPS_SETTLE_S", "5"),
+            # The demo learns from its synthetic history (provenance seed), which nobody can
+            # verify: this demo trusts it, explicitly (docs/run-history.md). Your own
+            # trusted writers are kept.
+            "NEURALOPS_TRUSTED_WRITERS": ",".join(sorted(settings.trusted | {runs.SEED})),
         }
         if settings.prom_url:
             step(4, f"metrics: your Prometheus at {settings.prom_url} (PROM_URL; no demo data)")
@@ -208,7 +212,9 @@ def run(
             7,
             f"demo: {seeded['playbooks']} playbooks ({seeded['signed']} signed now), "
             f"{seeded['runs_seeded']} runs, {seeded['vectors_written']} vectors written "
-            f"({seeded['vectors_unchanged']} unchanged)",
+            f"({seeded['vectors_unchanged']} unchanged); the synthetic history (provenance "
+            f"seed) is trusted for this demo: "
+            f"NEURALOPS_TRUSTED_WRITERS={flow_env['NEURALOPS_TRUSTED_WRITERS']}",
         )
 
         with out.status(f"[8/{steps}] loading the metrics (an OOM-kill incident), detecting"):
@@ -915,7 +921,9 @@ def seed_runs(
     start: Annotated[int, typer.Option(min=0, help="First run number (to add more).")] = 0,
     batch: Annotated[int, typer.Option(min=100, max=50_000, help="Runs per transaction.")] = 5000,
 ) -> None:
-    """Log realistic synthetic run history (some runs carry planted personal data)."""
+    """Log realistic synthetic run history (some runs carry planted personal data), as
+    provenance `seed`: it teaches the recommender only where NEURALOPS_TRUSTED_WRITERS
+    includes `seed`. Run ids already stored are kept as they are."""
     from itertools import islice
 
     from neuralops.synthetic import synthetic_runs
@@ -925,7 +933,7 @@ def seed_runs(
     with _progress(count, "seeding runs") as progress:
         task = progress.add_task("runs", total=count)
         while chunk := list(islice(generated, batch)):
-            runs.log_runs(chunk)
+            runs.log_runs(chunk, provenance=runs.SEED, keep_existing=True)
             progress.advance(task, len(chunk))
     out.print(f"{count} runs seeded (syn-{seed}-{start:07d} .. syn-{seed}-{start + count - 1:07d})")
 

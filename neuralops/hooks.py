@@ -10,6 +10,11 @@ Attach it to your own flows the same way::
     def nightly_backup(): ...
 
 The hook never fails the flow: a run that cannot be recorded is logged as a warning.
+
+Runs it records have provenance ``prefect``; they are ``verified`` when the Prefect API, asked
+for the flow run by its id, knows it as a run of the same flow (and so they teach the
+recommender). A run the API cannot confirm (unreachable, unknown id) is still recorded,
+unverified.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.client.schemas.sorting import TaskRunSort
 
-from neuralops.runs import RunIn, log_run
+from neuralops.runs import PREFECT, RunIn, log_run
 from neuralops.settings import get_settings
 
 logger = logging.getLogger("neuralops.hooks")
@@ -60,10 +65,26 @@ def record_flow_run(
     """Log one finished flow run; returns its run_id, or None if it could not be recorded."""
     try:
         run = flow_run_to_run(flow, flow_run, state, wpk_id=wpk_id)
-        return log_run(run)
+        return log_run(run, provenance=PREFECT, verified=confirmed_by_api(flow_run))
     except Exception:  # the hook must never turn a successful flow into a failed one
         logger.warning("could not record flow run %s in workflow_runs", flow_run.id, exc_info=True)
         return None
+
+
+def confirmed_by_api(flow_run: FlowRun) -> bool:
+    """Whether the Prefect API knows this flow run: read by its id, it exists and is a run of
+    the same flow (and deployment, where it has one)."""
+    try:
+        with get_client(sync_client=True) as client:
+            known = client.read_flow_run(flow_run.id)
+    except Exception:  # not found, or the API is unreachable: recorded, unverified
+        logger.info("flow run %s not confirmed by the Prefect API", flow_run.id, exc_info=True)
+        return False
+    return (
+        known.id == flow_run.id
+        and known.flow_id == flow_run.flow_id
+        and known.deployment_id == flow_run.deployment_id
+    )
 
 
 def flow_run_to_run(flow: Any, flow_run: FlowRun, state: Any, *, wpk_id: str | None) -> RunIn:

@@ -58,6 +58,7 @@ ENV_NAMES = (
     "NEURALOPS_APPROVAL_AUDIENCE",
     "NEURALOPS_APPROVAL_TIMEOUT_S",
     "NEURALOPS_SETTLE_S",
+    "NEURALOPS_TRUSTED_WRITERS",  # a test trusts a writer only by saying so
 )
 
 

@@ -264,10 +264,10 @@ def fault_between_export_batches(
 
     def batches(*args, **kwargs):
         kwargs["batch_rows"] = batch_rows
-        for batch in real(*args, **kwargs):
+        for batch in real(*args, **kwargs):  # (records, keyset position of the last)
             yield batch
             if not fired:
-                fired.append(len(batch))
+                fired.append(len(batch[0]))
                 action()
 
     monkeypatch.setattr(etl, "_batches", batches)

@@ -41,6 +41,8 @@ def test_successful_flow_run_is_recorded(prefect_server, database_url: URL) -> N
     assert (row.wpk_id, row.status) == ("hooked-sum", "succeeded")
     assert row.flow_run_id == state.state_details.flow_run_id
     assert row.inputs == {"a": 2, "b": 3, "api_token": "<REDACTED>"}
+    # The Prefect API confirmed the flow run: a verified run of provenance prefect.
+    assert (row.provenance, row.verified) == ("prefect", True)
     assert len(row.node_logs) == 2
     assert all(log["name"].startswith("add-") for log in row.node_logs)
     assert {log["status"] for log in row.node_logs} == {"Completed"}
@@ -57,6 +59,28 @@ def test_failed_flow_run_is_recorded_under_its_playbook(prefect_server, database
     assert registry.describe_workflow("restart-deployment").latest_run_id == run_id
 
 
+def test_a_flow_run_the_api_does_not_know_is_recorded_unverified(
+    prefect_server, database_url: URL
+) -> None:
+    """Someone calling the hook with a made-up flow run (or the API unreachable): the run is
+    recorded, as prefect, but unverified, so it teaches nothing."""
+    from datetime import UTC, datetime
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Completed
+
+    from neuralops.hooks import record_flow_run
+
+    made_up = FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="made-up")
+    made_up.start_time = datetime.now(UTC)
+    state = Completed()
+    assert record_flow_run(hooked_sum, made_up, state) == str(made_up.id)
+    row = _record(made_up.id)
+    assert (row.provenance, row.verified, row.status) == ("prefect", False, "succeeded")
+    # Recorded once; the same report again changes nothing, a different one is refused.
+    assert record_flow_run(hooked_sum, made_up, state) == str(made_up.id)
+
+
 def test_bootstrap_flow_registers_seeds_and_records_itself(
     prefect_server, database_url: URL
 ) -> None:
@@ -71,6 +95,8 @@ def test_bootstrap_flow_registers_seeds_and_records_itself(
     assert again["runs_seeded"] == summary["runs_seeded"]  # same ids: updated, not duplicated
     total = sum(p.run_count for p in registry.list_playbooks())
     assert total == summary["runs_seeded"]
+    seeded = runs.get_run(runs.list_runs("restart-deployment", limit=1).items[0].run_id)
+    assert (seeded.provenance, seeded.verified) == ("seed", False)  # synthetic: trusted or not
     assert runs.list_runs("bootstrap").total == 2  # both bootstrap runs recorded by the hook
     from prefect.client.orchestration import get_client
 

@@ -187,9 +187,12 @@ def test_concurrent_run_writers_lose_no_rows_and_upserts_do_not_duplicate(
 
     def single(writer: int) -> None:  # one transaction a run, as a flow hook logs
         for n in range(per_writer):
-            # every 5th call re-logs one of 3 run ids every writer shares
-            run_id = f"s-shared-{n % 3}" if n % 5 == 0 else f"s-{writer}-{n}"
-            runs.log_run(_run(run_id, writer * 1000 + n))
+            # every 5th call re-logs one of 3 run ids every writer shares, with the same
+            # content (a finished run is immutable: a different one would be a Conflict)
+            if n % 5 == 0:
+                runs.log_run(_run(f"s-shared-{n % 3}", n % 3))
+            else:
+                runs.log_run(_run(f"s-{writer}-{n}", writer * 1000 + n))
 
     def batched(writer: int) -> None:  # log_runs batches overlapping other writers' batches
         for b in range(4):

@@ -46,10 +46,15 @@ def register_catalogue() -> None:
     registry.add_playbooks(registry.load_manifests([registry.catalogue_dir()]))
 
 
-def build_history(tmp_path: Path, count: int = HISTORY_RUNS) -> None:
-    """Synthetic runs logged, exported (redacted) and vectorized with the configured embedder,
-    as the vectorize flow does."""
-    runs.log_runs(synthetic_runs(count, seed=0))
+def build_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int = HISTORY_RUNS
+) -> None:
+    """Synthetic runs logged (provenance seed, a writer these tests trust, as the demo does),
+    exported (redacted) and vectorized with the configured embedder, as the vectorize flow
+    does."""
+    monkeypatch.setenv("NEURALOPS_TRUSTED_WRITERS", "seed")
+    get_settings.cache_clear()
+    runs.log_runs(synthetic_runs(count, seed=0), provenance=runs.SEED)
     exported = etl.export_runs(tmp_path / "runs.jsonl")
     settings = get_settings()
     embedder, _ = load_embedder(settings.embedder)
@@ -64,7 +69,7 @@ def history(sqlite_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     """SQLite with the catalogue registered and vectorized history (hashing embedder)."""
     use_embedder(monkeypatch, "hashing")
     register_catalogue()
-    build_history(tmp_path)
+    build_history(tmp_path, monkeypatch)
     return sqlite_url
 
 
@@ -131,7 +136,7 @@ def test_cli_recommends_raising_the_memory_limit_for_a_seeded_oom_signal_with_mi
 ) -> None:
     use_embedder(monkeypatch, "minilm")
     register_catalogue()
-    build_history(tmp_path)
+    build_history(tmp_path, monkeypatch)
     oom = seed_signals()["oom-kills"]
 
     monkeypatch.setenv("COLUMNS", "100")  # narrow: justifications as lines under the table
@@ -248,7 +253,7 @@ def test_api_recommends_for_a_signal(
 ) -> None:
     use_embedder(monkeypatch, "hashing")
     register_catalogue()
-    build_history(tmp_path)
+    build_history(tmp_path, monkeypatch)
     oom = seed_signals()["oom-kills"]
     client = TestClient(create_app(database_url), headers=api_headers())
     response = client.post("/recommend", json={"signal_id": oom, "top": 2})
@@ -326,7 +331,7 @@ def test_api_sees_history_vectorized_after_its_first_request(
     before = client.post("/recommend", json=body).json()["recommendations"][0]
     assert before["playbook_id"] == "raise-memory-limit"
     assert before["similar_runs"] == 0 and "no similar past runs" in before["justification"]
-    build_history(tmp_path)  # the hourly vectorize, while the API keeps running
+    build_history(tmp_path, monkeypatch)  # the hourly vectorize, while the API keeps running
     after = client.post("/recommend", json=body).json()["recommendations"][0]
     assert after["similar_runs"] > 0 and "run syn-" in after["justification"]
 
