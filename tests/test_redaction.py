@@ -553,8 +553,8 @@ def _card_number(prefix: str, length: int, body: str) -> str:
     raise AssertionError
 
 
-def _has_digit(text: str) -> bool:
-    return any(c.isdigit() for c in text)
+def _mixed(text: str) -> bool:
+    return any(c.isdigit() for c in text) and any(c.isalpha() for c in text)
 
 
 @st.composite
@@ -697,8 +697,9 @@ def secrets(draw: st.DrawFn) -> tuple[str, list[str]]:
             )
         )
         return s, [s, body]
-    if kind in ("flag", "phrase"):  # a digit: never a word like "none" or the flag's name
-        value = draw(st.text(B64 + "!$%*_~.+", min_size=8, max_size=24).filter(_has_digit))
+    if kind in ("flag", "phrase"):  # a digit and a letter: never a word like "none" or the
+        # flag's name, nor a piece of a benign number
+        value = draw(st.text(B64 + "!$%*_~.+", min_size=10, max_size=24).filter(_mixed))
     if kind == "flag":
         form = draw(
             st.sampled_from(
