@@ -1117,7 +1117,8 @@ def audit_verify(
         out.print(f"[green]audit chain intact: {result.entries} entries[/]", highlight=False)
     else:
         out.print(
-            f"[red]audit chain broken at entry {result.broken_seq}: {result.reason}[/]",
+            f"[red]audit chain broken at entry {result.broken_seq}: "
+            f"{escape(str(result.reason))}[/]",
             highlight=False,
         )
     if not result.ok:
