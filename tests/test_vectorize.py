@@ -304,3 +304,33 @@ def test_a_remote_store_is_locked_in_the_run_history_database(database_url, tmp_
             pass  # another store: its own lock
     with vectorize_lock(VectorStore("s3://bucket/lancedb"), url=database_url, timeout_s=0):
         pass  # released
+
+
+def test_two_vectorize_commands_at_once_leave_one_row_per_run(tmp_path):
+    """The issue's case: two `neuralops etl vectorize` over the same runs at once. One waits
+    for the other (it says so), and the store holds exactly one row per run_id."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(json.dumps(rec(i, alert=f"Alert{i % 37}")) + "\n" for i in range(600)))
+    env = {**os.environ, "NEURALOPS_LANCEDB_URI": str(tmp_path / "lancedb")}
+    command = [sys.executable, "-m", "neuralops", "etl", "vectorize", "--in", str(path)]
+    both = [
+        subprocess.Popen(
+            [*command, "--embedder", "hashing"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in both]
+    assert [p.returncode for p in both] == [0, 0], outputs
+    written = sorted(int(out.split(" vectors written")[0].split()[-1]) for out, _ in outputs)
+    assert written == [0, 600]  # the second found every run already there, unchanged
+    store = VectorStore(str(tmp_path / "lancedb"))
+    ids = [r["run_id"] for r in store.rows("run_id IS NOT NULL", ["run_id"], limit=10_000)]
+    assert len(ids) == len(set(ids)) == store.count() == 600
