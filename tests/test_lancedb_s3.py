@@ -80,7 +80,7 @@ def test_the_vector_store_lives_in_an_s3_bucket(
     [hit] = again.search(unit(7), k=1)
     assert (hit["run_id"], hit["status"]) == ("r7", "failed")
     assert again.text_search("KubePodCrashLooping r12", k=1)[0]["run_id"] == "r12"
-    assert again.fingerprints(["r7", "nope"]) == {"r7": ("h-r7-failed", "m@1")}
+    assert again.fingerprints(["r7", "nope"]) == {"r7": ("h-r7-failed", "m@1", None, None)}
 
     keys = [
         o["Key"]
@@ -99,3 +99,45 @@ def test_a_missing_bucket_is_unavailable_and_no_secret_is_printed(
     with pytest.raises(Unavailable) as caught:
         store.upsert([row("r1", 1)])
     assert AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in str(caught.value)
+
+
+def test_vectorizing_into_s3_is_one_at_a_time_and_keyed_on_run_id(
+    bucket: str, database_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote store has no directory to lock: the run-history database holds the lock
+    (PostgreSQL's advisory lock, or a lock file beside SQLite's database)."""
+    from neuralops.embedding import HashingEmbedder
+    from neuralops.errors import Conflict
+    from neuralops.vectorize import vectorize_lock, vectorize_records
+
+    monkeypatch.setenv("LANCEDB_URI", f"s3://{bucket}/lancedb")
+    get_settings.cache_clear()
+    records = [
+        {
+            "run_id": f"r{n}",
+            "wpk_id": "restart-deployment",
+            "status": "succeeded",
+            "inputs": {"alert": {"alertname": "KubePodCrashLooping", "namespace": "shop"}},
+            "created_at": "2026-05-01T10:00:00Z",
+            "updated_at": "2026-05-01T10:00:00Z",
+            "provenance": "neuralops",
+            "verified": True,
+        }
+        for n in range(5)
+    ]
+    store = store_from_settings(get_settings())
+    with (
+        vectorize_lock(store, url=database_url),
+        pytest.raises(Conflict, match=f"s3://{bucket}/lancedb"),
+    ):
+        vectorize_records(
+            records,
+            store_from_settings(get_settings()),
+            HashingEmbedder(),
+            lock_timeout_s=0,
+            url=database_url,
+        )
+    assert vectorize_records(records, store, HashingEmbedder(), url=database_url).written == 5
+    assert store.fingerprints(["r1"])["r1"][2:] == ("neuralops", True)
+    metadata = store._open().schema.field("run_id").metadata
+    assert any(key.startswith(b"lance-schema:unenforced-primary-key") for key in metadata)
