@@ -346,7 +346,7 @@ def seed(url) -> None:
     db.upgrade(url)
     manifests = load_manifests([catalogue_dir()])
     add_playbooks(manifests, url=url)
-    runs.log_runs(demo_history(manifests), url=url)
+    runs.log_runs(demo_history(manifests), url=url, provenance=runs.SEED, keep_existing=True)
     candidates, cooldowns = demo_signals(datetime.now(UTC))
     signals.record_signals(candidates, cooldowns, url=url)
 
@@ -371,17 +371,20 @@ def count_runs(url, prefix: str) -> tuple[int, int]:
 
 
 def writer_runs(prefix: str, writer: int, count: int) -> list[dict[str, Any]]:
-    """A writer's runs: distinct ids, except every 10th, one of a few ids all writers share."""
+    """A writer's runs: distinct ids, except every 10th, one of a few ids all writers share
+    and report with the same content (a finished run is immutable: re-logging it the same is
+    idempotent, a different report would be a Conflict)."""
     out = []
     for n in range(count):
-        shared = f"{prefix}shared-{(n // 10) % SHARED_RUN_IDS}"
+        k = (n // 10) % SHARED_RUN_IDS
+        shared = n % 10 == 0
         out.append(
             {
                 "wpk_id": "restart-deployment",
-                "run_id": shared if n % 10 == 0 else f"{prefix}{writer}-{n}",
-                "status": "succeeded" if n % 7 else "failed",
-                "duration_ms": 1000 + n,
-                "inputs": {"namespace": "payments", "writer": writer},
+                "run_id": f"{prefix}shared-{k}" if shared else f"{prefix}{writer}-{n}",
+                "status": "succeeded" if (k if shared else n) % 7 else "failed",
+                "duration_ms": 1000 + (k if shared else n),
+                "inputs": {"namespace": "payments", "writer": None if shared else writer},
                 "node_logs": [{"name": "restart", "status": "Completed", "duration_ms": 900}],
             }
         )
