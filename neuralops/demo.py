@@ -2,7 +2,9 @@
 
 Each playbook gets past runs with inputs that satisfy its declared parameters, alert labels
 naming the symptom it was run for, a success rate of its own and realistic durations. Run
-ids are fixed (``demo-<playbook>-<n>``), so seeding twice updates instead of duplicating.
+ids are fixed (``demo-<playbook>-<n>``), so seeding twice keeps what the first seeding
+stored instead of duplicating it (provenance ``seed``: it teaches the recommender where
+``seed`` is a trusted writer, as `neuralops run` makes it).
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ carries personal data or a credential in a field an operator might fill in (who 
 a ticket note, a pasted log line, a DSN) — the redactor must remove every one of them before
 anything leaves the database (``PLANTED`` lists the kinds).
 
-Deterministic for a seed: run ids are ``syn-<seed>-<n>``, so seeding again updates instead of
-duplicating, and seeding more continues the same sequence.
+Deterministic for a seed: run ids are ``syn-<seed>-<n>``, so seeding again keeps the stored
+runs instead of duplicating them, and seeding more continues the same sequence. `neuralops
+seed runs` records them as provenance ``seed``: synthetic, they teach the recommender only
+where ``seed`` is a trusted writer (docs/run-history.md).
 """
 
 from __future__ import annotations
