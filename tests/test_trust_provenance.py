@@ -301,13 +301,13 @@ def test_a_bad_stored_row_is_quarantined_and_the_rest_exported(
 
 
 def test_the_api_records_the_writer_and_refuses_rewriting_pinning_and_bad_text(
-    api_server: str, signed_catalogue: dict
+    api_server: str, signed_catalogue: dict, embedder: MiniLMEmbedder, tmp_path: Path
 ) -> None:
     signal = signed_catalogue["signals"]["oom-kills"]
     writer = api_headers("runs:write", subject="attacker")
     with httpx.Client(base_url=api_server, timeout=30) as client:
         # (a) the 200 posted runs are recorded as the attacker's, unverified
-        for run in poison(signal, count=20):
+        for run in poison(signal):
             assert client.post("/runs", json=run, headers=writer).status_code == 201
         stored = stored_runs()
         assert {v[4:] for k, v in stored.items() if k.startswith("evil-")} == {(ATTACKER, False)}
@@ -338,4 +338,21 @@ def test_the_api_records_the_writer_and_refuses_rewriting_pinning_and_bad_text(
         # and none of it without a runs:write credential
         anonymous = client.post("/runs", json={**own, "run_id": "anon"})
         assert anonymous.status_code == 401
-    assert "anon" not in stored_runs() and "pin" not in stored_runs()
+        assert "anon" not in stored_runs() and "pin" not in stored_runs()
+
+        # The hourly vectorize, then POST /recommend for the OOM signal: the 200 posted runs
+        # are shown as reported and count for nothing.
+        vectorize_all(tmp_path, embedder, signed_catalogue["settings"])
+        asked = client.post(
+            "/recommend",
+            json={"signal_id": str(signal.id), "top": 20},
+            headers=api_headers("recommend"),
+        )
+        assert asked.status_code == 200, asked.text
+        ranked = asked.json()["recommendations"]
+        assert ranked[0]["playbook_id"] == "raise-memory-limit"
+        for rec in ranked:
+            for e in rec["evidence"]:
+                assert e["counted"] == (e["provenance"] != ATTACKER)
+            if rec["playbook_id"] == "uncordon-node":
+                assert (rec["similar_runs"], rec["success_rate"]) == (0, None)
