@@ -292,7 +292,7 @@ def test_times_in_the_future_are_refused(database_url: URL, change: dict, field:
 def test_text_that_cannot_be_encoded_is_refused(
     database_url: URL, change: dict, field: str
 ) -> None:
-    with pytest.raises(InvalidInput, match="lone surrogate|unicode string") as caught:
+    with pytest.raises(InvalidInput, match=r"lone surrogate|unicode string") as caught:
         runs.log_runs([_run("r-good"), _run("r-bad", **change)])
     assert field in [p.field for p in caught.value.problems]
     assert "\ud800" not in str(caught.value)  # the input is not echoed
