@@ -196,17 +196,19 @@ _UNPREFIXED_TOKENS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = tuple(
 )
 _TOKEN_HINT = re.compile(
     r"gh[pousr]_|github_pat_|gl(?:pat|dt|ft|soat|rt|cbt|imt|ptt|agent|oas)-|GR1348941"
-    r"|xox|XOX|hooks\.slack|T3BlbkFJ|k_live_|SG\.|pypi-|sq0csp-|AccountKey=|sk-"
+    r"|xox|XOX|hooks\.slack|T3BlbkFJ|k_live_|SG\.|pypi-|sq0csp-|AccountKey=|sk-|hv[sbr]\."
 )
 # Hand-written, because no plugin covers them: GitHub fine-grained tokens (github_pat_) and
 # classic ones of another length than the plugin's 36; Slack tokens without the plugin's
 # digit groups; OpenAI-style ``sk-`` keys without the legacy ``T3BlbkFJ`` marker (project
 # and service-account keys), which must mix upper case, lower case and digits (so a long
-# hyphenated name starting with "sk-" is not one).
+# hyphenated name starting with "sk-" is not one); Vault/OpenBao service, batch and recovery
+# tokens (hvs. / hvb. / hvr.).
 _OWN_TOKENS: Final[tuple[tuple[re.Pattern[str], bool], ...]] = (
     (re.compile(r"(?<![A-Za-z0-9_])(?:gh[pousr]_|github_pat_)[A-Za-z0-9_]{20,}"), False),
     (re.compile(r"(?i)(?<![A-Za-z0-9])xox[abposre]-[A-Za-z0-9-]{10,}"), False),
     (re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]*?[A-Za-z0-9]{20}[A-Za-z0-9_-]*"), True),
+    (re.compile(r"(?<![A-Za-z0-9_.])hv[sbr]\.[A-Za-z0-9_-]{24,}"), False),
 )
 _MIXED = re.compile(r"(?=[^A-Z]*[A-Z])(?=[^a-z]*[a-z])(?=\D*\d)")
 

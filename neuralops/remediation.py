@@ -206,9 +206,15 @@ def precedent_parameters(
         for inputs, status in session.execute(query):
             if status == "succeeded" and run_resource({"inputs": inputs}) == resource:
                 params = inputs.get("parameters") or {}
-                declared = {p.name for p in manifest.parameters}
+                declared = {p.name: p for p in manifest.parameters}
+                # A value today's manifest would refuse (a pattern added since, an image no
+                # longer allowed) is left out, as a bad label is: it must not sink the dry-run.
                 return {
-                    k: v for k, v in params.items() if k in declared and k not in incident.labels
+                    k: v
+                    for k, v in params.items()
+                    if k in declared
+                    and k not in incident.labels
+                    and policy.value_problem(manifest, declared[k], v) is None
                 }
     return {}
 

@@ -16,6 +16,7 @@ executions through ``record_outcome``, never through ``log_run``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -23,6 +24,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import quote
 
 from pydantic import (
     AfterValidator,
@@ -42,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from neuralops.db import session_scope
 from neuralops.db.models import RUN_STATUSES, Playbook, WorkflowRun, utcnow
-from neuralops.errors import Conflict, InvalidInput, NotFound
+from neuralops.errors import Conflict, FieldProblem, InvalidInput, NotFound
 
 RunStatus = Literal["pending", "running", "succeeded", "failed", "cancelled", "crashed"]
 if set(get_args(RunStatus)) != set(RUN_STATUSES):  # the API and the CHECK constraint agree
@@ -67,9 +69,22 @@ PROVENANCE_PATTERN = r"^(prefect|neuralops|seed|local|unknown|api:[^\s,\x00-\x1f
 _PROVENANCE = re.compile(PROVENANCE_PATTERN)
 
 
+# Run ids NeuralOps gives its own executions (remediation.log_execution): no other writer may
+# take one first, or the execution's record would be refused as a conflict.
+EXECUTION_RUN_PREFIX = "remediate-"
+_MAX_SUBJECT = 180
+
+
 def api_provenance(subject: str) -> str:
-    """The provenance of runs posted by an authenticated API writer."""
-    return check_provenance(f"{API_PREFIX}{subject}")
+    """The provenance of runs posted by an authenticated API writer: ``api:<subject>``, the
+    subject percent-encoded where it holds a space, a comma or a control character (an IdP
+    may issue such subjects; the trusted-writers setting is a comma-separated list), and
+    shortened with a hash suffix beyond 180 characters."""
+    encoded = quote(subject, safe="@:/._-+~!$&'()*;=")
+    if len(encoded) > _MAX_SUBJECT:
+        digest = hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        encoded = f"{encoded[: _MAX_SUBJECT - 13]}~{digest}"
+    return check_provenance(f"{API_PREFIX}{encoded}")
 
 
 def check_provenance(value: str) -> str:
@@ -247,6 +262,14 @@ def log_runs(
     valid = [validate_run(run) for run in runs]  # validate all before writing any
     if not valid:
         return []
+    if provenance != NEURALOPS:
+        taken = next((r.run_id for r in valid if r.run_id.startswith(EXECUTION_RUN_PREFIX)), None)
+        if taken is not None:
+            raise InvalidInput(
+                f"run: run_id: {taken!r}: ids starting with {EXECUTION_RUN_PREFIX!r} are "
+                "reserved for NeuralOps' own executions; choose another run_id",
+                [FieldProblem("run_id", f"{EXECUTION_RUN_PREFIX!r} ids are reserved")],
+            )
     # One row per run_id (the last report wins), in run_id order so that concurrent batches
     # take the unique-index locks in the same order.
     unique = sorted({run.run_id: run for run in valid}.values(), key=lambda run: run.run_id)

@@ -300,10 +300,13 @@ OPENAI_LEGACY = "sk-" + "aB3" * 7 + "T3BlbkFJ" + "xY9" * 7
         (f"key {OPENAI_LEGACY}.", "key <API_TOKEN>."),
         ("glpat-" + "x1Y2z3" * 4, "<API_TOKEN>"),  # detect-secrets' GitLab plugin
         ("sk_live_" + "a1B2" * 6, "<API_TOKEN>"),  # Stripe
+        ("VAULT_TOKEN=hvs." + "CAESIJ4x9" * 4 + " bao login", "VAULT_TOKEN=<API_TOKEN> bao login"),
+        ("batch hvb." + "AAAAAQJ7" * 5, "batch <API_TOKEN>"),  # Vault/OpenBao: ours
         # benign look-alikes: hyphenated names, words, short suffixes
         ("disk-pressure on sk-learn task-runner", "disk-pressure on sk-learn task-runner"),
         ("sk-payments-api-7d9f8b6c5d-x2k4q", "sk-payments-api-7d9f8b6c5d-x2k4q"),
         ("the ghp_ prefix and xoxb- tokens", "the ghp_ prefix and xoxb- tokens"),
+        ("version hvs.1 and hvs.enabled", "version hvs.1 and hvs.enabled"),
     ],
 )
 def test_vendor_tokens(text: str, expected: str) -> None:

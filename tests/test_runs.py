@@ -298,3 +298,36 @@ def test_text_that_cannot_be_encoded_is_refused(
     assert "\ud800" not in str(caught.value)  # the input is not echoed
     assert _rows(database_url) == []
     runs.log_run(_run("r-emoji", outputs={"message": "ok \U0001f600 \u00e9"}))  # real text is fine
+
+
+def test_execution_run_ids_are_reserved_for_neuralops(database_url: URL) -> None:
+    """Another writer cannot take `remediate-<incident>` first: NeuralOps' record of that
+    execution would then be refused as a conflict."""
+    with pytest.raises(InvalidInput, match="reserved for NeuralOps' own executions") as caught:
+        runs.log_runs(
+            [_run("ok-1"), _run("remediate-1234", status="running")],
+            provenance=runs.api_provenance("mallory"),
+        )
+    assert [p.field for p in caught.value.problems] == ["run_id"]
+    assert _rows(database_url) == []  # nothing of the batch
+    runs.log_run(_run("remediate-1234"), provenance=runs.NEURALOPS, verified=True)
+    assert [r.run_id for r in _rows(database_url)] == ["remediate-1234"]
+
+
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        ("ci-bot", "api:ci-bot"),
+        ("svc@example.com", "api:svc@example.com"),
+        ("Jane Doe, SRE", "api:Jane%20Doe%2C%20SRE"),
+        ("tab\there", "api:tab%09here"),
+    ],
+)
+def test_any_token_subject_makes_a_valid_provenance(subject: str, expected: str) -> None:
+    assert runs.api_provenance(subject) == expected
+    assert runs.check_provenance(expected) == expected
+
+
+def test_a_very_long_subject_is_shortened_with_a_hash_and_stays_distinct() -> None:
+    one, two = runs.api_provenance("x" * 400), runs.api_provenance("x" * 399 + "y")
+    assert one != two and len(one) <= 200 and len(two) <= 200

@@ -4,6 +4,7 @@ image are constrained, whatever their source. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -288,12 +289,14 @@ def _precedent(image: str) -> None:
 
 
 @pytest.mark.parametrize("image", ["evil.example/psql:latest", "evil.example/psql:16"])
-def test_an_attackers_image_from_a_precedent_fails_the_dry_run(env, image: str) -> None:
+def test_an_attackers_image_from_a_precedent_never_runs(env, image: str) -> None:
+    """Even from the most trusted precedent, a value the manifest refuses is left out (as a
+    bad label is): the playbook's own default image runs, never the attacker's."""
     _precedent(image)
     asked = Incident(alert="PostgresLongRunningQueries", labels=ORDERS_DB)
     manifest = registry.registered_manifests()
     manifest = next(m for m in manifest if m.id == "kill-long-running-queries")
-    assert remediation.precedent_parameters(manifest, asked).get("psql_image") == image
+    assert "psql_image" not in remediation.precedent_parameters(manifest, asked)
 
     current = remediation.suggest(
         env["recommender"],
@@ -301,9 +304,10 @@ def test_an_attackers_image_from_a_precedent_fails_the_dry_run(env, image: str) 
         playbook_id="kill-long-running-queries",
         parameters={"cluster": "orders-db", "database": "orders"},
     )
-    assert current.state == "dry_run_failed"
-    assert image in current.dry_run["reason"] and "psql_image" in current.dry_run["reason"]
-    assert env["cluster"]._load() == {}
+    current = _dry_run(env, current)
+    assert current.state == "dry_run_passed", current.dry_run
+    assert current.parameters["psql_image"] == "postgres:16.4-alpine"
+    assert image not in json.dumps(current.dry_run)
 
 
 @pytest.mark.parametrize("image", ["evil.example/psql:latest", "evil.example/psql:16"])
