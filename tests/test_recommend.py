@@ -62,7 +62,7 @@ def run(
         "node_logs": [],
         "created_at": created,
         "updated_at": created,
-        # History that teaches: NeuralOps' own executions (reported runs: test_trust_provenance)
+        # History that teaches: NeuralOps' own executions (reported runs: tests/test_trust.py)
         "provenance": "neuralops",
         "verified": True,
     }
