@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, suspend_flow_run
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
@@ -32,17 +32,22 @@ from neuralops.hooks import run_logger_hooks
 from neuralops.remediation import ApprovalDecision
 from neuralops.settings import get_settings
 from tasks.remediate import (
+    APPROVAL_KEY,
     check_approval,
     decide,
     dry_run,
     ensure_cluster_limit,
     execute,
+    fired_approvals,
     pause_for_approval,
+    repair_resume_form,
+    resume_form,
+    stored_decision,
     suggest,
+    suspend_for_approval,
     verify_outcome,
 )
 
-REFUSED = "approval.refused"
 POLL_S = 2  # how often a paused run asks the server whether it was resumed
 
 
@@ -110,49 +115,108 @@ def remediate(
 def _wait_for_approval(
     current: incidents.IncidentOut, *, from_deployment: bool, block: str | None
 ) -> incidents.IncidentOut:
-    """Pause (or suspend) until a valid decision arrives or the deadline passes."""
+    """Pause (or suspend) until a valid decision arrives or the deadline passes.
+
+    One pause per attempt, keyed ``approval-0``, ``approval-1``, ...: the attempt number is
+    read from Prefect itself (the pause keys this run has fired), never from a count another
+    process can change (a refusal by ``neuralops approve`` writes an audit entry too). A
+    suspended run replays from the top when resumed: the decision stored at its latest pause
+    is checked first; refused, the run pauses at the next key, with the same form."""
     logger = get_run_logger()
     form = approval_form(current)
+    flow_run_id = get_run_context().flow_run.id
+    fired = fired_approvals(flow_run_id)
+    attempt = fired[-1] + 1 if fired else 0
+    unchecked = f"{APPROVAL_KEY}{fired[-1]}" if fired else None  # resumed from it: replaying
     while current.state == "awaiting_approval":
         remaining = (current.expires_at - datetime.now(UTC)).total_seconds()
         if remaining <= 0:
             return remediation.expire(current.id)
-        # One pause per attempt, numbered by the refusals so far: a suspended run replays
-        # from the top when resumed and must land on the latest pause, not an old one.
-        key = f"approval-{incidents.count_notes(current.id, REFUSED)}"
-        logger.info("waiting for approval of incident %s (%s)", current.id, current.mode_reason)
-        try:
-            if from_deployment:
-                decision = suspend_flow_run(
-                    wait_for_input=form, timeout=int(remaining) + 1, key=key
-                )
-            else:
-                # Survives a Prefect server outage longer than the client's own retries.
-                decision = pause_for_approval(
-                    key=key, timeout=int(remaining) + 1, poll_interval=POLL_S, form=form
-                )
-        except FlowPauseTimeout:
-            return remediation.expire(current.id)
+        if unchecked is not None:
+            key, unchecked = unchecked, None
+            decision = stored_decision(flow_run_id, key, form)
+            if decision is None:
+                logger.warning("the pause %s was resumed without a decision: waiting again", key)
+                continue
+        else:
+            key, attempt = f"{APPROVAL_KEY}{attempt}", attempt + 1
+            logger.info(
+                "waiting for approval of incident %s (%s; attempt %s)",
+                current.id,
+                current.mode_reason,
+                key,
+            )
+            try:
+                if from_deployment:
+                    decision = suspend_for_approval(key=key, timeout=int(remaining) + 1, form=form)
+                else:
+                    # Survives a Prefect server outage longer than the client's own retries.
+                    decision = pause_for_approval(
+                        key=key, timeout=int(remaining) + 1, poll_interval=POLL_S, form=form
+                    )
+            except FlowPauseTimeout:
+                return remediation.expire(current.id)
         current, refusal = check_approval(current.id, decision, block)
         if refusal:
-            logger.warning("approval refused: %s", refusal)
+            logger.warning(
+                "approval of incident %s refused (%s): %s; waiting again until %s UTC",
+                current.id,
+                key,
+                refusal,
+                f"{current.expires_at:%Y-%m-%d %H:%M}",
+            )
             create_markdown_artifact(
-                key="approval-refused",
-                markdown=f"### Approval refused\n\n{refusal}\n\nThe run is waiting again: "
-                "resume it with a valid token before the deadline "
-                f"({current.expires_at:%Y-%m-%d %H:%M} UTC).",
+                key=REFUSED_ARTIFACT,
+                markdown=refusal_markdown(current, refusal, via="the Resume form"),
                 description=f"Incident {current.id}: the last approval attempt was refused",
             )
     return current
 
 
+REFUSED_ARTIFACT = "approval-refused"  # one key: the run page shows the latest refusal
+
+
+def refusal_markdown(current: incidents.IncidentOut, refusal: str, *, via: str) -> str:
+    """The artifact a refused approval leaves on the run: why, until when, how to retry."""
+    return "\n".join(
+        [
+            "### Approval refused",
+            "",
+            f"An approval of incident `{current.id}` given through {via} was refused "
+            f"at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC:",
+            "",
+            f"> {refusal}",
+            "",
+            "Nothing was executed. The run is waiting again with the same plan "
+            f"(plan digest `{current.plan_digest or 'none'}`) until "
+            f"**{current.expires_at:%Y-%m-%d %H:%M} UTC**; after that the incident expires.",
+            "",
+            "To retry: press **Resume** on this run with a token from the identity provider "
+            "for this incident (org-admin role, your id as its subject), or from a terminal:",
+            "",
+            "```",
+            f"neuralops approve {current.id} --approver <your id> --token <JWT>",
+            "```",
+        ]
+    )
+
+
+def repair_approval_form(current: incidents.IncidentOut) -> list[str]:
+    """Re-create the Resume form of the incident's waiting run if Prefect lost it (the form
+    is saved in a separate call after the pause; a server restart in between left the run
+    unresumable: "Run input schema not found"). The input keys written, usually none."""
+    if current.state != "awaiting_approval" or current.flow_run_id is None:
+        return []
+    return repair_resume_form(current.flow_run_id, approval_form(current))
+
+
 def approval_form(current: incidents.IncidentOut) -> type[ApprovalDecision]:
     """The Resume form: an ``ApprovalDecision`` whose description is the plan it approves
-    (playbook, version, plan digest, steps) and whose plan digest is filled in with it."""
-    from prefect.input.run_input import run_input_subclass_from_type
+    (playbook, version, plan digest, steps) and whose plan digest is filled in with it. The
+    same for every attempt of an incident, so it can be re-created to repair a lost one."""
     from pydantic import Field, create_model
 
-    base = run_input_subclass_from_type(ApprovalDecision)
+    base = resume_form(ApprovalDecision)
     field = ApprovalDecision.model_fields["plan_digest"]
     form = create_model(
         base.__name__,

@@ -1464,23 +1464,78 @@ def approve(
     if current.flow_run_id is None:  # no run is waiting: apply it here
         current, refusal = remediation.apply_decision(current.id, decision, keys=keys)
         if refusal:
-            err.print(f"[red]refused:[/] {refusal}", highlight=False)
+            err.print(f"[red]refused:[/] {escape(' '.join(refusal.split()))}", highlight=False)
             raise typer.Exit(2)
         out.print(f"incident {current.id} is {current.state}", highlight=False)
         return
     # The same checks the run will make, so a bad token or plan fails here, not silently there.
     _, refusal = remediation.check_token(current.id, decision, keys=keys, via="cli")
     refusal = refusal or remediation.check_plan(current, decision, via="cli")
-    if refusal:
-        err.print(f"[red]refused:[/] {refusal}", highlight=False)
+    from flows.remediate import REFUSED_ARTIFACT, refusal_markdown, repair_approval_form
+    from tasks.remediate import publish_on_run
+
+    if refusal:  # shown on the run too: the UI's operator sees why nothing happened
+        publish_on_run(
+            current.flow_run_id,
+            key=REFUSED_ARTIFACT,
+            markdown=refusal_markdown(current, refusal, via="`neuralops approve`"),
+            description=f"Incident {current.id}: the last approval attempt was refused",
+            warning=f"approval of incident {current.id} refused (neuralops approve): {refusal}",
+        )
+        err.print(f"[red]refused:[/] {escape(' '.join(refusal.split()))}", highlight=False)
         raise typer.Exit(2)
     from prefect import resume_flow_run
 
-    resume_flow_run(current.flow_run_id, run_input=decision.as_input())
+    problem = _wait_for_waiting_run(current)
+    if problem:
+        err.print(f"[red]error:[/] {escape(problem)}", highlight=False)
+        raise typer.Exit(2)
+    if written := repair_approval_form(current):  # lost to a Prefect server restart
+        err.print(f"[yellow]note:[/] re-created the run's lost Resume form ({', '.join(written)})")
+    try:
+        resume_flow_run(current.flow_run_id, run_input=decision.as_input())
+    except Exception as exc:  # not paused any more, or Prefect refused the input
+        err.print(
+            f"[red]error:[/] flow run {current.flow_run_id} was not resumed: "
+            f"{escape(' '.join(str(exc).split()))}",
+            highlight=False,
+        )
+        raise typer.Exit(2) from None
     out.print(
         f"{decision.decision}d: resumed flow run {current.flow_run_id} for incident {current.id}",
         highlight=False,
     )
+
+
+APPROVE_WAIT_S = 60.0  # how long `approve` waits for a run that is replaying to wait again
+
+
+def _wait_for_waiting_run(current: Any) -> str | None:
+    """None once the incident's run is Paused/Suspended (waiting for its decision); else why
+    not. A run from a deployment replays from the top after each resume (a refused attempt
+    included) before it waits again: that takes seconds, so wait for it."""
+    from prefect.client.orchestration import get_client
+
+    from neuralops import incidents
+
+    deadline = time.monotonic() + APPROVE_WAIT_S
+    while True:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(current.flow_run_id).state
+        if state is not None and state.is_paused():
+            return None
+        now = incidents.get(current.id).state
+        if now != "awaiting_approval":
+            return f"incident {current.id} is {now} now, no longer awaiting approval"
+        if state is not None and state.is_final():
+            return f"flow run {current.flow_run_id} is {state.name}: it cannot be resumed"
+        if time.monotonic() >= deadline:
+            where = state.name if state else "no state"
+            return (
+                f"flow run {current.flow_run_id} is {where}, not waiting for approval after "
+                f"{int(APPROVE_WAIT_S)} s: try again shortly"
+            )
+        time.sleep(1)
 
 
 # --- clusters (BYOC connector) ---------------------------------------------------------------

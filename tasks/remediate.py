@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.input.run_input import Keyset, RunInput
 
 from neuralops import incidents, remediation
 from neuralops.approval import keys_from_settings
@@ -113,30 +115,200 @@ def flow_run_ended(flow_run_id: uuid.UUID) -> str | None:
     return f"{state.name}: {state.message}" if state.message else state.name
 
 
+APPROVAL_KEY = "approval-"  # pause keys approval-0, approval-1, ...: one per attempt
+# Resume forms this process wrote or found (flow run, input key): Prefect's own save right
+# after the pause finds them here and sends nothing.
+_FORMS_SAVED: set[tuple[uuid.UUID, str]] = set()
+
+
+class ResumeForm(RunInput):
+    """A Resume form whose ``save`` is idempotent: the schema and description are written
+    once per key (an existing one is kept), so NeuralOps can write the form *before* proposing
+    the pause and repair a lost one at any time, and Prefect's own save after the pause never
+    fails on a form that is already there."""
+
+    @classmethod
+    def save(cls, keyset: Keyset, flow_run_id: uuid.UUID | None = None) -> None:  # type: ignore[override]
+        from prefect.context import FlowRunContext
+
+        if flow_run_id is None:
+            context = FlowRunContext.get()
+            if context is None or context.flow_run is None:
+                raise RuntimeError("a Resume form is saved for a flow run: give flow_run_id")
+            flow_run_id = context.flow_run.id
+        save_resume_form(cls, keyset, flow_run_id)
+
+
+def resume_form(model: type) -> type[ResumeForm]:
+    """``model`` (a pydantic model, e.g. ``ApprovalDecision``) as a ``ResumeForm``."""
+    if isinstance(model, type) and issubclass(model, ResumeForm):
+        return model
+    name = model.__name__ if issubclass(model, RunInput) else f"{model.__name__}RunInput"
+    return type(name, (ResumeForm, model), {})  # type: ignore[return-value]
+
+
+def save_resume_form(
+    form: type[RunInput], keyset: Keyset, flow_run_id: uuid.UUID, *, recheck: bool = False
+) -> list[str]:
+    """Write the form's schema (and description) under ``keyset`` where missing; the names
+    written ("schema", "description"). Without ``recheck``, keys this process already wrote or
+    found are not asked for again."""
+    import orjson
+    from prefect._internal.pydantic.v2_schema import create_v2_schema
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    description = form._description if isinstance(form._description, str) else None
+    values = {"schema": lambda: create_v2_schema(form.__name__, model_base=form)}
+    if description:
+        values["description"] = lambda: description
+    written = []
+    with get_client(sync_client=True) as client:
+        for name, value in values.items():
+            key = keyset[name]
+            if not recheck and (flow_run_id, key) in _FORMS_SAVED:
+                continue
+            try:
+                client.read_flow_run_input(flow_run_id, key)
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code != 404:
+                    raise
+                try:
+                    client.create_flow_run_input(
+                        flow_run_id, key, value=orjson.dumps(value()).decode()
+                    )
+                    written.append(name)
+                except PrefectHTTPStatusError as conflict:  # written meanwhile: kept
+                    if conflict.response.status_code != 409:
+                        raise
+            _FORMS_SAVED.add((flow_run_id, key))
+    return written
+
+
+def fired_approvals(flow_run_id: uuid.UUID) -> list[int]:
+    """The approval attempts (N of pause key ``approval-N``) this flow run has paused or
+    suspended at, in order, read from Prefect (the run's ``empirical_policy.pause_keys``):
+    a count no other process can shift."""
+    with get_client(sync_client=True) as client:
+        keys = client.read_flow_run(flow_run_id).empirical_policy.pause_keys or set()
+    numbers = [k.removeprefix(APPROVAL_KEY) for k in keys if k.startswith(APPROVAL_KEY)]
+    return sorted(int(n) for n in numbers if n.isdigit())
+
+
+def stored_decision(flow_run_id: uuid.UUID, key: str, form: type) -> Any | None:
+    """The decision a resume stored for the pause ``key`` (suspended or paused), validated by
+    ``form``; None when that pause was resumed without one."""
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.input.run_input import keyset_from_base_key
+
+    with get_client(sync_client=True) as client:
+        for state in ("suspended", "paused"):
+            try:
+                value = client.read_flow_run_input(
+                    flow_run_id, keyset_from_base_key(f"{state}-{key}")["response"]
+                )
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code != 404:
+                    raise
+                continue
+            return form.model_validate_json(value)
+    return None
+
+
+def repair_resume_form(flow_run_id: uuid.UUID, form: type) -> list[str]:
+    """If the run is Paused/Suspended waiting for input whose Resume form (schema) is missing
+    (the pause's separate save lost to a Prefect server restart: Prefect then refuses every
+    resume with "Run input schema not found"), write it again from ``form``. Returns the
+    input keys written; nothing when the run is not waiting or its form is there."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+    except ObjectNotFound:
+        return []
+    keyset = state.state_details.run_input_keyset if state is not None else None
+    if state is None or not state.is_paused() or not keyset:
+        return []
+    written = save_resume_form(resume_form(form), keyset, flow_run_id, recheck=True)
+    return [keyset[name] for name in written]
+
+
+def publish_on_run(
+    flow_run_id: uuid.UUID, *, key: str, markdown: str, description: str, warning: str
+) -> bool:
+    """From outside the run (``neuralops approve``): a markdown artifact on the run's page and
+    a WARNING line in its logs, as the run itself writes them. Best effort: False if the API
+    refused or did not answer (the audit trail holds the event either way)."""
+    from prefect.client.schemas.actions import ArtifactCreate, LogCreate
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.create_artifact(
+                ArtifactCreate(
+                    key=key,
+                    type="markdown",
+                    description=description,
+                    data=markdown,
+                    flow_run_id=flow_run_id,
+                )
+            )
+            client.create_logs(
+                [
+                    LogCreate(
+                        name="neuralops.approve",
+                        level=30,
+                        message=warning,
+                        timestamp=datetime.now(UTC),
+                        flow_run_id=flow_run_id,
+                    )
+                ]
+            )
+    except Exception:
+        return False
+    return True
+
+
+def suspend_for_approval(*, key: str, timeout: int, form: type) -> Any:
+    """``suspend_flow_run`` waiting for ``form``, its Resume form written *before* the run is
+    suspended: Prefect writes it in a separate call after the state change, and a server
+    restart between the two left a Suspended run nobody could resume."""
+    from prefect import suspend_flow_run
+    from prefect.context import get_run_context
+    from prefect.input.run_input import keyset_from_base_key
+
+    wanted = resume_form(form)
+    run_id = get_run_context().flow_run.id
+    save_resume_form(wanted, keyset_from_base_key(f"suspended-{key}"), run_id)
+    return suspend_flow_run(wait_for_input=wanted, timeout=timeout, key=key)
+
+
 def pause_for_approval(
     *, key: str, timeout: float, poll_interval: float, form: type | None = None
 ) -> remediation.ApprovalDecision:
     """``pause_flow_run`` waiting for an ``ApprovalDecision``, surviving a Prefect API outage.
 
-    While paused in-process, Prefect polls the API with a client that retries a refused
-    connection only about a minute (5 retries, exponential back-off), and the save of the
-    Resume form right after the pause not at all (a fresh client): either way the run dies
-    with ``httpx.ConnectError`` and nobody is left to execute the approval. Here a transport
-    error keeps the run waiting: it asks again every ``poll_interval`` until the run is resumed
-    (the decision returned), the pause is redone (it never reached the server), or
-    ``timeout`` passes (``FlowPauseTimeout``, as ``pause_flow_run``). ``form``: the Resume
-    form's model (an ``ApprovalDecision`` described by its plan), else ``ApprovalDecision``."""
+    The Resume form is written before the pause (see ``suspend_for_approval``). While paused
+    in-process, Prefect polls the API with a client that retries a refused connection only
+    about a minute (5 retries, exponential back-off): the run would die with
+    ``httpx.ConnectError`` and nobody be left to execute the approval. Here a transport error
+    keeps the run waiting: it asks again every ``poll_interval`` until the run is resumed (the
+    decision returned), the pause is redone (it never reached the server), or ``timeout``
+    passes (``FlowPauseTimeout``, as ``pause_flow_run``). ``form``: the Resume form's model
+    (an ``ApprovalDecision`` described by its plan), else ``ApprovalDecision``."""
     import httpx
     from prefect import get_run_logger, pause_flow_run
     from prefect.context import get_run_context
     from prefect.exceptions import FlowPauseTimeout
-    from prefect.input.run_input import keyset_from_base_key, run_input_subclass_from_type
+    from prefect.input.run_input import keyset_from_base_key
 
     deadline = time.monotonic() + timeout
-    wanted = form or remediation.ApprovalDecision
+    run_input = resume_form(form or remediation.ApprovalDecision)
+    run_id = get_run_context().flow_run.id
+    keyset = keyset_from_base_key(f"paused-{key}")
     try:
+        save_resume_form(run_input, keyset, run_id)
         return pause_flow_run(
-            wait_for_input=wanted,
+            wait_for_input=run_input,
             timeout=max(1, int(timeout)),
             poll_interval=int(poll_interval),
             key=key,
@@ -145,20 +317,15 @@ def pause_for_approval(
         get_run_logger().warning(
             "the Prefect API did not answer while waiting for approval (%s): still waiting", exc
         )
-    run_id = get_run_context().flow_run.id
-    run_input = run_input_subclass_from_type(wanted)
-    keyset = keyset_from_base_key(f"paused-{key}")
     while time.monotonic() < deadline:
         time.sleep(poll_interval)
         try:
             with get_client(sync_client=True) as client:
                 run = client.read_flow_run(run_id)
-                if run.state is not None and run.state.is_paused():
-                    try:  # the outage may have cut the pause short of saving its form
-                        client.read_flow_run_input(run_id, keyset["schema"])
-                    except Exception:
-                        run_input.save(keyset, flow_run_id=run_id)
-                    continue
+            if run.state is not None and run.state.is_paused():
+                # the outage may have cut the pause short of saving its form
+                save_resume_form(run_input, keyset, run_id, recheck=True)
+                continue
         except httpx.TransportError:
             continue
         if run.state is not None and run.state.is_running():

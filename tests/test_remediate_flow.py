@@ -375,3 +375,169 @@ def test_a_safe_playbook_goes_through_the_whole_sequence_with_the_kill_switch_on
     [job] = [key for key in final.post_state if key.startswith("Job/data/")]
     assert final.post_state[job]["kind"] == "Job"
     assert runs.get_run(final.run_id).wpk_id == "verify-postgres-backup"
+
+
+# --- no lost decisions (issue 16): refused in the UI, refused by the CLI, approved by the CLI
+
+
+def _flow_run(flow_run_id: uuid.UUID):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def _waiting_at(flow_run_id: uuid.UUID, key: str) -> bool:
+    """The run is Paused/Suspended at the pause ``key`` (its latest attempt)."""
+    run = _flow_run(flow_run_id)
+    return bool(run.state and run.state.is_paused() and run.state.state_details.pause_key == key)
+
+
+def _form_there(flow_run_id: uuid.UUID) -> bool:
+    """The waiting run's Resume form (its input schema) is stored."""
+    from prefect.client.orchestration import get_client
+
+    state = _flow_run(flow_run_id).state
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_flow_run_input(flow_run_id, state.state_details.run_input_keyset["schema"])
+        except Exception:
+            return False
+    return True
+
+
+def lose_resume_form(flow_run_id: uuid.UUID) -> None:
+    """What a Prefect server restart between a pause and the save of its form leaves: the run
+    Paused/Suspended with no input schema (and no description)."""
+    from prefect.client.orchestration import get_client
+
+    keyset = _flow_run(flow_run_id).state.state_details.run_input_keyset
+    with get_client(sync_client=True) as client:
+        for name in ("schema", "description"):
+            client.delete_flow_run_input(flow_run_id, keyset[name])
+    assert not _form_there(flow_run_id)
+
+
+def _warnings(flow_run_id: uuid.UUID) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]),
+                level=LogFilterLevel(ge_=30),
+            )
+        )
+    return [log.message for log in logs]
+
+
+def _refused_ui_then_cli_then_approved_by_cli(world, flow_run_id: uuid.UUID, current) -> None:
+    """The sequence that lost a valid decision: a refused resume from the UI, a refused
+    `neuralops approve`, then a valid one (the run's form lost meanwhile, as a server restart
+    can leave it): the valid decision is the one the run executes."""
+    from prefect import resume_flow_run
+    from typer.testing import CliRunner
+
+    from neuralops.cli import app
+
+    wait_until(lambda: _waiting_at(flow_run_id, "approval-0"), timeout=120, what="the pause")
+    assert _form_there(flow_run_id)  # written before the pause: visible with it
+    # 1. The UI resumes with a token of the wrong role (the UI calls the same endpoint).
+    wrong = decision(world, current.id, roles=("sre",))
+    resume_flow_run(flow_run_id, run_input=wrong.as_input())
+    wait_until(lambda: _waiting_at(flow_run_id, "approval-1"), timeout=120, what="a new pause")
+    assert incidents.count_notes(current.id, "approval.refused") == 1
+    assert _form_there(flow_run_id)  # the Resume form is usable again, with the same plan
+    refused = artifacts(flow_run_id)["approval-refused"]["data"]
+    assert "org-admin" in refused and f"neuralops approve {current.id}" in refused
+    assert f"{incidents.get(current.id).expires_at:%Y-%m-%d %H:%M} UTC" in refused
+    wait_until(  # the run's log line, at WARNING (logs reach the API in batches)
+        lambda: any("refused" in ln and "org-admin" in ln for ln in _warnings(flow_run_id)),
+        what="the refusal in the run's logs",
+    )
+
+    # 2. The CLI with the same bad token: one line, exit 2, nothing resumed.
+    runner = CliRunner()
+    token = wrong.token.get_secret_value()
+    cli = runner.invoke(app, ["approve", str(current.id), "--token", token, "--approver", "ana"])
+    assert cli.exit_code == 2, cli.output
+    [line] = [ln for ln in cli.output.splitlines() if ln.startswith("refused:")]
+    assert "org-admin" in line
+    assert incidents.count_notes(current.id, "approval.refused") == 2  # the count moved...
+    assert _waiting_at(flow_run_id, "approval-1")  # ...the run did not
+    assert "`neuralops approve`" in artifacts(flow_run_id)["approval-refused"]["data"]
+    wait_until(
+        lambda: any("(neuralops approve)" in line for line in _warnings(flow_run_id)),
+        what="the CLI's refusal in the run's logs",
+    )
+
+    # 3. The form lost (a restart between pause and save), then a valid approval by the CLI.
+    lose_resume_form(flow_run_id)
+    good = decision(world, current.id).token.get_secret_value()
+    cli = runner.invoke(app, ["approve", str(current.id), "--token", good, "--approver", "ana"])
+    assert cli.exit_code == 0, cli.output
+    assert "re-created the run's lost Resume form" in cli.output
+    assert f"resumed flow run {flow_run_id}" in cli.output
+
+
+def _approved_once(flow_run_id: uuid.UUID, current) -> None:
+    final = incidents.get(current.id)
+    assert final.state == "succeeded" and final.approver == "ana"
+    # No third pause: the valid decision given at approval-1 was the one executed.
+    assert _flow_run(flow_run_id).empirical_policy.pause_keys == {"approval-0", "approval-1"}
+    trail = [e.action for e in audit.recent(subject=incidents.subject(current.id))]
+    assert trail.count("incident.approved") == 1 and trail.count("approval.refused") == 2
+    assert audit.verify().ok
+
+
+def test_a_valid_cli_approval_after_refusals_in_the_ui_and_the_cli_is_not_lost(world):
+    """From a deployment (the run suspends, and replays from the top after each resume)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from flows.remediate import remediate; remediate.serve(name='l')"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: deployment_exists("remediate/l"), what="the served deployment")
+        flow_run = run_deployment(
+            "remediate/l",
+            parameters={
+                "signal_id": str(world["signals"]["oom-kills"].id),
+                "parameters": OOM_PARAMETERS,
+            },
+            timeout=0,
+        )
+        current = wait_until(
+            lambda: incidents.find_by_flow_run(flow_run.id), timeout=120, what="the incident"
+        )
+        wait_until(lambda: _state_name(flow_run.id) == "Suspended", timeout=120, what="suspend")
+        _refused_ui_then_cli_then_approved_by_cli(world, flow_run.id, current)
+        wait_until(lambda: flow_state(flow_run.id) == "COMPLETED", timeout=120, what="completion")
+        _approved_once(flow_run.id, current)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def test_a_valid_cli_approval_after_refusals_in_the_ui_and_the_cli_is_not_lost_in_process(world):
+    """The same sequence with the run paused in-process (no deployment)."""
+    thread, box = start(signal_id=str(world["signals"]["oom-kills"].id), parameters=OOM_PARAMETERS)
+    current = paused_incident()
+    _refused_ui_then_cli_then_approved_by_cli(world, current.flow_run_id, current)
+    thread.join(60)
+    assert "error" not in box, box.get("error")
+    assert box["result"]["state"] == "succeeded"
+    _approved_once(current.flow_run_id, current)
