@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: run test test-fast lint api doctor lock clean system-deps tools
+.PHONY: run approve test test-fast lint api doctor lock clean system-deps tools
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,22 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 ## The main job on embedded defaults (SQLite, local LanceDB, a local Prefect server): the whole
-## loop up to a remediation waiting for approval in the UI; Ctrl-C stops it.
+## loop up to a remediation waiting for approval in the UI; Ctrl-C stops it. Options of
+## `neuralops run` go in ARGS: make run ARGS="--port 4300 --workers 2". It writes the stack's
+## addresses to <data dir>/stack.json, where every other `neuralops` command finds them.
 run: $(STAMP)
-	$(BIN)/neuralops run
+	$(BIN)/neuralops run $(ARGS)
+
+## Decide a remediation waiting for approval, from any terminal (the stack is found through
+## <data dir>/stack.json): make approve INCIDENT=<id> TOKEN=<jwt> [APPROVER=<id>] [REJECT=1]
+## [COMMENT="why"]. The token goes through the environment, not the command line.
+APPROVER ?= sre-oncall@example.com
+approve: $(STAMP)
+	@test -n "$(INCIDENT)" && test -n "$(TOKEN)" || { \
+	  echo 'usage: make approve INCIDENT=<id> TOKEN=<token> [APPROVER=<id>] [REJECT=1] [COMMENT="why"]' >&2; \
+	  exit 2; }
+	@NEURALOPS_APPROVAL_TOKEN='$(TOKEN)' $(BIN)/neuralops approve '$(INCIDENT)' \
+	  --approver '$(APPROVER)' $(if $(REJECT),--reject) $(if $(COMMENT),--comment '$(COMMENT)')
 
 ## Real components the tests start themselves: Prometheus and promtool, and chromium for the
 ## browser test (Debian packages; Playwright drives this chromium and downloads no browser).

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 import yaml
@@ -16,7 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from neuralops import db, registry, runs
 from neuralops.errors import ConfigError, InvalidInput, NeuralOpsError
@@ -73,10 +75,14 @@ def main() -> None:
         sys.exit(2)
 
 
-@app.callback()
-def _announce() -> None:
-    settings = get_settings()
-    if settings.uses_sqlite:
+_announced: set[str] = set()  # notices already printed by this process
+
+
+def _announce(settings: Settings) -> None:
+    """Which database, once per process, and only where a command touches one (not for
+    --help, `token issue-dev`, `detect-file` ...)."""
+    if settings.uses_sqlite and "database" not in _announced:
+        _announced.add("database")
         err.print(
             f"[dim]POSTGRES_DSN is not set: using {escape(settings.database_label())} "
             "(set POSTGRES_DSN=postgresql://... for PostgreSQL)[/]",
@@ -85,11 +91,156 @@ def _announce() -> None:
 
 
 def _require_schema(settings: Settings) -> None:
+    _announce(settings)
     current, head = db.current_revision(settings.database_url), db.head_revision()
     if current != head:
         raise ConfigError(
             f"database schema is at {current or 'nothing'}, the code needs {head}: "
             "run `neuralops db upgrade`"
+        )
+
+
+# --- the running stack: <data dir>/stack.json (neuralops/stack.py) --------------------------
+
+STACK_FIX = "start the stack with `make run`, or set PREFECT_API_URL / NEURALOPS_DATA_DIR"
+_stack_seen: dict[Path, Any] = {}  # data dir → this process's reading of its stack.json
+
+
+def _use_stack() -> str | None:
+    """The Prefect API this process talks to: PREFECT_API_URL when set, else the running
+    stack's from ``<data dir>/stack.json``, exported as PREFECT_API_URL before Prefect is
+    imported (one dim line says so). A stale or unreadable record is reported, never used.
+    None when there is neither (Prefect's own profile may still name a server)."""
+    if url := os.environ.get("PREFECT_API_URL"):
+        return url
+    data_dir = get_settings().data_dir
+    if data_dir not in _stack_seen:
+        from neuralops import stack
+
+        found = _stack_seen[data_dir] = stack.check(data_dir)
+        if found.state in ("stale", "invalid"):
+            err.print(
+                f"[yellow]warning:[/] not using {escape(str(found.path))}: {escape(found.reason)}",
+                highlight=False,
+            )
+    found = _stack_seen[data_dir]
+    if not found.running:
+        return None
+    url = found.info.prefect_api_url
+    os.environ["PREFECT_API_URL"] = url
+    get_settings.cache_clear()
+    err.print(
+        f"[dim]PREFECT_API_URL is not set: using the running stack's Prefect API {url} "
+        f"(from {escape(str(found.path))})[/]",
+        highlight=False,
+    )
+    return url
+
+
+def _guard_runs(incident_id: str) -> None:
+    """The first line of commands acting on an existing run (`approve` ...): such a run
+    lives on one Prefect server, so the command reaches that one (PREFECT_API_URL, the
+    running stack's stack.json, or Prefect's profile) or refuses, naming the fix. Prefect's
+    temporary (ephemeral) server is switched off for the process: it would not know the run."""
+    if "prefect" not in sys.modules:  # read when Prefect loads: too late after that
+        os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
+    url = _use_stack()
+    try:
+        from neuralops import incidents
+
+        flow_run_id = incidents.get(incident_id).flow_run_id
+    except (NeuralOpsError, SQLAlchemyError):
+        return  # unknown id, no schema ...: the command itself says so
+    if flow_run_id is None:
+        return  # decided here, without Prefect
+    if url is None:
+        from prefect.settings import get_current_settings
+
+        url = get_current_settings().api.url  # a Prefect profile (or a test harness)
+    if url is None:
+        found = _stack_seen.get(get_settings().data_dir)
+        why = found.reason if found is not None else "no stack.json read"
+        raise ConfigError(
+            f"incident {incident_id} waits in Prefect flow run {flow_run_id}, and this "
+            f"terminal has no Prefect server to reach it (PREFECT_API_URL is unset; "
+            f"{why}): {STACK_FIX}"
+        )
+    from neuralops import localstack
+
+    if not localstack.healthy(url):
+        raise ConfigError(f"the Prefect API at {url} does not answer: {STACK_FIX}")
+
+
+# --- listings that fit the terminal ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Col:
+    """A listing's column. ``drop``: 0 is always shown, higher numbers go first when the
+    terminal is narrow. ``shrink``: the width it may narrow to (wrapped on words, long words
+    folded; with ``cut``, cut with an ellipsis instead); None keeps it whole on one line."""
+
+    header: str
+    drop: int = 0
+    shrink: int | None = None
+    cut: bool = False
+    justify: Literal["left", "right"] = "left"
+
+
+def _print_listing(columns: list[_Col], rows: list[list[str]], *, what: str) -> None:
+    """Print rows as a table as wide as the terminal (COLUMNS): the most droppable columns go
+    until the rest fit, the shrinkable ones share what is left, a dim line names what was
+    left out; `--json` always has every field."""
+    from rich import box
+
+    width = out.width
+    natural = [max([len(c.header), *(len(row[i]) for row in rows)]) for i, c in enumerate(columns)]
+    floor = [
+        natural[i] if c.shrink is None else min(natural[i], c.shrink) for i, c in enumerate(columns)
+    ]
+
+    def room(shown: list[int]) -> int:  # two spaces between columns
+        return width - 2 * (len(shown) - 1)
+
+    keep = list(range(len(columns)))
+    for i in sorted(keep, key=lambda i: -columns[i].drop):
+        if sum(floor[k] for k in keep) <= room(keep) or columns[i].drop == 0:
+            break
+        keep.remove(i)
+    for i in sorted(set(range(len(columns))) - set(keep), key=lambda i: columns[i].drop):
+        trial = sorted([*keep, i])  # a narrow column dropped before a wide one may fit again
+        if sum(natural[k] for k in trial) <= room(trial):
+            keep = trial
+    widths = {i: natural[i] for i in keep}
+    if sum(widths.values()) > room(keep):  # shrink: each to its floor, then the spare back
+        widths = {i: floor[i] for i in keep}
+        spare = room(keep) - sum(widths.values())
+        for i in sorted(keep, key=lambda i: columns[i].drop):
+            grant = max(0, min(spare, natural[i] - widths[i]))
+            widths[i] += grant
+            spare -= grant
+    table = Table(
+        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)
+    )  # between columns: one space of padding and the (blank) divider
+    for i in keep:
+        col = columns[i]
+        table.add_column(
+            col.header,
+            justify=col.justify,
+            no_wrap=col.shrink is None or col.cut,
+            overflow="ellipsis" if col.cut else "fold",
+            width=widths[i] if widths[i] < natural[i] else None,
+        )
+    for row in rows:
+        table.add_row(*(escape(row[i]) for i in keep))
+    out.print(table)
+    hidden = [columns[i].header for i in range(len(columns)) if i not in keep]
+    if hidden:
+        out.print(
+            f"[dim]not shown at {width} columns: {escape(', '.join(hidden))} "
+            f"(`{what} --json` has every field)[/]",
+            highlight=False,
+            soft_wrap=False,
         )
 
 
@@ -116,11 +267,14 @@ def run(
     import signal as signals_
 
     from neuralops import localstack
+    from neuralops import stack as stack_file
 
     settings = get_settings()
     api_url = os.environ.get("PREFECT_API_URL") or f"http://{host}:{port}/api"
+    _refuse_a_second_stack(settings)
     stack = localstack.Stack(settings.data_dir / "logs")
     steps = 9
+    started_at = datetime.now(UTC)
 
     def step(n: int, text: str) -> None:
         out.print(f"[green]✓[/] [{n}/{steps}] {text}", highlight=False)
@@ -154,6 +308,7 @@ def run(
                 )
                 waited = localstack.wait_healthy(api_url, server)
             step(1, f"Prefect server at {api_url} (started in {waited:.0f} s; log {server.log})")
+        _record_stack(settings, api_url, None, started_at)  # other terminals find it from now
         os.environ["PREFECT_API_URL"] = api_url  # before Prefect loads: every client uses it
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -193,6 +348,8 @@ def run(
             if prometheus is not None:
                 loop.save_prometheus_block(prometheus.url)
             step(4, f"metrics: {where} (loaded just before detection)")
+        prometheus_url = settings.prom_url or (prometheus.url if prometheus is not None else None)
+        _record_stack(settings, api_url, prometheus_url, started_at)
         os.environ.update(flow_env)
         get_settings.cache_clear()
 
@@ -250,12 +407,53 @@ def run(
         # A second Ctrl-C (or `timeout` forwarding one) must not cut the shutdown short.
         signals_.signal(signals_.SIGINT, signals_.SIG_IGN)
         signals_.signal(signals_.SIGTERM, signals_.SIG_IGN)
+        with contextlib.suppress(OSError):  # first: no terminal picks up a stack going down
+            stack_file.mark_stopped(settings.data_dir, os.getpid())
         stopped = stack.stop()
         if prometheus is not None:
             prometheus.stop()
             stopped.append("prometheus")
         if stopped:
             out.print(f"stopped: {', '.join(stopped)}", highlight=False)
+
+
+def _refuse_a_second_stack(settings: Settings) -> None:
+    """One `neuralops run` per data dir: a second one would share its database and ports.
+    A stale stack.json (its run gone) is replaced, saying so."""
+    from neuralops import stack as stack_file
+
+    found = stack_file.check(settings.data_dir)
+    if found.running and found.info.pid != os.getpid():
+        raise ConfigError(
+            f"a stack is already running for {settings.data_dir} ({found.reason}; Prefect UI "
+            f"{found.info.prefect_ui_url}): use it from this terminal (`neuralops doctor` shows "
+            f"it), or stop it first (Ctrl-C in its terminal, or kill {found.info.pid}), or set "
+            "another NEURALOPS_DATA_DIR"
+        )
+    if found.state in ("stale", "invalid"):
+        out.print(f"[dim]replacing {found.path}: {escape(found.reason)}[/]", highlight=False)
+
+
+def _record_stack(
+    settings: Settings, api_url: str, prometheus_url: str | None, started_at: datetime
+) -> Path:
+    """Write <data dir>/stack.json: where this run's stack answers, for every other terminal."""
+    import socket
+
+    from neuralops import localstack
+    from neuralops import stack as stack_file
+
+    info = stack_file.StackInfo(
+        pid=os.getpid(),
+        hostname=socket.gethostname(),
+        started_at=started_at,
+        data_dir=settings.data_dir,
+        project_root=localstack.PROJECT_ROOT,
+        prefect_api_url=api_url,
+        prefect_ui_url=_ui(api_url),
+        prometheus_url=prometheus_url,
+    )
+    return stack_file.write(settings.data_dir, info)
 
 
 def _quiet_prefect_console() -> None:
@@ -378,11 +576,47 @@ def _print_next(api_url: str, flow_run_id: Any, settings: Settings) -> None:
         highlight=False,
     )
     out.print(f"APPROVAL_TOKEN={token}", highlight=False, soft_wrap=True)
-    out.print(
-        f"or from a terminal: neuralops approve {incident.id} --approver {DEMO_APPROVER} "
-        "--token <token>",
-        highlight=False,
+    _print_approve_commands(str(incident.id), DEMO_APPROVER, token, settings)
+
+
+def _print_approve_commands(
+    incident_id: str, approver: str, token: str, settings: Settings
+) -> None:
+    """The approval from another terminal, as it runs there when pasted: the environment's
+    own `neuralops` (no PATH needed), the data dir when it is not the default, and the stack
+    found through <data dir>/stack.json (no PREFECT_API_URL needed)."""
+    import shlex
+
+    from neuralops import localstack
+    from neuralops import stack as stack_file
+
+    root = localstack.PROJECT_ROOT
+    binary = Path(sys.executable).with_name("neuralops")
+    here = Path.cwd().resolve() == root.resolve() and binary.is_relative_to(root)
+    shown = str(binary.relative_to(root)) if here else str(binary)
+    prefix = (
+        f"NEURALOPS_DATA_DIR={shlex.quote(str(settings.data_dir))} "
+        if "NEURALOPS_DATA_DIR" in os.environ
+        else ""
     )
+    make = "make" if here else f"make -C {shlex.quote(str(root))}"
+    args = f"{shlex.quote(incident_id)} --approver {shlex.quote(approver)} --token {token}"
+    where = f"in {root}" if here else "from any directory"
+    out.print(
+        f"\nOr from another terminal, {where} (it finds this stack through "
+        f"{stack_file.stack_path(settings.data_dir)}):",
+        highlight=False,
+        markup=False,
+    )
+    out.print(f"{prefix}{shlex.quote(shown)} approve {args}", highlight=False, markup=False)
+    out.print(
+        f"{prefix}{make} approve INCIDENT={shlex.quote(incident_id)} "
+        f"APPROVER={shlex.quote(approver)} TOKEN={token}",
+        highlight=False,
+        markup=False,
+    )
+    if not settings.uses_sqlite:
+        out.print("(with the same POSTGRES_DSN as this terminal)", highlight=False)
 
 
 def _print_api_access(settings: Settings) -> None:
@@ -421,9 +655,11 @@ def doctor(
         "reports/prereqs.json"
     ),
 ) -> None:
-    """Which components are configured, reachable or missing, and what each gap blocks."""
+    """Which components are configured, reachable or missing, what each gap blocks, and the
+    stack `make run` recorded in <data dir>/stack.json (running, stale or absent)."""
     from neuralops.doctor import Status, diagnose
 
+    _use_stack()  # the running stack's Prefect API is checked when PREFECT_API_URL is unset
     report = diagnose(get_settings())
     colours = {
         Status.ok: "green",
@@ -452,6 +688,7 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Apply migrations (idempotent)."""
+    _announce(get_settings())
     before, after = db.upgrade(get_settings().database_url, revision)
     out.print(f"database at revision {after}" + _was(before, after))
 
@@ -459,6 +696,7 @@ def db_upgrade(
 @db_app.command("current")
 def db_current() -> None:
     """Show the applied and the latest revision."""
+    _announce(get_settings())
     current = db.current_revision(get_settings().database_url)
     out.print(f"applied: {current or 'none'}; head: {db.head_revision()}")
 
@@ -748,17 +986,26 @@ def signals_list(
     if not found:
         out.print("no signals" + (" matching the filters" if since or rule else " yet"))
         return
-    table = Table("created (UTC)", "rule", "score", "seen", "hint", "id")
-    for s in found:
-        table.add_row(
+    columns = [
+        _Col("created (UTC)", drop=3),
+        _Col("rule", shrink=10),
+        _Col("score", justify="right"),
+        _Col("seen", drop=4, justify="right"),
+        _Col("hint", drop=1, shrink=16),
+        _Col("id"),
+    ]
+    rows = [
+        [
             f"{s.created_at:%Y-%m-%d %H:%M}",
             s.rule,
             f"{s.score:.3f}",
             str(s.occurrences),
             s.hint,
             str(s.id),
-        )
-    out.print(table)
+        ]
+        for s in found
+    ]
+    _print_listing(columns, rows, what="neuralops signals list")
 
 
 def _since(value: str | None) -> datetime | None:
@@ -1189,8 +1436,6 @@ def audit_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The latest audit entries, newest first."""
-    from rich.markup import escape
-
     from neuralops import audit
 
     _require_schema(get_settings())
@@ -1198,19 +1443,31 @@ def audit_list(
     if as_json:
         out.print_json(json.dumps([audit.entry_record(e) for e in found]))
         return
-    table = Table("seq", "time (UTC)", "actor", "action", "subject", "payload", "hash")
+    columns = [
+        _Col("seq", justify="right"),
+        _Col("time (UTC)"),
+        _Col("actor", drop=3, shrink=12),
+        _Col("action"),
+        _Col("subject", drop=1, shrink=16),
+        _Col("payload", drop=2, shrink=20, cut=True),
+        _Col("hash", drop=4),
+    ]
+    rows = []
     for e in found:
         payload = json.dumps(e.payload, sort_keys=True)
-        table.add_row(
-            str(e.seq),
-            e.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            escape(e.actor),
-            escape(e.action),
-            escape(e.subject),
-            escape(payload if len(payload) <= 60 else payload[:57] + "..."),
-            e.hash[:12],
+        rows.append(
+            [
+                str(e.seq),
+                e.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                e.actor,
+                e.action,
+                e.subject,
+                payload if len(payload) <= 60 else payload[:57] + "...",
+                e.hash[:12],
+            ]
         )
-    out.print(table)
+    if found:
+        _print_listing(columns, rows, what="neuralops audit list")
     if not found:
         out.print("no audit entries" + (f" about {subject}" if subject else ""), highlight=False)
 
@@ -1364,18 +1621,29 @@ def incidents_list(
     if as_json:
         out.print_json(json.dumps([i.model_dump(mode="json") for i in found]))
         return
-    table = Table("created", "state", "playbook", "mode", "outcome")
-    table.add_column("id", no_wrap=True, min_width=36)
-    for i in found:
-        table.add_row(
+    if not found:
+        out.print("no incidents" + (f" in state {state}" if state else " yet"), highlight=False)
+        return
+    columns = [
+        _Col("created (UTC)", drop=2),
+        _Col("state"),
+        _Col("playbook", drop=1, shrink=12),
+        _Col("mode", drop=4),
+        _Col("outcome", drop=3),
+        _Col("id"),
+    ]
+    rows = [
+        [
             f"{i.created_at:%Y-%m-%d %H:%M}",
             i.state,
             i.playbook_id or "-",
             i.mode or "-",
             i.outcome or "-",
             str(i.id),
-        )
-    out.print(table)
+        ]
+        for i in found
+    ]
+    _print_listing(columns, rows, what="neuralops incidents list")
 
 
 @incidents_app.command("show")
@@ -1438,6 +1706,7 @@ def approve(
     """Approve (or reject) a remediation waiting for approval, with the same token check as
     the Prefect UI's Resume form; a valid decision resumes the waiting run with it. Prints the
     plan first (playbook, version, plan digest, steps): the approval binds to that plan."""
+    _guard_runs(incident_id)  # its run's Prefect server, or a refusal naming the fix
     from neuralops import approval, incidents, remediation
 
     settings = get_settings()
@@ -1595,6 +1864,7 @@ def clusters_register(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Register a cluster (again: new labels, rotated credential) and create its work pool."""
+    _use_stack()  # the running stack's Prefect API, for the work pool
     from neuralops import clusters
 
     settings = get_settings()
@@ -1680,6 +1950,7 @@ def connector_install(
 ) -> None:
     """Register the cluster, create its work pool and render its connector's manifests
     (validated against the Kubernetes schemas) from the Helm chart in deployments/."""
+    _use_stack()  # the running stack's Prefect API, for the work pool and the manifests
     from neuralops import clusters, connector
     from neuralops.registry import registered_manifests
     from neuralops.signing import trusted_public_key

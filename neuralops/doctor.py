@@ -55,6 +55,10 @@ CAPABILITIES = {
     "prefect": ["schedules, automations and approvals in the Prefect UI"],
     "embedding_model": ["semantic similarity (hashing fallback only)"],
     "kubernetes": ["executing playbooks on a cluster (dry-run and policy checks still work)"],
+    "stack": [
+        "`neuralops approve` (and other commands on flow runs) from a terminal without "
+        "PREFECT_API_URL"
+    ],
 }
 
 
@@ -68,6 +72,7 @@ def diagnose(settings: Settings) -> Report:
         check_prefect,
         check_embedding_model,
         check_kubernetes,
+        check_stack,
     ]
     with ThreadPoolExecutor(max_workers=len(checks)) as pool:
         components = list(pool.map(lambda check: _guarded(check, settings), checks))
@@ -191,6 +196,39 @@ def check_prefect(settings: Settings) -> Component:
             "PREFECT_API_URL unset: flows start a temporary local server (no UI between runs)",
         )
     return _http("prefect", f"{settings.prefect_api_url}/health", settings.prefect_api_url)
+
+
+def check_stack(settings: Settings) -> Component:
+    """The stack `make run` recorded in <data dir>/stack.json: running (each address
+    reachable or not), stale (its run is gone or its Prefect API does not answer), stopped
+    or absent."""
+    from neuralops import stack
+
+    found = stack.check(settings.data_dir, probe_all=True)
+    if found.running:
+        assert found.info is not None
+        addresses = "; ".join(
+            f"{name} {url} {'reachable' if found.reachable.get(name) else 'UNREACHABLE'}"
+            for name, url in found.info.addresses().items()
+        )
+        up = all(found.reachable.values())
+        status = Status.ok if up else Status.unreachable
+        return _component("stack", status, True, f"{found.reason}: {addresses}", up)
+    if found.state in ("stale", "invalid"):
+        return _component(
+            "stack",
+            Status.unreachable,
+            True,
+            f"{found.reason} ({found.path}): start the stack with `make run`",
+            False,
+        )
+    if settings.prefect_api_url:
+        return _component(
+            "stack", Status.configured, False, f"{found.reason}; commands use PREFECT_API_URL"
+        )
+    return _component(
+        "stack", Status.missing, False, f"{found.reason}: `make run` starts one and writes it"
+    )
 
 
 def check_embedding_model(settings: Settings) -> Component:
