@@ -42,6 +42,7 @@ from test_remediate_flow import (
     OOM_PARAMETERS,
     decision,
     flow_state,
+    lose_resume_form,
     paused_incident,
     resume,
     start,
@@ -717,8 +718,18 @@ def test_pause_for_approval_survives_an_outage_longer_than_the_client_retries(ow
 def test_suspended_run_survives_a_prefect_server_restart(own_server, approvals):
     """Served as a deployment, the run suspends (no process holds it); the server is killed,
     stays down 15 s and restarts on the same database: the run is still Suspended, and
-    resumed with a valid token it runs again from the top and completes."""
+    resumed with a valid token it runs again from the top and completes.
+
+    Prefect saves a pause's Resume form (its input schema) in a separate call after the state
+    change, so a restart between the two once left a Suspended run that every resume refused
+    ("Run input schema not found"). NeuralOps writes the form before suspending (so it is
+    there as soon as the run is Suspended), and here the form is deleted before the outage,
+    as such a restart would leave it: resuming is refused until housekeeping (scheduled, no
+    operator action) re-creates it; then the UI's resume works."""
+    from prefect import resume_flow_run
     from prefect.deployments import run_deployment
+
+    from flows.housekeeping import housekeeping
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_API_URL": own_server.url, "PYTHONPATH": str(REPO)}
@@ -755,6 +766,8 @@ def test_suspended_run_survives_a_prefect_server_restart(own_server, approvals):
         wait_until(
             lambda: _flow_run(flow_run.id).state.name == "Suspended", timeout=180, what="suspend"
         )
+        assert _form_saved(flow_run.id)  # written before the suspend: no window to lose it
+        lose_resume_form(flow_run.id)  # what a restart between suspend and save left
         downtime = _outage(own_server)
         assert _flow_run(flow_run.id).state.name == "Suspended"
         assert incidents.get(current.id).state == "awaiting_approval"
@@ -762,7 +775,13 @@ def test_suspended_run_survives_a_prefect_server_restart(own_server, approvals):
         measured("b2 serve process survived the outage", runner_survived)
         if not runner_survived:  # as a supervisor would: start it again
             served = serve()
-        resume(flow_run.id, decision(approvals, current.id))
+        valid = decision(approvals, current.id).as_input()
+        with pytest.raises(RuntimeError, match="Run input schema not found"):
+            resume_flow_run(flow_run.id, run_input=valid)  # the failure, reproduced
+        assert housekeeping()["repaired"] == [str(current.id)]
+        assert _form_saved(flow_run.id)
+        assert housekeeping()["repaired"] == []  # repaired once
+        resume_flow_run(flow_run.id, run_input=valid)  # as the UI's Resume button does
         wait_until(lambda: flow_state(flow_run.id) == "COMPLETED", timeout=180, what="completion")
         final = incidents.get(current.id)
         assert final.state == "succeeded" and final.approver == "ana"
