@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from neuralops import signals
+from flows.forms import param
+from neuralops import evidence, signals
 from neuralops.errors import ConfigError, Unavailable
 from neuralops.hooks import run_logger_hooks
 from neuralops.settings import get_settings
@@ -163,28 +164,80 @@ def detect(rules_file: str | None = None, prometheus_block: str | None = None) -
     }
 
 
+# Matches the demo's payments memory whichever source it runs on: the raw cAdvisor name in
+# Prometheus, the recording-rule name in the replay file (which answers selectors only).
+DEMO_QUERY = (
+    '{__name__=~"container_memory_working_set_bytes|'
+    'namespace_pod:container_memory_working_set_bytes:sum", namespace="payments"}'
+)
+
+
 @flow(name="analyze", log_prints=False, **run_logger_hooks())
 def analyze(
-    query: str,
-    lookback: str = "1h",
-    labels: dict[str, str] | None = None,
-    method: signals.Method | None = None,
-    step: str | None = None,
-    recent: str | None = None,
-    prometheus_block: str | None = None,
+    query: str = param(
+        DEMO_QUERY,
+        "PromQL query",
+        "What to judge, e.g. sum by (namespace, pod) (container_memory_working_set_bytes) "
+        "on Prometheus; a replay file (NEURALOPS_REPLAY_FILE) answers selectors only, such "
+        'as namespace_pod:container_memory_working_set_bytes:sum{namespace="payments"}. '
+        "The default reads the demo's payments memory on either.",
+        minLength=1,
+    ),
+    lookback: str = param(
+        "3h",
+        "Lookback",
+        "History the baseline is computed from: 30m, 1h, 3h, 1d.",
+    ),
+    labels: dict[str, str] = param(
+        {},
+        "Labels for a signal",
+        "Added to the signal recorded when the query is anomalous, e.g. team: payments.",
+    ),
+    method: signals.Method = param(
+        "ensemble",
+        "Detector",
+        "zscore, ewma, robust, or ensemble (all three; the default).",
+    ),
+    step: str = param(
+        "",
+        "Step",
+        "Resolution of the range query (30s, 1m); empty: the lookback / 120, at least 15s.",
+    ),
+    recent: str = param(
+        "",
+        "Recent",
+        "How recent an anomaly must be to count (e.g. 10m); empty: 5m, at least one step.",
+    ),
+    prometheus_block: str = param(
+        "",
+        "Prometheus block",
+        "Name of a NeuralOps Prometheus block to query; empty: the worker's PROM_URL, or "
+        "its replay file.",
+    ),
 ) -> dict[str, Any]:
-    """Is this query anomalous now? Returns score, method, z and a hint; stores a signal (and
-    emits its event) when the score reaches the threshold."""
+    """Is this query anomalous now? Returns score, method, z, a hint and the most anomalous
+    series' last points, and publishes them as the ``analysis`` artifact; records a signal
+    (and emits its event) when the score reaches the threshold."""
     request = signals.AnalyzeRequest(
-        query=query, lookback=lookback, labels=labels or {}, method=method, step=step, recent=recent
+        query=query,
+        lookback=lookback,
+        labels=labels or {},
+        method=method or None,
+        step=step or None,
+        recent=recent or None,
     )
-    source = metric_source(prometheus_block)
+    source = metric_source(prometheus_block or None)
     try:
         result = signals.analyze(request, source)
     finally:
         source.close()
     if result.new_signal and result.signal_id is not None:
         emit_signal_events([signals.get_signal(result.signal_id)])
+    create_markdown_artifact(
+        key="analysis",
+        markdown=evidence.analysis_markdown(result, lookback=lookback),
+        description=f"Ad-hoc analysis of {query[:80]}: score, hint and the series' last points",
+    )
     return result.model_dump(mode="json")
 
 

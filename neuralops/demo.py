@@ -225,6 +225,52 @@ QUIET_PODS = (
     {"namespace": "search", "pod": "search-api-6f8d7c9b5-r7t2w"},
     {"namespace": "orders", "pod": "orders-worker-84d6f7b9c-q9z3x"},
 )
+# payments-api's memory limit as the cluster runs it now: its working set climbs to it and it
+# is OOM-killed. The raises of the precedents above never reached its manifests in Git (the
+# next rollout put 512Mi back), which is why it is OOM-killed again.
+MEMORY_LIMIT = "512Mi"
+MEMORY_LIMIT_MIB = 512
+QUIET_MEMORY_LIMIT = "1Gi"
+
+
+def workloads() -> dict[str, dict]:
+    """The demo's Deployments as the cluster runs them now, keyed ``Deployment/<ns>/<name>``:
+    what the local runtime's mock cluster starts with, so that a dry-run diffs against the
+    real spec (``payments-api``'s memory limit ``512Mi`` → the plan's ``2Gi``)."""
+    from neuralops.policy import object_key
+
+    found = {}
+    for pod in (OOM_POD, *QUIET_PODS):
+        name = pod["pod"].rsplit("-", 2)[0]
+        limit = MEMORY_LIMIT if pod is OOM_POD else QUIET_MEMORY_LIMIT
+        labels = {"app": name}
+        found[object_key("Deployment", pod["namespace"], name)] = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": pod["namespace"], "labels": labels},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": name,
+                                "image": f"registry.example.com/{pod['namespace']}/{name}:1.42.0",
+                                "resources": {
+                                    "requests": {"cpu": "250m", "memory": "384Mi"},
+                                    "limits": {"cpu": "1", "memory": limit},
+                                },
+                            }
+                        ]
+                    },
+                },
+            },
+        }
+    return found
+
+
 MEMORY = "container_memory_working_set_bytes"
 OOM_EVENTS = "container_oom_events_total"
 RESTARTS = "kube_pod_container_status_restarts_total"
@@ -242,7 +288,7 @@ def incident_metrics(
     now: datetime, *, hours: float = 3, step_s: int = 60, end_offset_s: int = 60, seed: int = 11
 ) -> list:
     """Three hours of memory, OOM-kill and restart series for four pods, ending just before
-    ``now``: three are quiet; ``payments-api`` climbs to its 1 GiB limit over the last 20
+    ``now``: three are quiet; ``payments-api`` climbs to its 512 MiB limit over the last 20
     minutes and is OOM-killed three times (each kill a restart) in the last 12.
 
     Returns :class:`~neuralops.local_prometheus.Series` with the raw metric names (what
@@ -266,7 +312,7 @@ def incident_metrics(
             # Two earlier restarts (rollouts): restarts alone are no stronger a signal.
             restarts += (minutes_before_end <= 150) + (minutes_before_end <= 75)
             climb = np.clip((20 - minutes_before_end) / 20, 0, 1)
-            memory = memory + climb * (1024 * MIB - memory)
+            memory = memory + climb * (MEMORY_LIMIT_MIB * MIB - memory)
             for minutes in (12, 8, 4):  # each kill restarts the container
                 kills += minutes_before_end <= minutes
         series += [

@@ -11,9 +11,11 @@ What each action does to the stored object mirrors the Kubernetes call it stands
 sets ``spec.replicas``, ``restart`` stamps ``kubectl.kubernetes.io/restartedAt`` on the pod
 template, ``rollback`` records the rollback, ``delete`` removes, ``cordon``/``uncordon`` set
 ``spec.unschedulable``, ``drain`` cordons, and ``wait`` succeeds at once (nothing runs in
-the mock; a Job's condition is set complete). An object a step touches that the mock has
-never seen is first created as a skeleton (kind, metadata, empty spec): the mock knows
-nothing of the real cluster's objects.
+the mock; a Job's condition is set complete). The mock starts with the objects it is given
+(``initial``; the local runtime gives it the demo's Deployments with their real specs, so
+that a dry-run diff shows what changes against what runs: ``512Mi → 2Gi``). An object a
+step touches that the mock has never seen is first created as a skeleton (kind, metadata,
+empty spec): the mock knows nothing else of a real cluster's objects.
 
 ``fail_steps`` makes the named steps fail when executed (not in a dry-run), for tests and
 drills of the failure path.
@@ -49,9 +51,18 @@ class StepResult(BaseModel):
 
 
 class MockCluster:
-    def __init__(self, path: Path, fail_steps: Iterable[str] = ()) -> None:
+    """``initial``: the objects the mock starts with while its file does not exist yet
+    (``object_key`` → object); the local runtime starts with the demo's workloads."""
+
+    def __init__(
+        self,
+        path: Path,
+        fail_steps: Iterable[str] = (),
+        initial: Mapping[str, Any] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.fail_steps = set(fail_steps)
+        self.initial = dict(initial or {})
 
     # --- state -------------------------------------------------------------------------
 
@@ -59,7 +70,7 @@ class MockCluster:
         try:
             return json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {}
+            return copy.deepcopy(self.initial)
 
     def _save(self, objects: Mapping[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ is what an approval binds to.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -63,6 +64,21 @@ Rule = Literal[
     "image-not-allowed",
 ]
 RULES: tuple[str, ...] = Rule.__args__  # type: ignore[attr-defined]
+# What each rule makes sure of, for the approver (the dry-run artifact lists every rule).
+RULE_CHECKS: dict[str, str] = {
+    "delete-namespace": "no step deletes a namespace",
+    "delete-volume": "no step deletes a volume, claim or storage class",
+    "scale-to-zero": "no workload is scaled to 0 replicas",
+    "privileged": "no privileged container, privilege escalation, host namespaces or "
+    "dangerous capabilities",
+    "host-path": "no host path is mounted or exposed",
+    "wildcard-rbac": "no RBAC rule grants '*', no binding to cluster-admin",
+    "out-of-scope-kind": "every object is of a kind the playbook declares",
+    "out-of-scope-namespace": "every object is in a namespace the playbook declares",
+    "unconstrained-parameter": "every string parameter reaching a container's command, args "
+    "or image has a pattern or a values list",
+    "image-not-allowed": "every image is in the playbook's allowed_images",
+}
 
 VOLUME_KINDS = {"persistentvolume", "persistentvolumeclaim", "storageclass"}
 WORKLOAD_KINDS = {"deployment", "statefulset", "replicaset"}
@@ -695,6 +711,68 @@ def diff(rendered: RenderedPlaybook, pre_state: Mapping[str, Any] | None = None)
             continue
         parts.append(f"{header}\n{_step_diff(step, pre_state)}")
     return "\n".join(parts)
+
+
+def changes(rendered: RenderedPlaybook, pre_state: Mapping[str, Any]) -> list[str]:
+    """Each field a step changes in an object whose current state is known, one line each:
+    ``Deployment/payments/api: spec...containers[api].resources.limits.memory: 512Mi → 2Gi``.
+    Objects are followed from step to step; an object not in ``pre_state`` (unknown) is left
+    to the diff. Lists of named items are matched by name."""
+    state = {key: copy.deepcopy(value) for key, value in pre_state.items()}
+    found: list[str] = []
+    for step in rendered.steps:
+        target = step.target
+        key = object_key(target.kind, target.namespace, target.name) if target else None
+        if step.action is Action.apply and step.manifest is not None:
+            key = object_key(*_manifest_ref(step.manifest))
+            if key not in state:
+                continue
+            before = state[key]
+            after = _merge(before, step.manifest) if before else step.manifest
+        elif key is None or key not in state:
+            continue
+        else:
+            before = state[key]
+            if step.action is Action.patch and step.patch is not None:
+                after = _merge(before or {}, step.patch)
+            elif step.action is Action.scale:
+                after = _merge(before or {}, {"spec": {"replicas": step.replicas}})
+            elif step.action is Action.delete:
+                if before is not None:
+                    found.append(f"`{key}`: deleted")
+                state[key] = None
+                continue
+            else:
+                continue
+        if before is None:
+            found.append(f"`{key}`: created")
+        else:
+            found += [
+                f"`{key}`: `{path}`: {old} → {new}" for path, old, new in _leaves(before, after)
+            ]
+        state[key] = after
+    return found
+
+
+def _leaves(before: Any, after: Any, path: str = "") -> Iterator[tuple[str, str, str]]:
+    """(path, old, new) of each leaf that differs; lists of named items matched by name."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in list(dict.fromkeys([*before, *after])):
+            yield from _leaves(before.get(key), after.get(key), f"{path}.{key}" if path else key)
+    elif _named(before) and _named(after) and before and after:
+        old = {item["name"]: item for item in before}
+        new = {item["name"]: item for item in after}
+        for name in list(dict.fromkeys([*old, *new])):
+            yield from _leaves(old.get(name), new.get(name), f"{path}[{name}]")
+    elif before != after:
+        yield path, _shown(before), _shown(after)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    text = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
+    return f"`{text if len(text) <= 80 else text[:77] + '...'}`"
 
 
 class _Dumper(yaml.SafeDumper):

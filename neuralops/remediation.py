@@ -265,6 +265,8 @@ def dry_run(
         "violations": [v.model_dump(mode="json") for v in violations],
         "server_dry_run": [r.model_dump(mode="json") for r in server],
         "diff": policy.diff(rendered, pre_state),
+        # Field by field against the objects' current state (`512Mi → 2Gi`), for the approver.
+        "changes": policy.changes(rendered, pre_state),
     }
     if current.cluster:
         result["server_dry_run_note"] = CONNECTOR_DRY_RUN

@@ -568,6 +568,14 @@ class AnalyzeRequest(BaseModel):
         )
 
 
+RECENT_POINTS = 30  # the points of the most anomalous series an analysis returns
+
+
+class SeriesPoint(BaseModel):
+    at: AwareDatetime
+    value: float | None = Field(description="None where the series has no sample.")
+
+
 class AnalyzeResult(BaseModel):
     query: str
     method: Method
@@ -581,6 +589,19 @@ class AnalyzeResult(BaseModel):
     new_signal: bool = Field(
         False, description="False when the anomaly had already been signalled (deduplicated)."
     )
+    points: list[SeriesPoint] = Field(
+        default_factory=list,
+        description=f"The last points (at most {RECENT_POINTS}) of the series in ``labels``, "
+        "oldest first.",
+    )
+
+
+def recent_points(batch: SeriesBatch, row: int, n: int = RECENT_POINTS) -> list[SeriesPoint]:
+    """The last ``n`` points of ``batch``'s series ``row``."""
+    return [
+        SeriesPoint(at=_utc(t), value=None if np.isnan(v) else float(v))
+        for t, v in zip(batch.timestamps[-n:], batch.values[row, -n:], strict=True)
+    ]
 
 
 def analyze(
@@ -606,6 +627,14 @@ def analyze(
     if found:
         top = max(found, key=lambda s: (s.score, abs(s.z or 0.0)))  # scores saturate at 1
         recorded = record_signals([top], {rule.name: rule.cooldown}, url=url)[0]
+        row = next(  # the top series' row (the rule's labels may shadow some of its own)
+            (
+                i
+                for i, labels in enumerate(batch.labels)
+                if all(top.labels.get(k) == v for k, v in labels.items() if k not in rule.labels)
+            ),
+            0,
+        )
         return AnalyzeResult(
             **base,
             score=top.score,
@@ -615,6 +644,7 @@ def analyze(
             hint=top.hint,
             signal_id=recorded.signal.id,
             new_signal=recorded.new,
+            points=recent_points(batch, row),
         )
     # Nothing reached the threshold: report the most anomalous recent point anyway.
     first = first_recent(rule, batch.timestamps)
@@ -631,6 +661,7 @@ def analyze(
             labels=batch.labels[row],
             hint="not enough recent data to judge (gaps, or too little history)",
             signal_id=None,
+            points=recent_points(batch, int(row)),
         )
     z = float(detection.z[row, col])
     value = float(batch.values[row, col])
@@ -642,4 +673,5 @@ def analyze(
         labels=batch.labels[row],
         hint=hint(rule, batch.labels[row], z, value, None) + ": within the normal range",
         signal_id=None,
+        points=recent_points(batch, int(row)),
     )
