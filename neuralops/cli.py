@@ -142,8 +142,6 @@ def _guard_runs(incident_id: str) -> None:
     lives on one Prefect server, so the command reaches that one (PREFECT_API_URL, the
     running stack's stack.json, or Prefect's profile) or refuses, naming the fix. Prefect's
     temporary (ephemeral) server is switched off for the process: it would not know the run."""
-    if "prefect" not in sys.modules:  # read when Prefect loads: too late after that
-        os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
     url = _use_stack()
     try:
         from neuralops import incidents
@@ -153,6 +151,8 @@ def _guard_runs(incident_id: str) -> None:
         return  # unknown id, no schema ...: the command itself says so
     if flow_run_id is None:
         return  # decided here, without Prefect
+    if "prefect" not in sys.modules:  # read when Prefect loads: too late after that
+        os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
     if url is None:
         from prefect.settings import get_current_settings
 
