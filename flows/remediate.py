@@ -82,6 +82,7 @@ def remediate(
         _publish_dry_run(current)
     if current.state == "dry_run_passed":
         current = decide(current.id)
+        _publish_decision(current)
     if current.state == "awaiting_approval":
         current = _wait_for_approval(
             current, from_deployment=flow_run.deployment_id is not None, block=approval_block
@@ -276,7 +277,10 @@ def _already_handled(other: incidents.IncidentOut) -> dict[str, Any]:
 
 
 def _publish_incident(current: incidents.IncidentOut) -> None:
-    """What the operator decides from: the incident, the recommendation and its evidence."""
+    """What the operator decides from: the incident, its signal with the metric around it,
+    the recommendation (each justification whole) and the similar past runs."""
+    from neuralops import evidence
+
     rows = [
         {
             "rank": i,
@@ -292,9 +296,11 @@ def _publish_incident(current: incidents.IncidentOut) -> None:
     create_table_artifact(
         key="remediation-recommendation",
         table=rows or [{"result": "no recommendation"}],
-        description=f"Incident {current.id}: the ranked playbooks and why",
+        description=f"Incident {current.id}: the ranked playbooks and why (each justification "
+        "in full: the remediation-incident artifact)",
     )
-    evidence = [
+    signal, around = _signal_evidence(current)
+    past = [
         f"| {e['run_id']} | {r['playbook_id']} | {e['status']} | {e['similarity']:.2f} | "
         f"{e.get('resource') or '-'} | {e.get('provenance') or '-'}"
         f"{'' if e.get('counted', True) else ' (reported: not counted)'} |"
@@ -308,9 +314,14 @@ def _publish_incident(current: incidents.IncidentOut) -> None:
             [
                 f"## Incident {current.id}",
                 "",
+                *([f"> {signal.hint}", ""] if signal is not None else []),
                 f"**Playbook:** `{current.playbook_id or 'none'}`  ",
                 f"**Signal:** `{current.signal_id or '-'}`  ",
                 f"**Cluster:** {current.cluster or 'local runtime (mock cluster)'}",
+                "",
+                *evidence.signal_markdown(signal, around),
+                "",
+                *evidence.recommendation_markdown(current.recommendations),
                 "",
                 "### Parameters",
                 "",
@@ -322,41 +333,64 @@ def _publish_incident(current: incidents.IncidentOut) -> None:
                 "",
                 "| run | playbook | outcome | similarity | resource | source |",
                 "| --- | --- | --- | ---: | --- | --- |",
-                *(evidence or ["| - | - | - | - | - | - |"]),
+                *(past or ["| - | - | - | - | - | - |"]),
             ]
         ),
-        description=f"Incident {current.id}: what happened and what was done before",
+        description=f"Incident {current.id}: the signal, the metric around it, the "
+        "recommendation and what was done before",
     )
 
 
+def _signal_evidence(current: incidents.IncidentOut) -> tuple[Any, Any]:
+    """(the incident's signal, its series around the incident), or (None, None) without a
+    signal. Never fails the run: a source that does not answer is shown as the reason."""
+    from neuralops import evidence, signals
+
+    if current.signal_id is None:
+        return None, None
+    try:
+        signal = signals.get_signal(current.signal_id)
+    except Exception as exc:  # the artifact is evidence, not a step: never fail the run
+        get_run_logger().warning("signal %s not readable: %s", current.signal_id, exc)
+        return None, None
+    around = evidence.signal_series(signal, get_settings())
+    if around.missing:
+        get_run_logger().info("series of signal %s not available: %s", signal.id, around.missing)
+    return signal, around
+
+
 def _publish_dry_run(current: incidents.IncidentOut) -> None:
-    result = current.dry_run or {}
-    verdict = "passed" if result.get("ok") else f"FAILED: {result.get('reason', '')}"
-    violations = [
-        f"- **{v['rule']}** ({v['step']}): {v['message']}" for v in result.get("violations", [])
-    ]
+    """The dry-run: every check with its verdict, what changes against the objects' current
+    state, the diff."""
+    from neuralops import evidence
+
     create_markdown_artifact(
         key="remediation-dry-run",
-        markdown="\n".join(
-            [
-                f"## Dry-run {verdict}",
-                "",
-                f"Signature: {result.get('signature', result.get('reason', '-'))}; "
-                f"runtime: {result.get('runtime', '-')}",
-                "",
-                f"Playbook `{result.get('playbook', current.playbook_id or '-')}` version "
-                f"{result.get('version', '-')}; plan digest `{current.plan_digest or '-'}` "
-                "(an approval binds to it; execution refuses any other plan)",
-                "",
-                *(["### Policy violations", "", *violations, ""] if violations else []),
-                "### What would change",
-                "",
-                "```diff",
-                result.get("diff") or "(nothing rendered)",
-                "```",
-            ]
+        markdown=evidence.dry_run_markdown(
+            current.dry_run or {}, current.plan_digest, current.playbook_id
         ),
-        description=f"Incident {current.id}: dry-run result and diff",
+        description=f"Incident {current.id}: dry-run verdict, policy checks and the diff "
+        "against the current state",
+    )
+
+
+def _publish_decision(current: incidents.IncidentOut) -> None:
+    """Why the remediation waits for a person (manual mode, kill switch, storm breaker...),
+    or why policy let it run: the safety decision's reasons and every gate's state."""
+    from neuralops import evidence
+
+    reasons = [r for r in (current.mode_reason or "").split("; ") if r]
+    create_markdown_artifact(
+        key="remediation-approval",
+        markdown=evidence.approval_reasons_markdown(
+            current.mode,
+            reasons,
+            expires_at=current.expires_at,
+            plan_lines=remediation.plan_lines(current),
+        ),
+        description=f"Incident {current.id}: why it waits for approval"
+        if current.mode != "auto"
+        else f"Incident {current.id}: approved by policy (auto mode)",
     )
 
 

@@ -364,8 +364,15 @@ def approval_keys(approval_block: str | None) -> Any:
 
 
 def runtime(fail_steps: list[str] | None = None) -> MockCluster:
-    """The local runtime: the mock cluster under the data dir (no Kubernetes can run here)."""
-    return MockCluster(get_settings().data_dir / "mock-cluster.json", fail_steps=fail_steps or [])
+    """The local runtime: the mock cluster under the data dir (no Kubernetes can run here),
+    starting with the demo's Deployments and their real specs (``demo.workloads``)."""
+    from neuralops import demo
+
+    return MockCluster(
+        get_settings().data_dir / "mock-cluster.json",
+        fail_steps=fail_steps or [],
+        initial=demo.workloads(),
+    )
 
 
 @task(name="suggest", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -541,3 +541,61 @@ def test_a_valid_cli_approval_after_refusals_in_the_ui_and_the_cli_is_not_lost_i
     assert "error" not in box, box.get("error")
     assert box["result"]["state"] == "succeeded"
     _approved_once(current.flow_run_id, current)
+
+
+# --- evidence worth approving (issue 16): the signal, the current state, the policy verdict
+
+
+def test_the_paused_run_shows_the_evidence_an_approver_decides_from(world, tmp_path, monkeypatch):
+    """The demo incident as `neuralops run` replays it: the signal's hint, series, window and
+    its metric around the incident; the diff against the workload's current spec (512Mi →
+    2Gi); every policy rule's verdict; why approval is needed; each justification whole."""
+    from datetime import UTC, datetime
+
+    from test_evidence import demo_replay_rules, replay
+
+    from neuralops import policy, signals
+    from neuralops.sources import ReplaySource
+
+    path = replay(tmp_path, datetime.now(UTC))
+    monkeypatch.setenv("NEURALOPS_REPLAY_FILE", str(path))
+    monkeypatch.setenv("NEURALOPS_RULES_FILE", str(demo_replay_rules()))
+    get_settings.cache_clear()
+    [rule] = [r for r in signals.load_rules(demo_replay_rules()) if r.name == "oom-kills"]
+    source = ReplaySource(path)
+    end = signals.range_end(source.now(), rule.step)
+    batch = source.query_range(rule.query, end - rule.lookback, end, rule.step)
+    [signal] = [r.signal for r in signals.record_signals(signals.find_anomalies(rule, batch), {})]
+
+    thread, box = start(
+        signal_id=str(signal.id), parameters={"container": "payments-api", "memory_limit": "2Gi"}
+    )
+    current = paused_incident()
+    shown = {key: a["data"] for key, a in artifacts(current.flow_run_id).items()}
+
+    incident = shown["remediation-incident"]
+    assert f"> {signal.hint}" in incident and "OOM kills of namespace=payments" in signal.hint
+    assert "**Series:** `namespace=payments, pod=payments-api-7d9f8b6c4d-x2x7q`" in incident
+    assert f"{signal.window_start:%Y-%m-%d %H:%M} to {signal.window_end:%H:%M} UTC" in incident
+    assert "#### The metric around the incident" in incident and "█" in incident
+    assert "](data:image/svg+xml;base64," in incident and "| anomalous |" in incident
+    for recommendation in current.recommendations:  # never clipped
+        assert recommendation["justification"] in incident
+
+    dry_run = shown["remediation-dry-run"]
+    memory = "spec.template.spec.containers[payments-api].resources.limits.memory"
+    assert f"`Deployment/payments/payments-api`: `{memory}`: `512Mi` → `2Gi`" in dry_run
+    assert "| `signature` | **pass** | verified against the pinned key |" in dry_run
+    for rule_name in policy.RULES:
+        assert f"| `{rule_name}` | **pass** | {policy.RULE_CHECKS[rule_name]} |" in dry_run
+    assert "| `server-side dry-run` | **pass** |" in dry_run
+
+    approval = shown["remediation-approval"]
+    assert "## Waiting for approval" in approval
+    assert "- playbook raise-memory-limit is manual" in approval
+    assert "| kill switch (NEURALOPS_KILL_SWITCH) | off |" in approval
+    assert current.plan_digest in approval
+
+    resume(current.flow_run_id, decision(world, current.id, verdict="reject"))
+    thread.join(60)
+    assert box["result"]["state"] == "rejected"
