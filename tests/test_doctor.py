@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -93,3 +97,74 @@ def test_cli_writes_the_json_report(
     statuses = {c["name"]: c["status"] for c in report["components"]}
     assert statuses["prometheus"] == "unreachable" and statuses["database"] == "embedded"
     assert set(statuses) >= {"database", "prometheus", "vault", "s3", "vector_store", "prefect"}
+
+
+# --- the running stack (<data dir>/stack.json, written by `make run`) -------------------------
+
+
+def _stack(data_dir: Path, api: str, prometheus: str, pid: int | None = None) -> None:
+    from neuralops import stack
+
+    stack.write(
+        data_dir,
+        stack.StackInfo(
+            pid=pid or os.getpid(),
+            hostname=socket.gethostname(),
+            started_at=datetime.now(UTC),
+            data_dir=data_dir,
+            project_root=Path.cwd(),
+            prefect_api_url=f"{api}/api",
+            prefect_ui_url=api,
+            prometheus_url=prometheus,
+        ),
+    )
+
+
+def test_doctor_reports_the_running_stack_and_each_address(
+    sqlite_url: URL, answering_endpoint: str
+) -> None:
+    assert _by_name(diagnose(get_settings()))["stack"].status is Status.missing  # no stack.json
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    _stack(get_settings().data_dir, answering_endpoint, closed)
+    found = _by_name(diagnose(get_settings()))["stack"]
+    assert found.status is Status.unreachable and "running since" in found.detail
+    assert f"Prefect API {answering_endpoint}/api reachable" in found.detail
+    assert f"Prometheus {closed} UNREACHABLE" in found.detail
+
+    _stack(get_settings().data_dir, answering_endpoint, answering_endpoint)
+    assert _by_name(diagnose(get_settings()))["stack"].status is Status.ok
+
+
+def test_doctor_reports_a_stale_stack(sqlite_url: URL, answering_endpoint: str) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    _stack(get_settings().data_dir, answering_endpoint, answering_endpoint, pid=gone.pid)
+    found = _by_name(diagnose(get_settings()))["stack"]
+    assert found.status is Status.unreachable and found.detail.startswith("stale:")
+    assert "make run" in found.detail
+
+
+def test_cli_doctor_checks_the_stacks_prefect_api(
+    sqlite_url: URL, answering_endpoint: str, tmp_path: Path
+) -> None:
+    """In a terminal without PREFECT_API_URL, doctor checks the Prefect API stack.json names."""
+    _stack(get_settings().data_dir, answering_endpoint, answering_endpoint)
+    target = tmp_path / "prereqs.json"
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "NEURALOPS_DATA_DIR": str(get_settings().data_dir),
+    }
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("neuralops")), "doctor", "--json-out", str(target)],
+        env=env | {"COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "using the running stack's Prefect API" in result.stderr
+    components = {c["name"]: c for c in json.loads(target.read_text())["components"]}
+    assert components["prefect"]["status"] == "ok"
+    assert components["prefect"]["detail"].startswith(f"{answering_endpoint}/api")
+    assert components["stack"]["status"] == "ok"
+    assert "running since" in components["stack"]["detail"]
