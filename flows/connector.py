@@ -10,11 +10,13 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+from prefect.states import Completed
 
+from neuralops import clusters as clusters_core
 from neuralops import db, signals, streaming
 from neuralops.clusters import HEARTBEAT_INTERVAL_S, MISSED_HEARTBEATS
 from neuralops.errors import ConfigError, InvalidInput
-from neuralops.hooks import run_logger_hooks
+from neuralops.hooks import SKIPPED, run_logger_hooks
 from neuralops.policy import RenderedStep
 from neuralops.settings import get_settings
 from neuralops.sources import SeriesBatch
@@ -41,10 +43,14 @@ def heartbeat(cluster: str | None = None) -> dict[str, str | None]:
 @flow(name="watch-clusters", log_prints=False, **run_logger_hooks())
 def watch_clusters(
     interval_s: float = HEARTBEAT_INTERVAL_S, missed: int = MISSED_HEARTBEATS
-) -> list[str]:
+) -> Any:
     """Record the heartbeats of the clusters' Prefect workers, then mark clusters silent for
     ``missed`` intervals unreachable and emit a ``neuralops.cluster.unreachable`` event for
-    each; returns their names."""
+    each; returns their names. With no cluster registered it does nothing (one query): no
+    task runs, no event, and the run ends ``Completed`` named ``Skipped``, which the run
+    history does not record."""
+    if not clusters_core.list_clusters():
+        return Completed(name=SKIPPED, message="no cluster registered: nothing to watch", data=[])
     cluster_tasks.record_worker_heartbeats(interval_s, missed)
     changed = cluster_tasks.mark_unreachable(interval_s, missed)
     cluster_tasks.emit_unreachable_events(changed)

@@ -6,33 +6,81 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Failed
 
+from flows.forms import param
 from neuralops.errors import InvalidInput
 from neuralops.hooks import run_logger_hooks
 from neuralops.recommend import MAX_TOP, RecommendResult
-from tasks.recommend import as_incident, recommend_incident, signal_incident
+from tasks.recommend import as_incident, as_text_incident, recommend_incident, signal_incident
 
 ARTIFACT_KEY = "recommendation"
 
 
+EMPTY_FORM = (
+    "Nothing to recommend for: fill in one of Incident, in words (what is wrong and where, "
+    "e.g. 'payments-api pods OOMKilled in namespace payments') or Signal id (a recorded "
+    "signal: `neuralops signals list`, or the detect run's detect-signals artifact). "
+    "Give exactly one of signal_id or incident."
+)
+
+
 @flow(name="recommend", log_prints=False, **run_logger_hooks())
 def recommend(
-    signal_id: str | None = None, incident: dict[str, Any] | None = None, top: int = 5
-) -> dict[str, Any]:
-    """Rank the registered playbooks for one incident: a recorded signal (``signal_id``) or an
-    incident described by hand (``incident``: alert, summary, labels, symptoms). Exactly one
-    of the two. Publishes the ranking as the table artifact ``recommendation`` (or, when no
-    playbook fits, a markdown artifact saying why) and returns it as JSON."""
-    if (signal_id is None) == (incident is None):
+    incident_text: str = param(
+        "",
+        "Incident, in words",
+        "What is wrong and where, e.g. 'payments-api pods OOMKilled in namespace payments'. "
+        "Leave empty when you give a signal id.",
+    ),
+    signal_id: str = param(
+        "",
+        "Signal id",
+        "A recorded signal's id (neuralops signals list, or the detect-signals artifact). "
+        "Leave empty when you describe the incident in words.",
+    ),
+    top: int = param(
+        5, "How many playbooks", f"1 to {MAX_TOP}, best first.", minimum=1, maximum=MAX_TOP
+    ),
+    incident: dict[str, Any] = param(
+        {},
+        "Incident, as fields (advanced)",
+        'Instead of the text: {alert, summary, labels, symptoms}, e.g. {"alert": '
+        '"OOMKilled", "labels": {"namespace": "payments"}}.',
+    ),
+) -> Any:
+    """Rank the registered playbooks for one incident: a recorded signal (``signal_id``), the
+    incident in words (``incident_text``) or as fields (``incident``: alert, summary, labels,
+    symptoms). Exactly one of them. Publishes the ranking as the table artifact
+    ``recommendation`` (or, when no playbook fits, a markdown artifact saying why) and returns
+    it as JSON. Nothing filled in (a Quick run) fails the run with what to fill in."""
+    signal_id, incident_text = (signal_id or "").strip(), (incident_text or "").strip()
+    given = [
+        name
+        for name, value in (
+            ("signal_id", signal_id),
+            ("incident_text", incident_text),
+            ("incident", incident),
+        )
+        if value
+    ]
+    if not given:
+        return Failed(message=EMPTY_FORM)
+    if len(given) > 1:
         raise InvalidInput(
-            "give exactly one of signal_id (a recorded signal) or incident "
-            "({alert, summary, labels, symptoms})"
+            "give exactly one of signal_id (a recorded signal), incident_text or incident "
+            f"({{alert, summary, labels, symptoms}}), not {' and '.join(given)}"
         )
     if not 1 <= top <= MAX_TOP:
         raise InvalidInput(f"top must be between 1 and {MAX_TOP}, not {top}")
-    subject = signal_incident(signal_id) if signal_id is not None else as_incident(incident)
+    if signal_id:
+        subject = signal_incident(signal_id)
+    elif incident_text:
+        subject = as_text_incident(incident_text)
+    else:
+        subject = as_incident(incident)
     result = recommend_incident(subject, top)
-    publish(result, signal_id)
+    publish(result, signal_id or None)
     return result.model_dump(mode="json")
 
 

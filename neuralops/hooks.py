@@ -9,7 +9,9 @@ Attach it to your own flows the same way::
     @flow(**run_logger_hooks())            # or run_logger_hooks(wpk_id="my-playbook")
     def nightly_backup(): ...
 
-The hook never fails the flow: a run that cannot be recorded is logged as a warning.
+The hook never fails the flow: a run that cannot be recorded is logged as a warning. A run
+that ends ``Completed`` under the name ``Skipped`` did nothing (``watch-clusters`` with no
+cluster registered, every 30 s) and is not recorded.
 
 Runs it records have provenance ``prefect``; they are ``verified`` when the Prefect API, asked
 for the flow run by its id, knows it as a run of the same flow (and so they teach the
@@ -48,12 +50,15 @@ MASK = "<REDACTED>"
 MAX_MESSAGE = 2000
 MAX_NODE_LOGS = 200  # the API's page limit
 TASK_RUN_WAIT_S = 3.0  # a flow without tasks waits this long once, in its final hook
+SKIPPED = "Skipped"  # a flow that ends Completed under this name did nothing: not recorded
 
 
 def run_logger_hooks(wpk_id: str | None = None) -> dict[str, list]:
     """Keyword arguments for ``@flow`` that record each run (completed, failed, crashed)."""
 
     def hook(flow: Any, flow_run: FlowRun, state: Any) -> None:
+        if state.is_completed() and state.name == SKIPPED:
+            return  # it did nothing (watch-clusters with no cluster): not history
         record_flow_run(flow, flow_run, state, wpk_id=wpk_id)
 
     return {"on_completion": [hook], "on_failure": [hook], "on_crashed": [hook]}

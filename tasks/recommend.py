@@ -42,3 +42,11 @@ def recommend_incident(incident: dict[str, Any] | Incident, top: int = 5) -> Rec
     if warning:
         get_run_logger().warning(warning)
     return recommender.recommend(incident, top=top)
+
+
+def as_text_incident(text: str) -> Incident:
+    """An incident described in words (the run form's free text); ``InvalidInput`` if empty."""
+    try:
+        return Incident.from_text(text)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(exc, "incident_text") from exc

@@ -440,6 +440,37 @@ def test_watch_clusters_flow_emits_one_event_per_silent_cluster(
 
 
 @pytest.mark.slow
+def test_watch_clusters_with_no_cluster_registered_does_nothing(
+    prefect_server, sqlite_url: URL
+) -> None:
+    """Scheduled every minute on every stack: with no cluster it is one query, no task run,
+    no event, a Completed run named Skipped that the run history does not record."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    from flows.connector import watch_clusters
+    from neuralops import runs
+
+    assert clusters.list_clusters() == []
+    state = watch_clusters(return_state=True)
+    assert state.is_completed() and state.name == "Skipped"
+    assert state.message == "no cluster registered: nothing to watch"
+    assert state.result() == []
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            ),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=10,
+        )
+    assert task_runs == []
+    with pytest.raises(NotFound):  # no run of it in the run history
+        runs.list_runs("watch-clusters")
+
+
+@pytest.mark.slow
 def test_ensure_work_pool_creates_a_process_pool_once(prefect_server) -> None:
     from prefect.client.orchestration import get_client
 

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import api_headers
+from conftest import api_headers, wait_until
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import URL
 from typer.testing import CliRunner
@@ -390,16 +390,21 @@ def test_flow_publishes_the_ranking_as_a_table_artifact(prefect_server, history:
     assert empty["type"] == "markdown"
     assert "No playbook to recommend" in empty["data"] and by_hand["reason"] in empty["data"]
 
+    # The run form's free text (what an on-call types in the UI).
+    in_words = recommend(incident_text=OOM_TEXT, top=3)
+    assert in_words["recommendations"][0]["playbook_id"] == "raise-memory-limit"
+    assert "oom-killed" in in_words["symptoms"]
+
     # The flow recorded its own runs, as every NeuralOps flow does.
-    assert runs.list_runs("recommend").total == 2
+    assert runs.list_runs("recommend").total == 3
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("parameters", "message"),
     [
-        ({}, "give exactly one of signal_id"),
         ({"incident": {"summary": ""}}, "the incident is empty"),
+        ({"incident_text": "x", "signal_id": "y"}, "not signal_id and incident_text"),
         ({"incident": {"alert": "X"}, "top": 0}, "top must be between 1 and 20"),
         ({"signal_id": "00000000-0000-0000-0000-000000000000"}, "does not exist"),
     ],
@@ -425,3 +430,55 @@ def test_flow_fails_clearly_on_bad_parameters_without_retrying(
             limit=10,
         )
     assert all(t.run_count <= 1 for t in task_runs)  # bad input is never retried
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parameters", [{}, {"incident_text": "  ", "signal_id": ""}])
+def test_a_quick_run_with_nothing_filled_in_fails_saying_what_to_fill_in(
+    prefect_server, sqlite_url: URL, parameters: dict
+) -> None:
+    """The UI's Quick run sends only the defaults: the run fails with the fields to fill in,
+    before any task, and without an exception (no traceback in its logs)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    from flows.recommend import EMPTY_FORM, recommend
+
+    state = recommend(**parameters, return_state=True)
+    assert state.is_failed() and state.message == EMPTY_FORM
+    assert "Incident, in words" in state.message and "Signal id" in state.message
+    with get_client(sync_client=True) as client:
+        run_id = state.state_details.flow_run_id
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=10,
+        )
+
+        def logs() -> list[str]:
+            found = client.request(
+                "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [str(run_id)]}}}
+            ).json()
+            return [entry["message"] for entry in found]
+
+        # Logs arrive in the background: wait for the run's last line.
+        messages = wait_until(
+            lambda: (found := logs()) and any("Finished in state" in m for m in found) and found,
+            timeout=30,
+            what="the run's logs",
+        )
+    assert task_runs == []
+    assert not any("Traceback" in m for m in messages), messages
+
+
+def test_the_recommend_form_names_its_fields_and_says_what_to_fill_in() -> None:
+    from flows.recommend import recommend
+
+    fields = recommend.parameters.model_dump()["properties"]
+    assert list(fields) == ["incident_text", "signal_id", "top", "incident"]
+    assert fields["incident_text"]["title"] == "Incident, in words"
+    assert fields["signal_id"]["title"] == "Signal id"
+    assert (fields["top"]["minimum"], fields["top"]["maximum"]) == (1, 20)
+    for field in fields.values():
+        assert field["description"] and "anyOf" not in field  # no "Property is type None"
