@@ -111,10 +111,45 @@ def test_analyze_flow_explains_the_spike_and_emits_its_event(
     assert result["signal_id"] and result["new_signal"]
     assert result["z"] > 10 and result["labels"]["service"] == "api"
     assert len(events_for(uuid.UUID(result["signal_id"]))) == 1
+    # What the run page shows: score, hint, the series and its last points.
+    [shown, *_] = artifacts_by_key("analysis")
+    assert shown["type"] == "markdown" and shown["data"].startswith("## Anomalous: ")
+    assert result["hint"] in shown["data"] and f"{result['score']:.5f}" in shown["data"]
+    assert result["signal_id"] in shown["data"] and "service=api" in shown["data"]
+    assert len(result["points"]) == signals.RECENT_POINTS
     quiet = detection_flows.analyze(
         query='http_request_duration_seconds_p99{service="web"}', lookback="2h", step="1m"
     )
     assert quiet["signal_id"] is None and quiet["hint"].endswith("within the normal range")
+
+
+def artifacts_by_key(key: str) -> list[dict]:
+    with get_client(sync_client=True) as client:
+        # The sync client's read_artifacts sends null filters the server refuses.
+        return client.request(
+            "POST",
+            "/artifacts/filter",
+            json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC"},
+        ).json()
+
+
+def test_analyze_with_its_defaults_shows_the_demo_series(
+    prefect_server, sqlite_url: URL, tmp_path: Path, monkeypatch
+) -> None:
+    """The UI's Quick run of `analyze` on the demo stack's replay file: the default query
+    finds payments-api's memory and the artifact shows the verdict and the recent points."""
+    from test_evidence import replay
+
+    monkeypatch.setenv("NEURALOPS_REPLAY_FILE", str(replay(tmp_path, datetime.now(UTC))))
+    signals_settings_reset()
+    result = detection_flows.analyze()
+    assert result["series"] == 1 and result["labels"]["pod"].startswith("payments-api-")
+    assert len(result["points"]) == signals.RECENT_POINTS
+    [shown, *_] = artifacts_by_key("analysis")
+    assert result["hint"] in shown["data"]
+    assert "namespace=payments, pod=payments-api-" in shown["data"]
+    last = result["points"][-1]
+    assert f"{datetime.fromisoformat(last['at']):%H:%M:%S} | {last['value']:.4g} |" in shown["data"]
 
 
 def test_prometheus_outage_is_retried_then_fails_without_partial_signals_and_the_next_run_catches_up(  # noqa: E501

@@ -89,3 +89,48 @@ def test_signal_events_say_whether_they_reach_the_remediation_threshold(monkeypa
     get_settings.cache_clear()
     assert [e["resource"]["neuralops.remediate"] for e in sent] == ["false", "true"]
     assert sent[1]["payload"]["id"] == str(signals[1].id)
+
+
+def test_deployments_and_their_automations_say_what_they_do() -> None:
+    """The UI lists automations by name: not `remediate__automation_1` with no description."""
+    from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    names = set()
+    for deployment in DEPLOYMENTS:
+        assert len(deployment["description"]) > 60, deployment["name"]
+        for raw in deployment.get("triggers", []):
+            trigger = TypeAdapter(DeploymentTriggerTypes).validate_python(raw)
+            assert trigger.name and "__automation" not in trigger.name
+            assert len(trigger.description) > 60, trigger.name
+            names.add(trigger.name)
+    assert "remediate actionable anomaly signals" in names
+    assert len(names) == sum(len(d.get("triggers", [])) for d in DEPLOYMENTS)
+
+
+def test_watch_clusters_runs_are_few_and_easy_to_filter() -> None:
+    [watch] = [d for d in DEPLOYMENTS if d["name"] == "watch-clusters"]
+    assert "background" in watch["tags"]
+    assert all(s["interval"] >= 60 for s in watch["schedules"])
+
+
+@pytest.mark.parametrize("name", ["analyze", "recommend"])
+def test_ad_hoc_run_forms_have_titles_and_help(name: str, monkeypatch) -> None:
+    """Prefect builds the run form from the flow's signature: each field titled and
+    explained, none offered as type "None"."""
+    monkeypatch.chdir(ROOT)
+    [deployment] = [d for d in DEPLOYMENTS if d["name"] == name]
+    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+    for key, field in flow.parameters.model_dump()["properties"].items():
+        assert field["title"] != key and field["description"], key
+        assert "anyOf" not in field, key
+    assert not flow.parameters.required  # a Quick run needs nothing filled in
+
+
+def test_analyze_quick_run_reads_something_the_demo_has() -> None:
+    from flows.detection import DEMO_QUERY, analyze
+
+    [deployment] = [d for d in DEPLOYMENTS if d["name"] == "analyze"]
+    query = deployment.get("parameters", {}).get("query", DEMO_QUERY)
+    assert query == DEMO_QUERY == analyze.parameters.model_dump()["properties"]["query"]["default"]
+    assert "container_memory_working_set_bytes" in query and 'namespace="payments"' in query
