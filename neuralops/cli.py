@@ -1625,11 +1625,11 @@ def incidents_list(
         out.print("no incidents" + (f" in state {state}" if state else " yet"), highlight=False)
         return
     columns = [
-        _Col("created (UTC)", drop=2),
+        _Col("created (UTC)", drop=3),
         _Col("state"),
-        _Col("playbook", drop=1, shrink=12),
+        _Col("playbook", drop=1),
         _Col("mode", drop=4),
-        _Col("outcome", drop=3),
+        _Col("outcome", drop=2),
         _Col("id"),
     ]
     rows = [
