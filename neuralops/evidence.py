@@ -203,11 +203,6 @@ def _labels(labels: Mapping[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "__name__") or "-"
 
 
-def _cell(text: Any) -> str:
-    """Text safe in a markdown table cell: one line, no column breaks."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
 def _duration(delta: timedelta) -> str:
     minutes = round(delta.total_seconds() / 60)
     return f"{minutes} min" if minutes < 120 else f"{minutes / 60:.1f} h"
@@ -261,22 +256,23 @@ def metric_markdown(around: SeriesAround | None) -> list[str]:
         return [*lines, f"Series not available: {why}."]
     known = [v for v in around.values if v is not None]
     first, last = around.timestamps[0], around.timestamps[-1]
-    marks = "".join("^" if around.in_window(t) else " " for t in around.timestamps).rstrip()
     lines += [
         f"`{around.query}`, one point per {_step(around.step)}, {_hm(first)} to {_hm(last)} "
         f"UTC; min {_num(min(known) if known else None)}, max "
-        f"{_num(max(known) if known else None)}. The anomalous episode is marked `^` "
-        "(shaded in the chart).",
+        f"{_num(max(known) if known else None)}. The anomalous episode is shaded in the chart "
+        "and marked in the table.",
         "",
         "```",
         sparkline(around.values),
-        marks,
         "```",
         "",
     ]
     if chart := svg_chart(around):
         lines += [f"![the metric around the incident]({chart})", ""]
-    shown = list(zip(around.timestamps, around.values, strict=True))[-TABLE_POINTS:]
+    points = list(zip(around.timestamps, around.values, strict=True))
+    # The episode with a few points of calm before it, and what came after.
+    start = next((i for i, (t, _) in enumerate(points) if around.in_window(t)), len(points))
+    shown = points[max(0, start - 3) :][-TABLE_POINTS:]
     lines += ["| time (UTC) | value | |", "| --- | ---: | --- |"]
     lines += [
         f"| {_hm(t)} | {_num(v)} | {'anomalous' if around.in_window(t) else ''} |" for t, v in shown
@@ -371,9 +367,7 @@ def dry_run_markdown(
         "",
         f"### Policy verdict: {'passed' if ok else 'failed'} ({checked} checks, {failed} failed)",
         "",
-        "| check | verdict | detail |",
-        "| --- | --- | --- |",
-        *(f"| `{name}` | **{v}** | {_cell(detail)} |" for name, v, detail in rows),
+        *(f"- **{v}** `{name}`: {detail}" for name, v, detail in rows),
         "",
         "### What would change",
         "",
@@ -430,12 +424,13 @@ def approval_reasons_markdown(
         "",
         *(f"- {r}" for r in reasons or ["(no reason recorded)"]),
         "",
-        "| safety gate | state |",
-        "| --- | --- |",
+        "The safety policy's gates:",
+        "",
     ]
     for gate, words, quiet in GATES:
         fired = [r for r in reasons if any(w in r for w in words)]
-        lines.append(f"| {gate} | {_cell('; '.join(fired)) if fired else quiet} |")
+        state = f"**{'; '.join(fired)}**" if fired else quiet
+        lines.append(f"- {gate}: {state}")
     if manual and expires_at is not None:
         lines += [
             "",

@@ -84,7 +84,7 @@ def test_the_dry_run_diffs_against_the_current_spec_and_checks_every_rule(
     assert list(rows) == ["signature", *policy.RULES, "server-side dry-run"]
     assert set(rows.values()) == {"pass"}
     for rule in policy.RULES:  # every rule is listed with its verdict and what it checks
-        assert f"| `{rule}` | **pass** | {policy.RULE_CHECKS[rule]}" in text
+        assert f"- **pass** `{rule}`: {policy.RULE_CHECKS[rule]}\n" in text
     assert f"Policy verdict: passed ({len(rows)} checks, 0 failed)" in text
 
 
@@ -126,14 +126,12 @@ def test_why_approval_is_needed_names_every_reason_and_gate(signed_catalogue, mo
     assert "## Waiting for approval" in text
     assert "- playbook raise-memory-limit is manual" in text
     assert "- kill switch is on (NEURALOPS_KILL_SWITCH)" in text
-    assert "| playbook safety mode | playbook raise-memory-limit is manual |" in text
-    assert "| kill switch (NEURALOPS_KILL_SWITCH) | kill switch is on" in text
-    assert "| incident storm breaker | not tripped |" in text
+    assert "- playbook safety mode: **playbook raise-memory-limit is manual**" in text
+    assert "- kill switch (NEURALOPS_KILL_SWITCH): **kill switch is on" in text
+    assert "- incident storm breaker: not tripped\n" in text
     assert "Decide before **2026-11-23 13:00 UTC**" in text and "plan digest: abc" in text
     auto = evidence.approval_reasons_markdown("auto", ["playbook x is auto"], expires_at=None)
-    assert (
-        "## Approved by policy" in auto and "| kill switch (NEURALOPS_KILL_SWITCH) | off |" in auto
-    )
+    assert "## Approved by policy" in auto and "- kill switch (NEURALOPS_KILL_SWITCH): off" in auto
 
 
 def replay(tmp_path: Path, now: datetime) -> Path:

@@ -585,15 +585,15 @@ def test_the_paused_run_shows_the_evidence_an_approver_decides_from(world, tmp_p
     dry_run = shown["remediation-dry-run"]
     memory = "spec.template.spec.containers[payments-api].resources.limits.memory"
     assert f"`Deployment/payments/payments-api`: `{memory}`: `512Mi` → `2Gi`" in dry_run
-    assert "| `signature` | **pass** | verified against the pinned key |" in dry_run
+    assert "- **pass** `signature`: verified against the pinned key" in dry_run
     for rule_name in policy.RULES:
-        assert f"| `{rule_name}` | **pass** | {policy.RULE_CHECKS[rule_name]} |" in dry_run
-    assert "| `server-side dry-run` | **pass** |" in dry_run
+        assert f"- **pass** `{rule_name}`: {policy.RULE_CHECKS[rule_name]}\n" in dry_run
+    assert "- **pass** `server-side dry-run`: 2 steps accepted by mock-cluster" in dry_run
 
     approval = shown["remediation-approval"]
     assert "## Waiting for approval" in approval
     assert "- playbook raise-memory-limit is manual" in approval
-    assert "| kill switch (NEURALOPS_KILL_SWITCH) | off |" in approval
+    assert "- kill switch (NEURALOPS_KILL_SWITCH): off" in approval
     assert current.plan_digest in approval
 
     resume(current.flow_run_id, decision(world, current.id, verdict="reject"))
