@@ -256,7 +256,7 @@ def test_record_outcome_corrects_only_neuralops_own_runs(database_url: URL) -> N
     ("change", "field"),
     [
         ({"created_at": "9999-12-30T00:00:00+00:00"}, "created_at"),
-        ({"created_at": (datetime.now(UTC) + timedelta(minutes=6)).isoformat()}, "created_at"),
+        ({"created_at": timedelta(minutes=6)}, "created_at"),  # from now, when the test runs
         (
             {
                 "node_logs": [
@@ -268,6 +268,10 @@ def test_record_outcome_corrects_only_neuralops_own_runs(database_url: URL) -> N
     ],
 )
 def test_times_in_the_future_are_refused(database_url: URL, change: dict, field: str) -> None:
+    change = {
+        k: (datetime.now(UTC) + v).isoformat() if isinstance(v, timedelta) else v
+        for k, v in change.items()
+    }
     with pytest.raises(InvalidInput, match="in the future") as caught:
         runs.log_runs([_run("r-good"), _run("r-bad", **change)])
     assert field in [p.field for p in caught.value.problems]
