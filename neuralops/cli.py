@@ -501,8 +501,12 @@ def _load_demo_metrics(settings: Settings, prometheus: Any) -> str:
     import polars as pl
 
     from neuralops import demo, local_prometheus
+    from tasks.remediate import runtime
 
     series = demo.incident_metrics(datetime.now(UTC))
+    # The metrics tell of payments-api OOM-killed at its 512Mi limit: the local runtime (the
+    # mock cluster) starts from that spec again, whatever an earlier demo's approval changed.
+    runtime().reset()
     if prometheus is None:
         replay = settings.replay_file
         assert replay is not None

@@ -72,6 +72,10 @@ class MockCluster:
         except FileNotFoundError:
             return copy.deepcopy(self.initial)
 
+    def reset(self) -> None:
+        """Start again from the initial objects (the demo does, with each new incident)."""
+        self._save(copy.deepcopy(self.initial))
+
     def _save(self, objects: Mapping[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".mock-cluster.")

@@ -61,6 +61,10 @@ def test_the_local_runtime_starts_with_the_demo_workloads_real_spec(tmp_path: Pa
     empty = MockCluster(tmp_path / "mock.json", initial=demo.workloads())
     empty._save({})
     assert empty.get("Deployment", "payments", "payments-api") is None
+    # Until the demo starts a new incident: then it runs the 512Mi spec again.
+    empty.reset()
+    spec = empty.get("Deployment", "payments", "payments-api")["spec"]["template"]["spec"]
+    assert spec["containers"][0]["resources"]["limits"]["memory"] == "512Mi"
 
 
 def test_the_dry_run_diffs_against_the_current_spec_and_checks_every_rule(
