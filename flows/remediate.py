@@ -219,9 +219,16 @@ def approval_form(current: incidents.IncidentOut) -> type[ApprovalDecision]:
 
     base = resume_form(ApprovalDecision)
     field = ApprovalDecision.model_fields["plan_digest"]
+    choice = ApprovalDecision.model_fields["decision"]
     form = create_model(
         base.__name__,
         __base__=base,
+        # The plan in the Decision field's help: the UI (3.8.8) shrinks the description above
+        # the form to a small scrolled box when the window is not tall, hiding the plan there.
+        decision=(
+            choice.annotation,
+            Field(title=choice.title, description=decision_help(current)),
+        ),
         plan_digest=(
             str | None,
             Field(
@@ -236,14 +243,36 @@ def approval_form(current: incidents.IncidentOut) -> type[ApprovalDecision]:
     return form
 
 
+def decision_help(current: incidents.IncidentOut) -> str:
+    """The Decision field's help: the action an approval lets run and the plan digest it
+    binds to, in a few lines (the whole plan is in the description above the form)."""
+    record = current.dry_run or {}
+    changes = record.get("changes") or []
+    what = "which changes:" if changes else f"{len(record.get('steps') or [])} steps (above)."
+    return "\n".join(
+        [
+            f"**approve** runs this plan only (plan digest `{(current.plan_digest or '-')[:12]}…`,"
+            f" the field below): `{current.playbook_id}` {record.get('version', '?')} on "
+            f"{current.cluster or 'the local runtime (mock cluster)'}, {what}",
+            "",
+            *(f"- {c}" for c in changes),
+            *([""] if changes else []),
+            "**reject** ends the incident: nothing runs.",
+        ]
+    )
+
+
 def approval_description(current: incidents.IncidentOut) -> str:
     """Markdown above the Resume form: exactly what an approval lets run."""
+    record = current.dry_run or {}
     return "\n".join(
         [
             f"### Approve incident {current.id}",
             "",
-            "The approval is for this plan only: if the registered playbook changes before "
-            "execution (a new version, other steps), execution is refused.",
+            f"Runs `{current.playbook_id}` {record.get('version', '?')}, plan digest "
+            f"`{(current.plan_digest or 'none')[:12]}…`. The approval is for this plan only: "
+            "if the registered playbook changes before execution (a new version, other "
+            "steps), execution is refused.",
             "",
             "```",
             *remediation.plan_lines(current),

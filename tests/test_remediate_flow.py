@@ -596,6 +596,15 @@ def test_the_paused_run_shows_the_evidence_an_approver_decides_from(world, tmp_p
     assert "- kill switch (NEURALOPS_KILL_SWITCH): off" in approval
     assert current.plan_digest in approval
 
+    # The Resume form's Decision help says what approve runs (the change, the digest): the UI
+    # shrinks the description above the form to a small scrolled box in a 1000 px window.
+    wait_until(lambda: flow_state(current.flow_run_id) == "PAUSED", what="the run to pause")
+    schema = _run_input(current.flow_run_id, "paused-approval-0-schema")
+    help_ = schema["properties"]["decision"]["description"]
+    assert f"`Deployment/payments/payments-api`: `{memory}`: `512Mi` → `2Gi`" in help_
+    assert f"plan digest `{current.plan_digest[:12]}…`" in help_ and "raise-memory-limit" in help_
+    assert schema["properties"]["decision"]["enum"] == ["approve", "reject"]
+
     resume(current.flow_run_id, decision(world, current.id, verdict="reject"))
     thread.join(60)
     assert box["result"]["state"] == "rejected"
