@@ -1748,6 +1748,12 @@ def approve(
     from tasks.remediate import publish_on_run
 
     if refusal:  # shown on the run too: the UI's operator sees why nothing happened
+        import logging
+
+        # The artifact's event is still queued when this process exits: Prefect's events
+        # worker sends it then, noting "Still processing items" at WARNING on stderr, a
+        # second line under the refusal's one.
+        logging.getLogger("EventsWorker").setLevel(logging.ERROR)
         publish_on_run(
             current.flow_run_id,
             key=REFUSED_ARTIFACT,

@@ -28,6 +28,8 @@ from neuralops.settings import get_settings
 ROOT = Path(__file__).resolve().parents[1]
 NEURALOPS = Path(sys.executable).with_name("neuralops")
 FIX = "start the stack with `make run`, or set PREFECT_API_URL / NEURALOPS_DATA_DIR"
+# What a terminal on the demo's SQLite and dev key is told before a refusal (stderr).
+DEV_NOTES = ["POSTGRES_DSN is not set", "DEV ONLY"]
 
 
 def _info(data_dir: Path, **changes) -> stack.StackInfo:
@@ -269,6 +271,22 @@ def test_a_new_terminal_approves_with_the_printed_command(
     assert len(printed) == 1, buffer.getvalue()
 
     env = new_terminal(settings.data_dir, tmp_path / "home")
+    # The line with a token that does not verify: refused in one line, after the notes on
+    # the stack, the database and the dev key (no Prefect log line: the note on the queued
+    # artifact event is quieted).
+    tampered = token.rsplit(".", 1)[0] + "." + "A" * 86
+    refused = subprocess.run(
+        ["bash", "-c", printed[0].replace(token, tampered)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    *notes, why = refused.stderr.strip().splitlines()
+    assert why.startswith("refused: approval token refused (bad_signature)"), why
+    assert [n.split(":")[0] for n in notes] == ["PREFECT_API_URL is not set", *DEV_NOTES], notes
     result = subprocess.run(
         ["bash", "-c", printed[0]], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
     )
