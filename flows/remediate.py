@@ -247,12 +247,12 @@ def decision_help(current: incidents.IncidentOut) -> str:
     """The Decision field's help: the action an approval lets run and the plan digest it
     binds to, in a few lines (the whole plan is in the description above the form)."""
     record = current.dry_run or {}
-    changes = record.get("changes") or []
+    changes = [_short_change(c) for c in record.get("changes") or []]
     what = "which changes:" if changes else f"{len(record.get('steps') or [])} steps (above)."
     return "\n".join(
         [
             f"**approve** runs this plan only (plan digest `{(current.plan_digest or '-')[:12]}…`,"
-            f" the field below): `{current.playbook_id}` {record.get('version', '?')} on "
+            f" the field below): {current.playbook_id} {record.get('version', '?')} on "
             f"{current.cluster or 'the local runtime (mock cluster)'}, {what}",
             "",
             *(f"- {c}" for c in changes),
@@ -260,6 +260,18 @@ def decision_help(current: incidents.IncidentOut) -> str:
             "**reject** ends the incident: nothing runs.",
         ]
     )
+
+
+def _short_change(change: str) -> str:
+    """A dry-run change (object: field path: old → new, as the dry-run artifact lists it) in a
+    few words for a form field: the object, the path's last parts, **old → new**."""
+    parts = [p.strip("` ") for p in change.split(": ", 2)]
+    if len(parts) < 3:
+        return change.replace("`", "")
+    obj, path, values = parts
+    tail = path.split(".")
+    field = path if len(tail) <= 4 else "…" + ".".join(tail[-4:])
+    return f"{obj} {field}: **{values.replace('`', '')}**"
 
 
 def approval_description(current: incidents.IncidentOut) -> str:

@@ -601,7 +601,8 @@ def test_the_paused_run_shows_the_evidence_an_approver_decides_from(world, tmp_p
     wait_until(lambda: flow_state(current.flow_run_id) == "PAUSED", what="the run to pause")
     schema = _run_input(current.flow_run_id, "paused-approval-0-schema")
     help_ = schema["properties"]["decision"]["description"]
-    assert f"`Deployment/payments/payments-api`: `{memory}`: `512Mi` → `2Gi`" in help_
+    change = "Deployment/payments/payments-api …containers[payments-api].resources.limits.memory"
+    assert f"- {change}: **512Mi → 2Gi**" in help_
     assert f"plan digest `{current.plan_digest[:12]}…`" in help_ and "raise-memory-limit" in help_
     assert schema["properties"]["decision"]["enum"] == ["approve", "reject"]
 
