@@ -13,7 +13,7 @@ restarted mid-run:
     still be resumable with a valid token and complete.
 
 Figures (seconds until the incident ended, server downtime survived) are printed as
-``MEASURED ...`` lines (``pytest -s``); nothing asserts on them.
+``MEASURED ...`` lines (``pytest -s -n0``); nothing asserts on them.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER = "fault-a"
 POOL = f"cluster-{CLUSTER}"
 PREFECT = (sys.executable, "-m", "prefect")
+# A served deployment looks for its scheduled runs (the first, and a resumed one) every
+# PREFECT_RUNNER_POLL_FREQUENCY seconds, 10 by default: 1 here, as the workers' 1 s.
+RUNNER_POLL_S = "1"
 DEPLOYMENT_KEY = ("apps/v1", "deployments", "payments", "payments-api")
 
 
@@ -397,6 +400,7 @@ def test_remediate_run_killed_mid_execution_is_ended_by_housekeeping(cluster):
     from flows.housekeeping import housekeeping
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
+    env["PREFECT_RUNNER_POLL_FREQUENCY"] = RUNNER_POLL_S
     served = subprocess.Popen(
         [sys.executable, "-c", "from flows.remediate import remediate; remediate.serve(name='f')"],
         cwd=REPO,
@@ -596,6 +600,53 @@ def approvals(signed_catalogue, monkeypatch):
 
 
 OUTAGE_S = 15
+# The Prefect client retries a refused connection PREFECT_CLIENT_MAX_RETRIES times (5) with
+# exponential back-off (2, 4, 8, 16, 32 s, +-PREFECT_CLIENT_RETRY_JITTER_FACTOR 20 %): about a
+# minute, so an outage must last 100 s to outlast the defaults. The tests of an outage longer
+# than the client's retries lower them to 2 (2 + 4 s, 7.2 s at most) and keep the server down
+# LONG_OUTAGE_S: the same situation, the retries exhausted with time to spare, in a third of
+# the time; each also checks the run's log for the warning written when the retries ran out.
+SHORT_CLIENT_RETRIES = 2
+LONG_OUTAGE_S = 25
+
+
+@pytest.fixture
+def short_client_retries(own_server: PrefectServer) -> Iterator[list[str]]:
+    """The test process (the paused run's thread included) retries a request
+    ``SHORT_CLIENT_RETRIES`` times, on the test's own server as with ``own_server``; yields
+    the WARNING lines flow runs log meanwhile (caught in the process: those written while
+    the server is down never reach it)."""
+    import logging
+
+    import prefect.context
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    class Warnings(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    caught = Warnings()
+    logger = logging.getLogger("prefect.flow_runs")
+    logger.addHandler(caught)
+    try:
+        with (
+            temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: SHORT_CLIENT_RETRIES}),
+            prefect.context._temporary_global_settings_context(
+                prefect.context.get_settings_context()
+            ),
+        ):
+            yield caught.lines
+    finally:
+        logger.removeHandler(caught)
+
+
+def _gave_up_retrying(warnings: list[str]) -> bool:
+    """The paused run logged that the API did not answer past the client's retries."""
+    return any("did not answer while waiting for approval" in line for line in warnings)
 
 
 def _outage(server: PrefectServer, seconds: float = OUTAGE_S) -> float:
@@ -647,15 +698,18 @@ def test_inprocess_pause_survives_a_prefect_server_restart(own_server, approvals
     measured("b1 in-process pause: server downtime survived (s)", round(downtime, 1))
 
 
-def test_inprocess_pause_survives_an_outage_longer_than_the_client_retries(own_server, approvals):
-    """As above with the server down 100 s: past the Prefect client's retries, so only the
-    flow itself asking again keeps the paused run alive."""
+def test_inprocess_pause_survives_an_outage_longer_than_the_client_retries(
+    own_server, short_client_retries, approvals
+):
+    """As above with the server down longer than the Prefect client's retries (lowered to
+    ``SHORT_CLIENT_RETRIES``, so ``LONG_OUTAGE_S`` outlasts them as 100 s outlasts the
+    defaults): only the flow itself asking again keeps the paused run alive."""
     thread, box = start(
         signal_id=str(approvals["signals"]["oom-kills"].id), parameters=OOM_PARAMETERS
     )
     current = paused_incident()
     wait_until(lambda: _form_saved(current.flow_run_id), what="the run to pause")
-    downtime = _outage(own_server, 100)
+    downtime = _outage(own_server, LONG_OUTAGE_S)
     measured("b1-long server downtime (s)", round(downtime, 1))
     try:
         resume(current.flow_run_id, decision(approvals, current.id))
@@ -664,6 +718,7 @@ def test_inprocess_pause_survives_an_outage_longer_than_the_client_retries(own_s
         outcome = box.get("result", {}).get("state") or repr(box.get("error"))
         measured("b1-long outcome", f"{outcome}; run {flow_state(current.flow_run_id)}")
     assert box.get("result", {}).get("state") == "succeeded", box.get("error")
+    assert _gave_up_retrying(short_client_retries), short_client_retries
 
 
 @flow(name="fault-pause-probe", persist_result=False)
@@ -685,10 +740,13 @@ def _paused_probe_run() -> uuid.UUID | None:
     return next((r.id for r in found if r.state and r.state.is_paused()), None)
 
 
-def test_pause_for_approval_survives_an_outage_longer_than_the_client_retries(own_server):
+def test_pause_for_approval_survives_an_outage_longer_than_the_client_retries(
+    own_server, short_client_retries
+):
     """The fix for the test above, proven on a minimal flow: paused through
-    ``tasks.remediate.pause_for_approval``, a run outlives the server down 100 s, and resumed
-    with the decision after the restart, it gets the decision."""
+    ``tasks.remediate.pause_for_approval``, a run outlives the server down longer than the
+    client's retries (``SHORT_CLIENT_RETRIES``, ``LONG_OUTAGE_S``), and resumed with the
+    decision after the restart, it gets the decision."""
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -701,7 +759,7 @@ def test_pause_for_approval_survives_an_outage_longer_than_the_client_retries(ow
     thread.start()
     flow_run_id = wait_until(_paused_probe_run, timeout=120, what="the probe to pause")
     wait_until(lambda: _form_saved(flow_run_id), what="its Resume form")
-    downtime = _outage(own_server, 100)
+    downtime = _outage(own_server, LONG_OUTAGE_S)
     assert thread.is_alive(), f"the paused run died during the outage: {box.get('error')!r}"
     from prefect import resume_flow_run
 
@@ -712,6 +770,7 @@ def test_pause_for_approval_survives_an_outage_longer_than_the_client_retries(ow
     )
     thread.join(120)
     assert box.get("result") == "ana", box.get("error")
+    assert _gave_up_retrying(short_client_retries), short_client_retries
     measured("b1-fix pause_for_approval: server downtime survived (s)", round(downtime, 1))
 
 
@@ -732,7 +791,11 @@ def test_suspended_run_survives_a_prefect_server_restart(own_server, approvals):
     from flows.housekeeping import housekeeping
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_API_URL": own_server.url, "PYTHONPATH": str(REPO)}
+    env |= {
+        "PREFECT_API_URL": own_server.url,
+        "PYTHONPATH": str(REPO),
+        "PREFECT_RUNNER_POLL_FREQUENCY": RUNNER_POLL_S,
+    }
     log_path = own_server.home / "serve.log"
 
     def serve() -> subprocess.Popen:

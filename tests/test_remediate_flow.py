@@ -18,6 +18,9 @@ from neuralops.settings import get_settings
 
 pytestmark = pytest.mark.slow
 OOM_PARAMETERS = {"container": "api", "memory_limit": "2Gi"}
+# A served deployment looks for its scheduled runs (the first, and a resumed one) every
+# PREFECT_RUNNER_POLL_FREQUENCY seconds, 10 by default: 1 here.
+RUNNER_POLL_S = "1"
 
 
 @pytest.fixture
@@ -271,6 +274,7 @@ def test_from_a_deployment_the_run_suspends_and_resumes_where_it_stopped(world):
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env["PREFECT_RUNNER_POLL_FREQUENCY"] = RUNNER_POLL_S
     server = subprocess.Popen(
         [sys.executable, "-c", "from flows.remediate import remediate; remediate.serve(name='t')"],
         cwd=Path(__file__).resolve().parents[1],
@@ -502,6 +506,7 @@ def test_a_valid_cli_approval_after_refusals_in_the_ui_and_the_cli_is_not_lost(w
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env["PREFECT_RUNNER_POLL_FREQUENCY"] = RUNNER_POLL_S
     server = subprocess.Popen(
         [sys.executable, "-c", "from flows.remediate import remediate; remediate.serve(name='l')"],
         cwd=Path(__file__).resolve().parents[1],
