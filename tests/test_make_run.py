@@ -223,12 +223,12 @@ def test_run_pauses_a_remediation_approved_after_refusals_in_the_ui_and_the_cli(
                 page.wait_for_url(re.compile(r"/artifacts/artifact/"))
 
             # 1. The paused run, and what the operator decides from: its artifacts.
-            open_run()
-            shot("01-paused-run.png")
-            page.get_by_text("Artifacts", exact=True).click()
+            open_run("Artifacts")
             for key in BEFORE_APPROVAL:
                 expect(page.get_by_text(key, exact=True).first).to_be_visible()
             shot("02-artifacts-before-approval.png", 1300)
+            page.get_by_text("Logs", exact=True).click()  # the page as it opens, drawn by now
+            shot("01-paused-run.png")
 
             # The incident: the signal's hint ("OOM kills of namespace=payments, ... 8.8σ
             # above its 3h baseline"), its series and the metric around it.
@@ -287,7 +287,7 @@ def test_run_pauses_a_remediation_approved_after_refusals_in_the_ui_and_the_cli(
             expect(dialog.get_by_text(re.compile(r"^Approve incident "))).to_be_visible()
             decide(tampered(token))
             field("Comment").locator("textarea").fill("tried with a token that does not verify")
-            shot("03-resume-form.png")
+            shot("03-resume-form.png", 1400)  # tall enough for the plan above the form too
             dialog.get_by_role("button", name="Submit").click()
             expect(dialog).to_be_hidden()
             # The run replays on the worker, checks the token, refuses and waits again.
