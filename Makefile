@@ -1,7 +1,10 @@
 # The two commands of the quick start: `make run` and `make test`.
 # Each creates .venv when missing (or when pyproject.toml / constraints.txt changed).
-# torch==2.13.0 (the local CPU wheel) is installed BEFORE anything that depends on it, or pip
-# would pull a multi-GB CUDA build.
+# .venv is constraints.txt installed as it is, in one pip run without resolution (--no-deps):
+# it pins the whole tree, torch==2.13.0+cpu (the local CPU wheel, never a multi-GB CUDA build)
+# and setuptools included; .ci/check_pins.py first checks that it pins every requirement of
+# pyproject.toml, `pip check` after that nothing is missing. --no-compile: a module is
+# byte-compiled when first imported, not all of torch, scipy... at install (half the time).
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,13 +15,15 @@ STAMP := $(VENV)/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: run approve test test-fast lint api doctor lock clean system-deps tools
+.PHONY: run approve test test-fast setup lint api doctor lock clean system-deps tools
 
 $(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) .ci/check_pins.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0  # the local CPU wheel, before its dependents
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps -r constraints.txt
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
 
 ## The main job on embedded defaults (SQLite, local LanceDB, a local Prefect server): the whole
@@ -50,18 +55,27 @@ system-deps:
 
 $(TOOLS_STAMP): tools-constraints.txt
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/python -m pip install --quiet -r tools-constraints.txt
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet --no-compile -r tools-constraints.txt
 	touch $@
 
 ## checkov (the static scan of the connector's manifests) in its own environment.
 tools: $(TOOLS_STAMP)
 
-## The whole test suite, slow tests included, after the linter.
-test: $(STAMP) $(TOOLS_STAMP) system-deps lint
-	$(BIN)/pytest
+## What the tests need, made side by side: .venv, .venv-tools and the Debian packages.
+setup:
+	@$(MAKE) --no-print-directory -j3 $(STAMP) $(TOOLS_STAMP) system-deps
+
+## The whole test suite, slow tests included, after the linter, on TEST_WORKERS processes
+## (pytest-xdist; tests/conftest.py orders the longest first and keeps apart what must not
+## overlap). One file by hand: .venv/bin/pytest tests/test_x.py (one process).
+TEST_WORKERS ?= 4
+PARALLEL = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+test: setup lint
+	$(BIN)/pytest $(PARALLEL)
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest $(PARALLEL) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -73,10 +87,14 @@ api: $(STAMP)
 doctor: $(STAMP)
 	$(BIN)/neuralops doctor
 
-## Re-pin every package after changing pyproject.toml.
-lock: $(STAMP)
+## Re-pin every package after changing pyproject.toml: pip resolves what is new against the
+## current pins, then the whole environment (setuptools too, pip aside) is written out.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	{ echo "# Every package in the environment, pinned; regenerate with: make lock"; \
-	  $(BIN)/pip freeze --exclude-editable | grep -v '^neuralops'; } > constraints.txt
+	  $(BIN)/pip freeze --all --exclude-editable | grep -v -E '^(neuralops|pip)=='; } > constraints.txt
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache

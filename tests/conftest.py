@@ -8,11 +8,13 @@ so code that reads the settings (CLI, hooks, flows) uses it too.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +37,11 @@ from neuralops.local_prometheus import (
 from neuralops.settings import get_settings
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send it to
+# Prefect's home (profiles, result storage, memo store, an ephemeral server's database) is the
+# test process's own, so no test reads the developer's profile and the processes of a parallel
+# run (pytest-xdist workers and what each starts) never share one. Set before Prefect loads.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="neuralops-test-prefect-home-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 
 PG_DSN = os.environ.get(
     "NEURALOPS_TEST_POSTGRES_DSN", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -504,3 +511,42 @@ def api_server(database_url: URL) -> Iterator[str]:
 
     with serve_api(create_app(database_url)) as base:
         yield base
+
+
+# --- scheduling: `make test` runs the suite on several processes (pytest-xdist) ---------------
+
+# The longest tests (seconds on 2 cores with 4 workers), put first in this order, so that each
+# starts as early as it can and none is left running alone at the end; then every other test
+# marked slow, then the rest, each in the order collected. `--dist loadgroup
+# --no-loadscope-reorder` hands them out in this order, an xdist_group as one unit.
+LONGEST_FIRST = (
+    "tests/test_make_run.py::",  # `neuralops run` and chromium: ~150 s
+    "tests/test_faults_prefect.py::test_connector_",  # the faults-connector group: ~150 s
+    "tests/test_faults_prefect.py::test_remediate_run_killed_mid_execution_",
+    "tests/test_faults_prefect.py::test_suspended_run_survives_",  # own servers: 30-50 s each
+    "tests/test_faults_prefect.py::test_inprocess_pause_survives_an_outage_",
+    "tests/test_faults_prefect.py::test_pause_for_approval_survives_an_outage_",
+    "tests/test_faults_prefect.py::test_inprocess_pause_survives_a_prefect_server_restart",
+    "tests/test_connector_execution.py::",  # the connector-execution group: ~50 s
+    "tests/test_remediate_flow.py::test_a_valid_cli_approval_after_refusals_",
+    "tests/test_remediate_flow.py::test_from_a_deployment_",
+    "tests/test_faults.py::",
+)
+# Tests that share an expensive module fixture run on one worker, one after another (each
+# worker would otherwise build its own): a real worker on a fake cluster, two connectors.
+GROUP_BY_FIXTURE = {"connector": "faults-connector", "edges": "connector-execution"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, group in GROUP_BY_FIXTURE.items():
+            if fixture in item.fixturenames:
+                item.add_marker(pytest.mark.xdist_group(group))
+
+    def rank(item: pytest.Item) -> int:
+        for index, prefix in enumerate(LONGEST_FIRST):
+            if item.nodeid.startswith(prefix):
+                return index
+        return len(LONGEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=rank)  # stable: the collected order within a rank
