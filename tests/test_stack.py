@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from io import StringIO
 from pathlib import Path
 
 import pytest
@@ -264,11 +263,13 @@ def test_a_new_terminal_approves_with_the_printed_command(
         ttl_s=600,
     )
     monkeypatch.chdir(ROOT)
-    buffer = StringIO()
-    monkeypatch.setattr(cli.out, "file", buffer)
-    _print_approve_commands(str(current.id), DEMO_APPROVER, token, settings)
-    printed = [line for line in buffer.getvalue().splitlines() if "neuralops approve" in line]
-    assert len(printed) == 1, buffer.getvalue()
+    # Console.capture, not monkeypatch.setattr(cli.out, "file", ...): undoing that pins the
+    # console to this test's captured stdout, and every later CLI test in the process (its
+    # output read through CliRunner) would read nothing.
+    with cli.out.capture() as captured:
+        _print_approve_commands(str(current.id), DEMO_APPROVER, token, settings)
+    printed = [line for line in captured.get().splitlines() if "neuralops approve" in line]
+    assert len(printed) == 1, captured.get()
 
     env = new_terminal(settings.data_dir, tmp_path / "home")
     # The line with a token that does not verify: refused in one line, after the notes on
