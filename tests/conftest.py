@@ -515,34 +515,36 @@ def api_server(database_url: URL) -> Iterator[str]:
 
 # --- scheduling: `make test` runs the suite on several processes (pytest-xdist) ---------------
 
-# The longest tests (seconds on 2 cores with 4 workers), put first in this order, so that each
-# starts as early as it can and none is left running alone at the end; then every other test
-# marked slow, then the rest, each in the order collected. `--dist loadgroup
-# --no-loadscope-reorder` hands them out in this order, an xdist_group as one unit.
+# The longest tests (about 40-250 s each on 2 cores with 4 workers), put first in this order, so
+# that each starts as early as it can and none is left running alone at the end; then every
+# other test marked slow, then the rest, each in the order collected.
 LONGEST_FIRST = (
-    "tests/test_make_run.py::",  # `neuralops run` and chromium: ~150 s
-    "tests/test_faults_prefect.py::test_connector_",  # the faults-connector group: ~150 s
+    "tests/test_make_run.py::",  # `neuralops run` and chromium
+    "tests/test_faults_prefect.py::test_connector_",  # the faults-connector group
     "tests/test_faults_prefect.py::test_remediate_run_killed_mid_execution_",
-    "tests/test_faults_prefect.py::test_suspended_run_survives_",  # own servers: 30-50 s each
+    "tests/test_faults_prefect.py::test_suspended_run_survives_",  # each on its own server
     "tests/test_faults_prefect.py::test_inprocess_pause_survives_an_outage_",
     "tests/test_faults_prefect.py::test_pause_for_approval_survives_an_outage_",
     "tests/test_faults_prefect.py::test_inprocess_pause_survives_a_prefect_server_restart",
-    "tests/test_connector_execution.py::",  # the connector-execution group: ~50 s
+    "tests/test_connector_execution.py::",  # the connector-execution group
     "tests/test_remediate_flow.py::test_a_valid_cli_approval_after_refusals_",
     "tests/test_remediate_flow.py::test_from_a_deployment_",
     "tests/test_faults.py::",
 )
-# Tests that share an expensive module fixture run on one worker, one after another (each
-# worker would otherwise build its own): a real worker on a fake cluster, two connectors.
-GROUP_BY_FIXTURE = {"connector": "faults-connector", "edges": "connector-execution"}
+# Tests that share an expensive module fixture run on one worker, one after another, so that
+# one worker builds it: (node id prefix, group). xdist's own groups (the xdist_group mark with
+# --dist loadgroup) are ignored under pytest 9.2, which no longer reads the node id xdist 3.8
+# rewrites, hence this table and the scheduler below.
+GROUPS = (
+    # a real worker on a fake cluster (the `connector` fixture)
+    ("tests/test_faults_prefect.py::test_connector_", "faults-connector"),
+    ("tests/test_faults_prefect.py::test_remediate_run_killed_mid_execution_", "faults-connector"),
+    # two clusters, each with its connector (the `edges` fixture)
+    ("tests/test_connector_execution.py::", "connector-execution"),
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        for fixture, group in GROUP_BY_FIXTURE.items():
-            if fixture in item.fixturenames:
-                item.add_marker(pytest.mark.xdist_group(group))
-
     def rank(item: pytest.Item) -> int:
         for index, prefix in enumerate(LONGEST_FIRST):
             if item.nodeid.startswith(prefix):
@@ -550,3 +552,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return len(LONGEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
 
     items.sort(key=rank)  # stable: the collected order within a rank
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With ``--dist loadgroup``: each test is a unit of work, a group of ``GROUPS`` one unit;
+    with ``--no-loadscope-reorder``, units go to the workers in the collected order above."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            for prefix, group in GROUPS:
+                if nodeid.startswith(prefix):
+                    return group
+            return nodeid
+
+    return GroupScheduling(config, log)
