@@ -67,8 +67,9 @@ setup:
 	@$(MAKE) --no-print-directory -j3 $(STAMP) $(TOOLS_STAMP) system-deps
 
 ## The whole test suite, slow tests included, after the linter, on TEST_WORKERS processes
-## (pytest-xdist; tests/conftest.py orders the longest first and keeps apart what must not
-## overlap). One file by hand: .venv/bin/pytest tests/test_x.py (one process).
+## (pytest-xdist; tests/conftest.py hands out the longest tests first and keeps the tests that
+## share a module's connector on one process). One file by hand: .venv/bin/pytest tests/test_x.py
+## (one process).
 TEST_WORKERS ?= 4
 PARALLEL = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 test: setup lint

@@ -37,6 +37,9 @@ from neuralops.local_prometheus import (
 from neuralops.settings import get_settings
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send it to
+# A parallel run's workers start with COLUMNS=80: rich would fix the CLI's console at that width
+# when neuralops.cli is imported, and a test that sets COLUMNS could not widen it.
+os.environ.pop("COLUMNS", None)
 # Prefect's home (profiles, result storage, memo store, an ephemeral server's database) is the
 # test process's own, so no test reads the developer's profile and the processes of a parallel
 # run (pytest-xdist workers and what each starts) never share one. Set before Prefect loads.

@@ -576,6 +576,8 @@ def test_the_paused_run_shows_the_evidence_an_approver_decides_from(world, tmp_p
         signal_id=str(signal.id), parameters={"container": "payments-api", "memory_limit": "2Gi"}
     )
     current = paused_incident()
+    # awaiting_approval comes before the run publishes why (remediation-approval) and pauses
+    wait_until(lambda: flow_state(current.flow_run_id) == "PAUSED", what="the run to pause")
     shown = {key: a["data"] for key, a in artifacts(current.flow_run_id).items()}
 
     incident = shown["remediation-incident"]
