@@ -54,7 +54,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from neuralops import __version__, api_auth, clusters, registry, runs, signals
+from neuralops import __version__, api_auth, clusters, probe, registry, runs, signals
 from neuralops.api_auth import ApiPrincipal, AuthRefused
 from neuralops.db import get_engine
 from neuralops.errors import ConfigError, Conflict, InvalidInput, NotFound, Unavailable
@@ -569,11 +569,31 @@ def create_app(database_url: URL | None = None) -> FastAPI:
     )
     def post_analyze(request: signals.AnalyzeRequest) -> signals.AnalyzeResult:
         """Score a query now and explain it; records a signal when it is anomalous (scope
-        `signals:write`: a recorded signal can start a remediation).
-        503 when the metric source does not answer."""
+        `signals:write`: a recorded signal can start a remediation). The query comes as
+        `query` or `prom_query` (one of them). `score`, `method` and `hint` are the default
+        method's; `zscore` and `ewma` the z-score and EWMA detectors' own readings of the
+        same series. 503 when the metric source does not answer."""
         source = source_from_settings(settings)
         try:
             return signals.analyze(request, source, url=url)
+        finally:
+            source.close()
+
+    @app.post(
+        "/probe",
+        response_model=probe.ProbeResult,
+        tags=["signals"],
+        dependencies=[Depends(authorized("signals:write"))],
+        responses=auth_responses("signals:write"),
+    )
+    def post_probe(request: probe.ProbeRequest) -> probe.ProbeResult:
+        """Score the query's last N points (`last_points`, default 120 at a `step` of 1m)
+        and create a signal (rule `probe`, deduplicated) when the score reaches `threshold`;
+        `signal_id` is null below it (scope `signals:write`). The same analysis as
+        `POST /analyze`. 503 when the metric source does not answer."""
+        source = source_from_settings(settings)
+        try:
+            return probe.probe(request, source, url=url)
         finally:
             source.close()
 

@@ -42,8 +42,8 @@ SCOPES: dict[str, str] = {
     "runs:write": "POST /runs: log runs (the run loggers)",
     "runs:read": "GET /workflows/..., GET /playbooks: run history and the registry",
     "signals:read": "GET /signals, GET /signals/{id}",
-    "signals:write": "POST /analyze: score a query and record a signal (it can start a "
-    "remediation)",
+    "signals:write": "POST /analyze, POST /probe: score a query and record a signal (it can "
+    "start a remediation)",
     "recommend": "POST /recommend",
     "clusters:admin": "POST /register, GET /clusters",
 }

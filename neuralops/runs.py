@@ -42,13 +42,29 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from neuralops.db import session_scope
+from neuralops.db import ensure_local_schema, session_scope
 from neuralops.db.models import RUN_STATUSES, Playbook, WorkflowRun, utcnow
 from neuralops.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from neuralops.settings import get_settings
 
 RunStatus = Literal["pending", "running", "succeeded", "failed", "cancelled", "crashed"]
 if set(get_args(RunStatus)) != set(RUN_STATUSES):  # the API and the CHECK constraint agree
     raise RuntimeError("RunStatus and models.RUN_STATUSES differ")
+# Words writers may send for a status, and the status stored: the specification and
+# LangGraph-style run loggers say "completed" for a successful run.
+STATUS_SYNONYMS: dict[str, RunStatus] = {"completed": "succeeded"}
+
+
+def _stored_status(value: str) -> RunStatus:
+    return STATUS_SYNONYMS.get(value, value)  # type: ignore[return-value]
+
+
+# What a writer may send (the synonyms included, so the OpenAPI enum lists them and a bad
+# value's error names them); what is stored is always a RunStatus.
+RunStatusIn = Annotated[
+    Literal["pending", "running", "succeeded", "completed", "failed", "cancelled", "crashed"],
+    AfterValidator(_stored_status),
+]
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 MAX_JSON_BYTES = 1024 * 1024  # per JSON field; run history is not a blob store
@@ -176,7 +192,9 @@ class RunIn(BaseModel):
         description="Unique id. A finished run is immutable: logging it again with the same "
         "content changes nothing, with different content is refused (409).",
     )
-    status: RunStatus
+    status: RunStatusIn = Field(
+        description="`completed` is a synonym of `succeeded` and is stored as `succeeded`."
+    )
     duration_ms: NonNegativeInt = Field(le=MAX_BIGINT)
     inputs: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
@@ -262,6 +280,8 @@ def log_runs(
     valid = [validate_run(run) for run in runs]  # validate all before writing any
     if not valid:
         return []
+    if url is None:  # a script on the settings' database: a fresh local SQLite gets its schema
+        ensure_local_schema(get_settings().database_url)
     if provenance != NEURALOPS:
         taken = next((r.run_id for r in valid if r.run_id.startswith(EXECUTION_RUN_PREFIX)), None)
         if taken is not None:

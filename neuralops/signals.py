@@ -47,6 +47,8 @@ from neuralops.detectors import (
     ROBUST_WINDOW,
     ZSCORE_WINDOW,
     Detection,
+    ewma,
+    rolling_zscore,
 )
 from neuralops.errors import InvalidInput, NotFound
 from neuralops.manifest import read_yaml, yaml_problem
@@ -527,11 +529,24 @@ def signal_counts(*, url: URL | None = None) -> list[tuple[str, str, int, int]]:
 
 
 class AnalyzeRequest(BaseModel):
-    """An ad-hoc question: is this query anomalous now?"""
+    """An ad-hoc question: is this query anomalous now? The query comes as ``query`` or as
+    ``prom_query`` (the specification's name), exactly one of them."""
 
     model_config = ConfigDict(extra="forbid")
 
-    query: NoNulStr = Field(min_length=1, max_length=10_000, description="PromQL query.")
+    query: NoNulStr | None = Field(
+        None,
+        min_length=1,
+        max_length=10_000,
+        description="PromQL query. Give this or prom_query, not both.",
+    )
+    prom_query: NoNulStr | None = Field(
+        None,
+        min_length=1,
+        max_length=10_000,
+        description="The same PromQL query under the specification's name: give this or "
+        "query, not both.",
+    )
     lookback: Duration = Field(timedelta(hours=1), description="History for the baseline.")
     step: Duration | None = Field(None, description="Resolution; default lookback / 120.")
     method: Method | None = Field(None, description="Detector; default ensemble.")
@@ -545,7 +560,15 @@ class AnalyzeRequest(BaseModel):
 
     @model_validator(mode="after")
     def _makes_a_rule(self) -> AnalyzeRequest:
-        """Refuse here what the rule would refuse later (lookback under 10 steps...)."""
+        """Exactly one of query / prom_query (kept as ``query``); then refuse here what the
+        rule would refuse later (lookback under 10 steps...)."""
+        if (self.query is None) == (self.prom_query is None):
+            raise ValueError(
+                "give exactly one of query or prom_query (prom_query is another name for "
+                "query)" + (": drop one of them" if self.query is not None else "")
+            )
+        if self.prom_query is not None:
+            self.query, self.prom_query = self.prom_query, None
         try:
             self.as_rule()
         except ValidationError as exc:
@@ -554,10 +577,11 @@ class AnalyzeRequest(BaseModel):
 
     def as_rule(self) -> Rule:
         step = self.step or max(timedelta(seconds=15), self.lookback / 120)
+        query = self.query or self.prom_query or ""  # one of them, once validated
         return Rule(
             name=ADHOC_RULE,
-            query=self.query,
-            title=self.query if len(self.query) <= 60 else "the query",
+            query=query,
+            title=query if len(query) <= 60 else "the query",
             lookback=self.lookback,
             step=step,
             recent=max(step, self.recent or timedelta(minutes=5)),
@@ -574,6 +598,14 @@ RECENT_POINTS = 30  # the points of the most anomalous series an analysis return
 class SeriesPoint(BaseModel):
     at: AwareDatetime
     value: float | None = Field(description="None where the series has no sample.")
+
+
+class DetectorReading(BaseModel):
+    """One detector's view of the answer's series (``labels``): its most extreme recent point."""
+
+    z: float | None = Field(description="Largest |z| in the recent span (signed); None: no data.")
+    score: float | None = Field(description="The detector's score in [0, 1] at that point.")
+    at: AwareDatetime | None = Field(description="When that point was.")
 
 
 class AnalyzeResult(BaseModel):
@@ -594,6 +626,16 @@ class AnalyzeResult(BaseModel):
         description=f"The last points (at most {RECENT_POINTS}) of the series in ``labels``, "
         "oldest first.",
     )
+    zscore: DetectorReading | None = Field(
+        None,
+        description="The rolling z-score detector alone on the series in ``labels``: z and "
+        "score at its most extreme recent point. None when there is no series.",
+    )
+    ewma: DetectorReading | None = Field(
+        None,
+        description="The EWMA detector alone on the same series, the same way. ``score``, "
+        "``method`` and ``hint`` are the analysis' own method's.",
+    )
 
 
 def recent_points(batch: SeriesBatch, row: int, n: int = RECENT_POINTS) -> list[SeriesPoint]:
@@ -607,10 +649,55 @@ def recent_points(batch: SeriesBatch, row: int, n: int = RECENT_POINTS) -> list[
 def analyze(
     request: AnalyzeRequest, source: MetricSource, *, url: URL | None = None
 ) -> AnalyzeResult:
-    """Score a query now; store a signal (deduplicated) when it is anomalous."""
+    """Score a query now; store a signal (deduplicated) when it is anomalous. Beside the
+    rule's method, the z-score and EWMA detectors' readings of the same series."""
     rule = request.as_rule()
     end = range_end(source.now(), rule.step)
     batch = source.query_range(rule.query, end - rule.lookback, end, rule.step)
+    result = _judge(rule, batch, url)
+    return result.model_copy(update=detector_readings(rule, batch, result.labels))
+
+
+def detector_readings(
+    rule: Rule, batch: SeriesBatch, labels: dict[str, str]
+) -> dict[str, DetectorReading]:
+    """``{"zscore": ..., "ewma": ...}``: each of those detectors run on its own over the
+    series with ``labels`` (the answer's), read at its most extreme point within the rule's
+    recent span. Empty when there is no such series."""
+    row = _series_row(rule, batch, labels)
+    if row is None:
+        return {}
+    first = first_recent(rule, batch.timestamps)
+    readings = {}
+    for name, detector in (("zscore", rolling_zscore), ("ewma", ewma)):
+        found = detector(batch.values[row])
+        z = found.z[first:]
+        if np.isnan(z).all():
+            readings[name] = DetectorReading(z=None, score=None, at=None)
+            continue
+        at = first + int(np.nanargmax(np.abs(z)))
+        readings[name] = DetectorReading(
+            z=float(found.z[at]), score=float(found.score[at]), at=_utc(batch.timestamps[at])
+        )
+    return readings
+
+
+def _series_row(rule: Rule, batch: SeriesBatch, labels: dict[str, str]) -> int | None:
+    """The row of ``batch`` whose series an answer's ``labels`` name (the rule's own labels
+    may shadow some of the series'); None when there is no data."""
+    if batch.values.size == 0:
+        return None
+    return next(
+        (
+            i
+            for i, own in enumerate(batch.labels)
+            if all(labels.get(k) == v for k, v in own.items() if k not in rule.labels)
+        ),
+        0,
+    )
+
+
+def _judge(rule: Rule, batch: SeriesBatch, url: URL | None) -> AnalyzeResult:
     base = {"query": rule.query, "method": rule.method, "series": len(batch.labels)}
     if batch.values.size == 0:
         return AnalyzeResult(
@@ -627,14 +714,7 @@ def analyze(
     if found:
         top = max(found, key=lambda s: (s.score, abs(s.z or 0.0)))  # scores saturate at 1
         recorded = record_signals([top], {rule.name: rule.cooldown}, url=url)[0]
-        row = next(  # the top series' row (the rule's labels may shadow some of its own)
-            (
-                i
-                for i, labels in enumerate(batch.labels)
-                if all(top.labels.get(k) == v for k, v in labels.items() if k not in rule.labels)
-            ),
-            0,
-        )
+        row = _series_row(rule, batch, top.labels) or 0
         return AnalyzeResult(
             **base,
             score=top.score,

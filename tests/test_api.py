@@ -148,6 +148,7 @@ SCOPED = [
     ("GET", "/signals", "signals:read"),
     ("GET", f"/signals/{uuid.UUID(int=1)}", "signals:read"),
     ("POST", "/analyze", "signals:write"),
+    ("POST", "/probe", "signals:write"),
     ("POST", "/recommend", "recommend"),
     ("GET", "/clusters", "clusters:admin"),
     ("POST", "/register", "clusters:admin"),

@@ -153,6 +153,23 @@ def _file_lock(path: Path, wait_s: float) -> Iterator[None]:
         yield
 
 
+_LOCAL_SCHEMA_CHECKED: set[URL] = set()
+
+
+def ensure_local_schema(url: URL) -> None:
+    """Give a local SQLite database with no schema at all (a fresh data dir) the current
+    one, once per process: a script's first ``log_run`` works without a prior ``neuralops db
+    upgrade``. A database at an older revision, and PostgreSQL (its operators own its
+    migrations), are left alone: those still need ``neuralops db upgrade``."""
+    if url in _LOCAL_SCHEMA_CHECKED or url.get_backend_name() != "sqlite":
+        return
+    if current_revision(url) is None:
+        with migration_lock(url):  # another process may be creating it too
+            if current_revision(url) is None:
+                command.upgrade(alembic_config(url), "head")
+    _LOCAL_SCHEMA_CHECKED.add(url)
+
+
 def current_revision(url: URL | None = None) -> str | None:
     with get_engine(url).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
