@@ -724,6 +724,78 @@ def playbook_add(
     out.print(table)
 
 
+@playbook_app.command("import-runbooks")
+def playbook_import_runbooks(
+    folder: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Folder of markdown runbooks, one per alert.")
+    ],
+    url_base: Annotated[
+        str | None,
+        typer.Option(
+            "--url-base",
+            help="Where the pages are published (e.g. https://github.com/org/runbooks/blob/main"
+            "); each runbook links to it plus the page's relative path.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Register markdown runbooks as guidance playbooks (kind: runbook): recommended like any
+    playbook, matched exactly by their alert name, never executed. Re-importing the same
+    folder changes nothing; a changed page gets the next patch version. Pages that make no
+    runbook are listed with the reason; exit 1 when none was imported."""
+    from neuralops.runbooks import import_runbooks
+
+    _require_schema(get_settings())
+    report = import_runbooks(folder, url_base)
+    counts = {c: sum(r.change is c for r in report.results) for c in registry.Change}
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "imported": [
+                        {
+                            "id": r.id,
+                            "version": r.version,
+                            "change": r.change.value,
+                            "source": report.sources.get(r.id),
+                        }
+                        for r in report.results
+                    ],
+                    "skipped": [
+                        {"path": s.path, "reason": s.reason, "index_page": s.note}
+                        for s in report.skipped
+                    ],
+                }
+            )
+        )
+    else:
+        if report.results:
+            table = Table("runbook", "playbook", "version", "change")
+            for r in report.results:
+                change = r.change.value
+                if r.previous_version and r.change is registry.Change.updated:
+                    change += f" (from {r.previous_version})"
+                table.add_row(escape(report.sources.get(r.id, "")), r.id, r.version, change)
+            out.print(table)
+        for s in report.skipped:
+            label = "[dim]note:[/]" if s.note else "[yellow]skipped:[/]"
+            err.print(f"{label} {escape(s.path)}: {escape(s.reason)}", highlight=False)
+        out.print(
+            f"{len(report.results)} runbooks ({counts[registry.Change.added]} added, "
+            f"{counts[registry.Change.updated]} updated, "
+            f"{counts[registry.Change.unchanged]} unchanged); {len(report.problems)} skipped, "
+            f"{len(report.skipped) - len(report.problems)} index pages",
+            highlight=False,
+        )
+    if not report.results:
+        err.print(
+            f"[red]error:[/] no runbook imported from {escape(str(folder))}: markdown pages "
+            "(*.md), one per alert, with a title or a heading",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+
+
 @playbook_app.command("list")
 def playbook_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -765,7 +837,8 @@ def playbook_show(playbook_id: str) -> None:
         f"[bold]{info.id}[/] {info.version} ({signed}); {info.run_count} runs, "
         f"latest {info.latest_run_id or 'none'}"
     )
-    out.print(yaml.safe_dump(manifest, sort_keys=False, width=10**6), highlight=False)
+    # Not markup: a pattern such as ^[a-z0-9]... would lose its brackets to Rich.
+    out.print(yaml.safe_dump(manifest, sort_keys=False, width=10**6), highlight=False, markup=False)
 
 
 @playbook_app.command("runs")

@@ -13,7 +13,7 @@ import json
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -36,6 +36,18 @@ PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 MAX_YAML_BYTES = 1024 * 1024
 
 Tag = Annotated[str, Field(pattern=TAG_PATTERN, max_length=64)]
+# An alert name as Alertmanager sends it (``alertname``): any case, no control characters, no
+# surrounding blanks. Stored verbatim; matched case-insensitively (``alias_key``).
+ALIAS_PATTERN = r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]{0,198}[^\s\x00-\x1f\x7f])?$"
+Alias = Annotated[str, Field(pattern=ALIAS_PATTERN)]
+PlaybookKind = Literal["remediation", "runbook"]
+MAX_SECTIONS = 100
+MAX_SECTION_CHARS = 100_000
+
+
+def alias_key(name: str) -> str:
+    """How aliases and alert names compare: case-insensitively, blanks around ignored."""
+    return name.strip().casefold()
 
 
 class SafetyMode(StrEnum):
@@ -287,33 +299,130 @@ def image_allowed(image: str, allowed: list[str]) -> bool:
     return False
 
 
+class Link(BaseModel):
+    """Where to read more: a runbook's source page, a dashboard."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2000)
+    title: str | None = Field(None, max_length=200)
+
+
 class Manifest(BaseModel):
-    """A playbook manifest (schema version 1)."""
+    """A playbook manifest (schema version 1).
+
+    ``kind: remediation`` (the default) has steps NeuralOps can dry-run and execute;
+    ``kind: runbook`` is guidance only (a team's markdown runbook, ``neuralops playbook
+    import-runbooks``): no steps, no scope, no parameters, recommended like any playbook and
+    never executed (``policy.render`` refuses it)."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=PLAYBOOK_ID_PATTERN)
     version: str = Field(pattern=SEMVER_PATTERN)
+    kind: PlaybookKind = Field(
+        "remediation",
+        description="remediation: executable steps; runbook: guidance only, never executed.",
+    )
     title: str = Field(min_length=3, max_length=200)
     description: str = Field(min_length=20)
-    symptoms: list[Tag] = Field(min_length=1, description="What the playbook treats.")
+    aliases: list[Alias] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Alert names (any case, e.g. KubePodCrashLooping) this playbook answers: "
+        "an alert with one of these names ranks it first.",
+    )
+    links: list[Link] = Field(default_factory=list, max_length=20)
+    sections: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_SECTIONS,
+        description="A runbook's text by heading (Meaning, Impact, Diagnosis, Mitigation...).",
+    )
+    symptoms: list[Tag] = Field(
+        default_factory=list,
+        description="What the playbook treats (at least one for a remediation).",
+    )
     contraindications: list[Tag] = Field(
         default_factory=list, description="Symptoms under which it must not be used."
     )
     safety: Safety = Field(default_factory=Safety)
-    scope: Scope
+    scope: Scope | None = Field(None, description="Required for a remediation.")
     parameters: list[Parameter] = Field(default_factory=list)
     allowed_images: list[str] = Field(
         default_factory=list,
         description="Images the steps may run (``check_allowed_image``); required when an "
         "image comes from a parameter, and then every image must match one.",
     )
-    steps: list[Step] = Field(min_length=1)
+    steps: list[Step] = Field(default_factory=list)
+
+    @property
+    def is_runbook(self) -> bool:
+        return self.kind == "runbook"
+
+    def alias_keys(self) -> set[str]:
+        return {alias_key(a) for a in self.aliases}
+
+    @field_validator("sections")
+    @classmethod
+    def _sections_fit(cls, sections: dict[str, str]) -> dict[str, str]:
+        for heading, text in sections.items():
+            if not heading.strip() or len(heading) > 200:
+                raise ValueError("a section heading is 1 to 200 characters")
+            if len(text) > MAX_SECTION_CHARS:
+                raise ValueError(
+                    f"section {heading!r} has {len(text)} characters; the limit is "
+                    f"{MAX_SECTION_CHARS}"
+                )
+        return sections
 
     @field_validator("allowed_images")
     @classmethod
     def _images_parse(cls, entries: list[str]) -> list[str]:
         return [check_allowed_image(entry) for entry in entries]
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _all_problems(cls, data: Any, handler: Any) -> Manifest:
+        """A remediation missing scope, steps or symptoms says so with its other problems
+        (they are optional only for a runbook, so pydantic alone would not name them)."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            if not isinstance(data, dict) or data.get("kind", "remediation") != "remediation":
+                raise
+            missing = [name for name in ("scope", "steps", "symptoms") if name not in data]
+            if not missing:
+                raise
+            errors: list[Any] = [
+                {k: e[k] for k in ("type", "loc", "input", "ctx") if k in e}
+                for e in exc.errors(include_url=False)
+            ]
+            errors += [{"type": "missing", "loc": (name,), "input": data} for name in missing]
+            raise ValidationError.from_exception_data(exc.title, errors) from None
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> Manifest:
+        if self.kind == "runbook":
+            given = [
+                name for name in ("steps", "parameters", "allowed_images") if getattr(self, name)
+            ] + (["scope"] if self.scope is not None else [])
+            if given:
+                raise ValueError(
+                    f"a runbook is guidance only and is never executed: remove {', '.join(given)} "
+                    "(or make it kind: remediation)"
+                )
+            if self.safety.mode is SafetyMode.auto:
+                raise ValueError("a runbook is never executed: safety.mode auto does not apply")
+            return self
+        missing = [
+            name for name, value in (("scope", self.scope), ("steps", self.steps)) if not value
+        ] + ([] if self.symptoms else ["symptoms"])
+        if missing:
+            raise ValueError(
+                f"a remediation playbook needs {', '.join(missing)} (at least one step and "
+                "symptom, and a scope); a guidance-only page is kind: runbook"
+            )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -324,8 +433,12 @@ class Manifest(BaseModel):
         overlap = sorted(set(self.symptoms) & set(self.contraindications))
         if overlap:
             raise ValueError(f"contraindications repeat symptoms {overlap}")
+        keys = [alias_key(a) for a in self.aliases]
+        repeated = sorted({a for a, k in zip(self.aliases, keys, strict=True) if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"aliases repeat (case does not count): {repeated}")
         steps_text = json.dumps([s.model_dump(mode="json") for s in self.steps])
-        scope_text = json.dumps(self.scope.model_dump(mode="json"))
+        scope_text = json.dumps(self.scope.model_dump(mode="json") if self.scope else None)
         undeclared = sorted(set(PLACEHOLDER.findall(steps_text + scope_text)) - set(names))
         if undeclared:
             raise ValueError(
@@ -335,11 +448,15 @@ class Manifest(BaseModel):
 
     def canonical_json(self) -> bytes:
         """Stable bytes of the manifest: what is hashed and signed. Fields added after the
-        first release (``allowed_images``, a parameter's ``values``) appear only when set, so
-        a manifest that does not use them keeps its hash and its signature."""
+        first release (``allowed_images``, a parameter's ``values``, ``kind``, ``aliases``,
+        ``links``, ``sections``) appear only when set, so a manifest that does not use them
+        keeps its hash and its signature."""
         data = self.model_dump(mode="json")
-        if not data["allowed_images"]:
-            del data["allowed_images"]
+        for name in ("allowed_images", "aliases", "links", "sections"):
+            if not data[name]:
+                del data[name]
+        if data["kind"] == "remediation":
+            del data["kind"]
         for param in data["parameters"]:
             if param["values"] is None:
                 del param["values"]

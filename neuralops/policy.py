@@ -267,14 +267,34 @@ class RenderedPlaybook(BaseModel):
     steps: list[RenderedStep]
 
 
+class GuidanceOnly(InvalidInput):
+    """A ``kind: runbook`` playbook was asked to run: runbooks are guidance, never executed."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        where = f" ({manifest.links[0].url})" if manifest.links else ""
+        super().__init__(
+            f"playbook {manifest.id} is a runbook: guidance for a person{where}, never executed "
+            "by NeuralOps; follow it by hand, or choose a remediation playbook",
+            [FieldProblem("kind", "runbook playbooks are never executed")],
+        )
+
+
+def refuse_guidance(manifest: Manifest) -> None:
+    """Raise GuidanceOnly for a runbook: nothing renders, dry-runs or executes it."""
+    if manifest.is_runbook:
+        raise GuidanceOnly(manifest)
+
+
 def render(manifest: Manifest, parameters: Mapping[str, Any]) -> RenderedPlaybook:
-    """Substitute ``{{ name }}`` in the steps and the scope.
+    """Substitute ``{{ name }}`` in the steps and the scope. A runbook (guidance only) is
+    refused (GuidanceOnly): it is never executed.
 
     A string that is exactly one placeholder takes the parameter's typed value (an integer
     stays an integer), except where Kubernetes only takes strings (env values, labels,
     args); anywhere else the value is interpolated as text. A placeholder without a value,
     an undeclared or invalid parameter raises InvalidInput.
     """
+    refuse_guidance(manifest)
     declared = {p.name: p for p in manifest.parameters}
     images = image_parameters(manifest)
     problems: list[FieldProblem] = []
@@ -292,6 +312,7 @@ def render(manifest: Manifest, parameters: Mapping[str, Any]) -> RenderedPlayboo
         raise InvalidInput(f"playbook {manifest.id}: {lines}", problems)
 
     renderer = _Renderer(parameters)
+    assert manifest.scope is not None  # a remediation always has one (Manifest._fits_kind)
     scope = Scope(
         namespaces=[renderer.text(ns) for ns in manifest.scope.namespaces],
         kinds=list(manifest.scope.kinds),
@@ -514,6 +535,8 @@ def check_registrable(manifests: list[Manifest]) -> None:
 
 def check(manifest: Manifest, rendered: RenderedPlaybook) -> list[Violation]:
     """Every policy violation of the rendered steps; empty means the dry-run may pass."""
+    refuse_guidance(manifest)
+    assert manifest.scope is not None  # a remediation always has one (Manifest._fits_kind)
     scope_kinds = {k.lower() for k in manifest.scope.kinds}
     namespaces = rendered.scope.namespaces
     found: list[Violation] = manifest_problems(manifest)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from neuralops.db import session_scope
 from neuralops.db.models import Playbook, WorkflowRun
 from neuralops.errors import Conflict, InvalidInput, NotFound
-from neuralops.manifest import Manifest, load_manifest_file
+from neuralops.manifest import Manifest, PlaybookKind, alias_key, load_manifest_file
 from neuralops.runs import newest_runs
 
 
@@ -94,6 +94,7 @@ def add_playbooks(manifests: list[Manifest], *, url: URL | None = None) -> list[
                 select(Playbook).where(Playbook.id.in_([m.id for m in manifests]))
             )
         }
+        _check_aliases(session, manifests)
         for manifest in manifests:
             current = stored.get(manifest.id)
             change = _change(current, manifest)
@@ -105,6 +106,28 @@ def add_playbooks(manifests: list[Manifest], *, url: URL | None = None) -> list[
                 _fill(current, manifest)
             results.append(AddResult(manifest.id, manifest.version, change, previous))
     return results
+
+
+def _check_aliases(session: Session, manifests: list[Manifest]) -> None:
+    """An alert name leads to one playbook: refuse an alias (case-insensitive) that another
+    playbook, stored or in this batch, already answers to."""
+    owners: dict[str, str] = {}
+    incoming = {m.id for m in manifests}
+    for row_id, manifest in session.execute(select(Playbook.id, Playbook.manifest)):
+        if row_id not in incoming:
+            for alias in (manifest or {}).get("aliases") or []:
+                owners[alias_key(alias)] = row_id
+    problems = []
+    for manifest in manifests:
+        for alias in manifest.aliases:
+            owner = owners.setdefault(alias_key(alias), manifest.id)
+            if owner != manifest.id:
+                problems.append(
+                    f"playbook '{manifest.id}': alias '{alias}' already belongs to playbook "
+                    f"'{owner}': an alert name leads to one playbook; remove it from one of them"
+                )
+    if problems:
+        raise Conflict("\n".join(problems))
 
 
 def _change(current: Playbook | None, manifest: Manifest) -> Change:
@@ -166,6 +189,10 @@ class WorkflowInfo(BaseModel):
 
     id: str
     kind: Literal["playbook", "flow"]
+    playbook_kind: PlaybookKind | None = Field(
+        None, description="remediation (executable) or runbook (guidance, never executed)."
+    )
+    aliases: list[str] = Field(default_factory=list, description="Alert names it answers.")
     title: str | None = None
     version: str | None = None
     description: str | None = None
@@ -214,6 +241,8 @@ def _playbook_info(playbook: Playbook, run_count: int) -> WorkflowInfo:
     return WorkflowInfo(
         id=playbook.id,
         kind="playbook",
+        playbook_kind=(playbook.manifest or {}).get("kind", "remediation"),
+        aliases=list((playbook.manifest or {}).get("aliases") or []),
         title=playbook.title,
         version=playbook.version,
         description=playbook.description,

@@ -120,16 +120,27 @@ def suggest(
     asked = incident_from_signal(signal) if signal else incident
     result = recommender.recommend(asked, top=5)
     recommendations = [r.model_dump(mode="json") for r in result.recommendations]
-    chosen = playbook_id or (recommendations[0]["playbook_id"] if recommendations else None)
-    manifest = (
-        recommender.catalogue.manifests[recommender.catalogue.index[chosen]]
-        if (chosen in recommender.catalogue.index)
-        else None
-    )
+    catalogue = recommender.catalogue
+
+    def registered(pid: str | None) -> Manifest | None:
+        return catalogue.manifests[catalogue.index[pid]] if pid in catalogue.index else None
+
+    # Runbooks are guidance for a person, never executed: the best remediation runs.
+    runnable = [
+        r["playbook_id"] for r in recommendations if not _is_runbook(registered(r["playbook_id"]))
+    ]
+    chosen = playbook_id or (runnable[0] if runnable else None)
+    manifest = registered(chosen)
     if chosen and manifest is None:
         raise InvalidInput(f"playbook '{chosen}' is not registered: `neuralops playbook list`")
     resolved: dict[str, Any] = {}
     problem = None
+    if manifest is not None and manifest.is_runbook:
+        problem = str(policy.GuidanceOnly(manifest))
+        manifest = None
+    elif chosen is None and recommendations:
+        guides = ", ".join(r["playbook_id"] for r in recommendations)
+        problem = f"no playbook to run: only runbooks (guidance, never executed) match: {guides}"
     given = dict(parameters or {})
     if manifest is not None and any(p.name == "run_id" for p in manifest.parameters):
         given.setdefault("run_id", uuid.uuid4().hex[:8])  # suffixes Job names: unique per run
@@ -165,6 +176,10 @@ def suggest(
             url=url,
         )
     return incidents.get(created.id, url=url)
+
+
+def _is_runbook(manifest: Manifest | None) -> bool:
+    return manifest is not None and manifest.is_runbook
 
 
 def precedent_parameters(
@@ -237,6 +252,8 @@ def dry_run(
         return _dry_run_failed(current.id, f"signature: {exc}", {"signature": exc.reason}, url)
     try:
         rendered = policy.render(manifest, current.parameters or {})
+    except policy.GuidanceOnly as exc:  # a runbook: never executed
+        return _dry_run_failed(current.id, str(exc), {"kind": "runbook"}, url)
     except InvalidInput as exc:
         return _dry_run_failed(current.id, f"parameters: {exc}", {}, url)
     # What an approval binds to and execution re-checks: manifest, version, steps, parameters.
