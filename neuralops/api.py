@@ -653,6 +653,10 @@ def create_app(database_url: URL | None = None) -> FastAPI:
             incident = request.incident
         return recommenders.get().recommend(incident, top=request.top)
 
+    from neuralops.api_alerts import alerts_router  # it imports this module
+
+    app.include_router(alerts_router(url, recommenders))
+
     administers_clusters = [Depends(authorized("clusters:admin"))]
 
     @app.get(

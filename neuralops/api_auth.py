@@ -45,6 +45,8 @@ SCOPES: dict[str, str] = {
     "signals:write": "POST /analyze, POST /probe: score a query and record a signal (it can "
     "start a remediation)",
     "recommend": "POST /recommend",
+    "alerts:write": "POST /alerts: Alertmanager's webhook (records and closes signals, "
+    "answers with recommendations)",
     "clusters:admin": "POST /register, GET /clusters",
 }
 REALM = "neuralops-api"

@@ -57,6 +57,8 @@ from neuralops.runs import NoNulStr
 from neuralops.sources import MetricSource, SeriesBatch
 
 Method = Literal["zscore", "ewma", "robust", "ensemble"]
+# How a signal was found: a detection method, or an Alertmanager alert (POST /alerts).
+SignalMethod = Method | Literal["alertmanager"]
 RULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 ADHOC_RULE = "adhoc"
 MAX_LABELS = 50  # labels a rule or an ad-hoc analysis adds to its signals
@@ -197,7 +199,7 @@ class SignalIn(BaseModel):
     value: float
     score: float = Field(ge=0, le=1)
     z: float | None
-    method: Method
+    method: SignalMethod
     hint: str
     correlated: list[dict[str, Any]] = Field(default_factory=list)
     window_start: AwareDatetime
@@ -225,6 +227,9 @@ class Signal(SignalIn):
     occurrences: int
     last_seen_at: AwareDatetime
     created_at: AwareDatetime
+    resolved_at: AwareDatetime | None = Field(
+        None, description="When its alert resolved (Alertmanager); None while open."
+    )
 
 
 def fingerprint(rule: str, series_labels: dict[str, str]) -> str:

@@ -150,6 +150,7 @@ SCOPED = [
     ("POST", "/analyze", "signals:write"),
     ("POST", "/probe", "signals:write"),
     ("POST", "/recommend", "recommend"),
+    ("POST", "/alerts", "alerts:write"),
     ("GET", "/clusters", "clusters:admin"),
     ("POST", "/register", "clusters:admin"),
 ]

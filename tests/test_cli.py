@@ -36,9 +36,9 @@ def neuralops(*args: str, env: dict | None = None) -> subprocess.CompletedProces
 
 
 def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
-    assert "revision 0007 (was empty)" in invoke("db", "upgrade")
+    assert "revision 0008 (was empty)" in invoke("db", "upgrade")
     assert "(already up to date)" in invoke("db", "upgrade")
-    assert "applied: 0007; head: 0007" in invoke("db", "current")
+    assert "applied: 0008; head: 0008" in invoke("db", "current")
 
 
 def test_playbook_add_list_show(database_url: URL) -> None:

@@ -157,6 +157,9 @@ class InsightSignal(Base):
     occurrences: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     last_seen_at: Mapped[datetime]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Migration 0008: when the alert behind it resolved (Alertmanager's POST /alerts); None
+    # while it fires, and for detection's signals, which do not end.
+    resolved_at: Mapped[datetime | None]
 
 
 class Incident(Timestamps, Base):
