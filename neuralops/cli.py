@@ -1188,10 +1188,11 @@ def recommend(
     if as_json:
         out.print_json(result.model_dump_json())
         return
-    _print_recommendation(result)
+    guides = {m.id: m for m in recommender.catalogue.manifests if m.is_runbook}
+    _print_recommendation(result, guides)
 
 
-def _print_recommendation(result: RecommendResult) -> None:
+def _print_recommendation(result: RecommendResult, guides: dict[str, Any] | None = None) -> None:
     from rich.text import Text
 
     out.print(Text.assemble(("incident  ", "bold"), result.query))
@@ -1215,6 +1216,12 @@ def _print_recommendation(result: RecommendResult) -> None:
                 out.print(Text(f"{rank}. {r.playbook_id}: {r.justification}"))
     else:
         out.print(Text.assemble(("no recommendation: ", "yellow"), result.reason or ""))
+    for r in result.recommendations:  # runbooks: read, never executed
+        if (guide := (guides or {}).get(r.playbook_id)) is not None:
+            where = (
+                guide.links[0].url if guide.links else "`neuralops playbook show " + guide.id + "`"
+            )
+            out.print(Text(f"guidance: {r.playbook_id} is a runbook (never executed): {where}"))
     for e in result.excluded:
         out.print(Text(f"not suggested: {e.playbook_id} ({e.reason})"), style="dim")
 

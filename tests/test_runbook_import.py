@@ -205,3 +205,17 @@ def test_playbook_show_prints_patterns_verbatim(database_url: URL) -> None:
     shown = runner.invoke(app, ["playbook", "show", "restart-deployment"])
     assert shown.exit_code == 0, shown.output
     assert "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" in shown.output
+
+
+def test_cli_recommend_marks_runbooks_as_guidance(
+    sqlite_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEURALOPS_EMBEDDER", "hashing")  # not the subject; MiniLM loads slowly
+    import_runbooks(RUNBOOKS, URL_BASE)
+    text = "KubePodCrashLooping: pod payments-api in CrashLoopBackOff, restarting"
+    result = runner.invoke(app, ["recommend", "--text", text, "--top", "4"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "guidance: kube-pod-crash-looping is a runbook (never executed): "
+        f"{URL_BASE}/kubernetes/KubePodCrashLooping.md" in result.output
+    )
