@@ -100,6 +100,10 @@ def _in_utc(value: datetime) -> datetime:
 
 UtcDatetime = Annotated[datetime, AfterValidator(_in_utc)]
 HEARTBEAT_REALM = "neuralops-heartbeat"
+# GET /signals?rule=: a detection rule's name (lower-case, signals.RULE_NAME_PATTERN) or an
+# alert's name as POST /alerts stores it, verbatim (Prometheus alert names are
+# [a-zA-Z_][a-zA-Z0-9_]*, e.g. KubePodCrashLooping). Matched exactly; anything else is a 422.
+RULE_FILTER_PATTERN = rf"^(?:{signals.RULE_NAME_PATTERN[1:-1]}|[a-zA-Z_][a-zA-Z0-9_]{{0,127}})$"
 
 
 def auth_responses(scope: str | None = None) -> dict[int | str, dict[str, Any]]:
@@ -611,7 +615,14 @@ def create_app(database_url: URL | None = None) -> FastAPI:
             UtcDatetime | None,
             Query(description="ISO-8601 (naive means UTC); newer signals only."),
         ] = None,
-        rule: Annotated[str | None, Query(pattern=signals.RULE_NAME_PATTERN)] = None,
+        rule: Annotated[
+            str | None,
+            Query(
+                pattern=RULE_FILTER_PATTERN,
+                description="Only this rule, exactly: a detection rule (oom-kill) or an "
+                "alert's name (KubePodCrashLooping).",
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[signals.Signal]:
         """Recorded signals, newest first."""

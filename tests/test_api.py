@@ -239,6 +239,42 @@ def test_extreme_but_valid_since_answers(client: TestClient) -> None:
         assert client.get("/signals", params={"since": since}).status_code == 200, since
 
 
+def test_signals_filter_by_an_alert_name_as_posted_to_alerts(client: TestClient) -> None:
+    """POST /alerts stores the alertname verbatim as the rule (KubePodCrashLooping): ?rule=
+    takes it as well as a detection rule's lower-case name, and matches exactly."""
+    from neuralops import signals
+
+    base = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    for rule, method in (("KubePodCrashLooping", "alertmanager"), ("oom-kill", "zscore")):
+        signals.record_signals(
+            [
+                signals.SignalIn(
+                    rule=rule,
+                    query="q",
+                    labels={"pod": "p"},
+                    value=1.0,
+                    score=0.9,
+                    z=None,
+                    method=method,
+                    hint="h",
+                    window_start=base,
+                    window_end=base + timedelta(minutes=1),
+                    fingerprint=signals.fingerprint(rule, {"pod": "p"}),
+                )
+            ],
+            {},
+        )
+    for rule in ("KubePodCrashLooping", "oom-kill"):
+        response = client.get("/signals", params={"rule": rule})
+        assert response.status_code == 200, response.text
+        assert [s["rule"] for s in response.json()] == [rule]
+    assert client.get("/signals", params={"rule": "kubepodcrashlooping"}).json() == []
+    for bad in ("Kube-Pod", "two words", "[bold]", "x" * 129):
+        response = client.get("/signals", params={"rule": bad})
+        assert response.status_code == 422, bad
+        assert ["query", "rule"] in [e["loc"] for e in response.json()["detail"]]
+
+
 # --- the server's limits: body read deadline, concurrency cap ----------------------------------
 
 
