@@ -56,6 +56,12 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+def _lit(value: object) -> str:
+    """Data (a path, a message, a label, a pattern) inside a markup string: escaped, so
+    ``[a-z0-9]`` prints as written and a stray ``[/]`` cannot raise MarkupError."""
+    return escape(str(value))
+
+
 def main() -> None:
     """Console entry point: errors an operator can fix print as one clear line, exit 2.
     Messages are escaped: a regex or a path with ``[a-z]`` in it prints as it is."""
@@ -277,7 +283,7 @@ def run(
     started_at = datetime.now(UTC)
 
     def step(n: int, text: str) -> None:
-        out.print(f"[green]✓[/] [{n}/{steps}] {text}", highlight=False)
+        out.print(f"[green]✓[/] {_lit(f'[{n}/{steps}] {text}')}", highlight=False)
 
     def stop_on_sigterm(*_: object) -> None:
         raise KeyboardInterrupt  # `kill` cleans up like Ctrl-C
@@ -286,7 +292,10 @@ def run(
     prometheus = None
     began = time.monotonic()
     out.rule("NeuralOps")
-    out.print(f"data dir  {settings.data_dir}\ndatabase  {settings.database_label()}")
+    out.print(
+        f"data dir  {_lit(settings.data_dir)}\ndatabase  {_lit(settings.database_label())}",
+        highlight=False,
+    )
     try:
         # 1. the Prefect server: reuse one that answers, else start ours (SQLite in the data dir)
         if localstack.healthy(api_url):
@@ -431,7 +440,7 @@ def _refuse_a_second_stack(settings: Settings) -> None:
             "another NEURALOPS_DATA_DIR"
         )
     if found.state in ("stale", "invalid"):
-        out.print(f"[dim]replacing {found.path}: {escape(found.reason)}[/]", highlight=False)
+        out.print(f"[dim]replacing {_lit(found.path)}: {_lit(found.reason)}[/]", highlight=False)
 
 
 def _record_stack(
@@ -555,9 +564,17 @@ def _print_next(api_url: str, flow_run_id: Any, settings: Settings) -> None:
 
     incident = incidents.find_by_flow_run(flow_run_id)
     ui = _ui(api_url)
-    out.print(f"\nPrefect UI  {ui}\nPaused run  {ui}/runs/flow-run/{flow_run_id}", highlight=False)
+    out.print(
+        f"\nPrefect UI  {ui}\nPaused run  {ui}/runs/flow-run/{flow_run_id}",
+        highlight=False,
+        markup=False,
+    )
     if incident is not None:
-        out.print(f"Incident    {incident.id} ({incident.playbook_id}, {incident.state})")
+        out.print(
+            f"Incident    {incident.id} ({incident.playbook_id}, {incident.state})",
+            highlight=False,
+            markup=False,
+        )
     if incident is None:
         return
     if settings.approval_public_key is not None or settings.approval_jwks_url:
@@ -627,7 +644,7 @@ def _print_api_access(settings: Settings) -> None:
     """How to call the HTTP API (`neuralops api`): a DEV ONLY read token, or the IdP."""
     from neuralops import api_auth
 
-    where = f"(start it with `neuralops api`: http://{settings.api_host}:{settings.api_port})"
+    where = _lit(f"(start it with `neuralops api`: http://{settings.api_host}:{settings.api_port})")
     if api_auth.auth_configured(settings):
         out.print(
             f"\nHTTP API {where}: bearer tokens from your identity provider, with the scopes "
@@ -675,11 +692,13 @@ def doctor(
     table = Table("component", "status", "detail", "blocks")
     for c in report.components:
         colour = colours[c.status]
-        table.add_row(c.name, f"[{colour}]{c.status}[/]", c.detail, "\n".join(c.blocks))
+        table.add_row(
+            _lit(c.name), f"[{colour}]{c.status}[/]", _lit(c.detail), _lit("\n".join(c.blocks))
+        )
     out.print(table)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(report.model_dump_json(indent=2) + "\n")
-    out.print(f"written to {json_out}")
+    out.print(f"written to {json_out}", highlight=False, markup=False)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -820,7 +839,9 @@ def _print_playbooks(playbooks: list[registry.WorkflowInfo]) -> None:
         table.add_column("latest run")
     for p in playbooks:
         row = [p.id, p.version, p.safety_mode, ",".join(p.allowed_roles), str(p.run_count)]
-        table.add_row(*row, *([p.title, p.latest_run_id or ""] if wide else []))
+        table.add_row(
+            *map(_lit, row), *([_lit(p.title), _lit(p.latest_run_id or "")] if wide else [])
+        )
     out.print(table)
 
 
@@ -834,8 +855,9 @@ def playbook_show(playbook_id: str) -> None:
     manifest = registry.get_playbook(playbook_id).manifest
     signed = "signed" if info.signed else "unsigned"
     out.print(
-        f"[bold]{info.id}[/] {info.version} ({signed}); {info.run_count} runs, "
-        f"latest {info.latest_run_id or 'none'}"
+        f"[bold]{_lit(info.id)}[/] {_lit(info.version)} ({signed}); {info.run_count} runs, "
+        f"latest {_lit(info.latest_run_id or 'none')}",
+        highlight=False,
     )
     # Not markup: a pattern such as ^[a-z0-9]... would lose its brackets to Rich.
     out.print(yaml.safe_dump(manifest, sort_keys=False, width=10**6), highlight=False, markup=False)
@@ -853,7 +875,10 @@ def playbook_runs(
     table = Table("run_id", "status", "duration", "created_at (UTC)")
     for r in result.items:
         table.add_row(
-            r.run_id, r.status, f"{r.duration_ms / 1000:.1f}s", f"{r.created_at:%Y-%m-%d %H:%M:%S}"
+            _lit(r.run_id),
+            _lit(r.status),
+            f"{r.duration_ms / 1000:.1f}s",
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}",
         )
     out.print(table)
     hint = f"; next: --page {result.next_page}" if result.next_page else ""
@@ -913,7 +938,7 @@ def playbook_sign(
     out.print(table)
     key_id = signed[-1].key_id
     kind = "the DEV key (not for production)" if signer.dev else "Vault transit"
-    out.print(f"{len(signed)} signed with {key_id}: {kind}", highlight=False)
+    out.print(f"{len(signed)} signed with {_lit(key_id)}: {kind}", highlight=False)
     pinned = settings.signing_public_key
     signed_by = signing.split_key_id(key_id)[1]
     if pinned and signing.key_fingerprint(signing.trusted_public_key(settings)) != signed_by:
@@ -959,17 +984,18 @@ def playbook_verify(
     else:
         table = Table("playbook", "version", "result", "detail")
         for r in results:
-            verdict = "[green]verified[/]" if r["verified"] else f"[red]{r['reason']}[/]"
-            table.add_row(r["id"], r["version"], verdict, r["detail"] or r["key_id"] or "")
+            verdict = "[green]verified[/]" if r["verified"] else f"[red]{_lit(r['reason'])}[/]"
+            detail = r["detail"] or r["key_id"] or ""
+            table.add_row(_lit(r["id"]), _lit(r["version"]), verdict, _lit(detail))
         out.print(table)
         out.print(
             f"{len(results) - len(failed)} verified, {len(failed)} refused; trusted key "
-            f"{trusted['fingerprint']} ({trusted['source']})",
+            f"{trusted['fingerprint']} ({_lit(trusted['source'])})",
             highlight=False,
         )
         if failed:
             fix = f"neuralops playbook sign {failed[0]['id'] if len(failed) == 1 else '--all'}"
-            out.print(f"after reviewing the manifests: `{fix}`", highlight=False)
+            out.print(f"after reviewing the manifests: `{fix}`", highlight=False, markup=False)
     if failed:
         raise typer.Exit(1)
 
@@ -1029,15 +1055,15 @@ def analyze(
         out.print_json(result.model_dump_json())
         return
     if result.score is None:
-        out.print(f"{result.series} series; {result.hint}")
+        out.print(f"{result.series} series; {result.hint}", highlight=False, markup=False)
         return
     anomalous = result.signal_id is not None
     verdict = "[red]anomalous[/]" if anomalous else "[green]normal[/]"
     out.print(
-        f"{verdict}  score {result.score:.3f}  z {result.z:+.1f}  method {result.method}  "
+        f"{verdict}  score {result.score:.3f}  z {result.z:+.1f}  method {_lit(result.method)}  "
         f"({result.series} series)"
     )
-    out.print(result.hint, highlight=False)
+    out.print(result.hint, highlight=False, markup=False)  # the query, brackets and all
     if anomalous:
         status = "new signal" if result.new_signal else "already signalled"
         out.print(f"{status}: {result.signal_id}")
@@ -1128,7 +1154,7 @@ def detect_file(
             f"choose one of {', '.join(sorted(DETECTORS))}", param_hint="--method"
         )
     rows = score_file(input_csv, output_csv, method=method)
-    out.print(f"{rows} rows scored with {method} → {output_csv}")
+    out.print(f"{rows} rows scored with {method} → {output_csv}", highlight=False, markup=False)
 
 
 # --- recommend -------------------------------------------------------------------------------
@@ -1292,7 +1318,9 @@ def seed_signals(
     table.add_column("id", no_wrap=True, min_width=36)  # whole: it is copied into commands
     for r in recorded:
         shown = ", ".join(f"{k}={v}" for k, v in r.signal.labels.items() if k in _KEY_LABELS)
-        table.add_row(r.signal.rule, shown, "new" if r.new else "already", str(r.signal.id))
+        table.add_row(
+            _lit(r.signal.rule), _lit(shown), "new" if r.new else "already", str(r.signal.id)
+        )
     out.print(table)
     out.print(f"Next: neuralops recommend --signal-id {recorded[0].signal.id}", highlight=False)
 
@@ -1325,10 +1353,14 @@ def etl_export(
             progress=lambda n: progress.update(task, completed=n),
         )
     redacted = sum(result.redactions.values())
-    out.print(f"{result.rows} runs exported to {result.path} ({result.format})")
+    out.print(
+        f"{result.rows} runs exported to {result.path} ({result.format})",
+        highlight=False,
+        markup=False,
+    )
     if redacted:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(result.redactions.items()))
-        out.print(f"redacted {redacted} values: {kinds}", highlight=False)
+        out.print(f"redacted {redacted} values: {kinds}", highlight=False, markup=False)
     _print_quarantined(result.quarantined, "could not be exported")
 
 
@@ -1336,8 +1368,6 @@ def _print_quarantined(quarantined: list, what: str, limit: int = 20) -> None:
     """Runs (or lines) left out, each with why (never its content); the rest went on."""
     if not quarantined:
         return
-    from rich.markup import escape
-
     count = len(quarantined)
     named = "; ".join(str(q) for q in quarantined[:limit])
     err.print(
@@ -1374,7 +1404,7 @@ def etl_vectorize(
         raise InvalidInput(f"--in {in_path}: no such file (write it with `neuralops etl export`)")
     model, warning = load_embedder(embedder or settings.embedder)
     if warning:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err.print(f"[yellow]warning:[/] {_lit(warning)}", highlight=False)
     with in_path.open("rb") as lines:  # one cheap pass for the progress bar's total
         total = sum(1 for _ in lines)
     store = store_from_settings(settings)
@@ -1382,7 +1412,7 @@ def etl_vectorize(
     with vectorize.vectorize_lock(
         store,
         timeout_s=lock_wait,
-        on_wait=lambda message: err.print(f"[yellow]{message}[/]", highlight=False),
+        on_wait=lambda message: err.print(f"[yellow]{_lit(message)}[/]", highlight=False),
     ):
         with _progress(total, "vectorizing") as progress:
             task = progress.add_task("runs", total=total)
@@ -1397,7 +1427,11 @@ def etl_vectorize(
     out.print(
         f"{result.written} vectors written ({result.skipped} unchanged, "
         f"{result.embedded_texts} texts embedded; model {result.model}; "
-        f"{store.count()} in {settings.vector_uri}" + ("; ANN index built" if indexed else "") + ")"
+        f"{store.count()} in {settings.vector_uri}"
+        + ("; ANN index built" if indexed else "")
+        + ")",
+        highlight=False,
+        markup=False,
     )
     _print_quarantined(bad_lines + result.quarantined, "could not be vectorized")
 
@@ -1510,6 +1544,7 @@ def _print_shipped(result: ShipResult, as_json: bool) -> None:
         f"{result.batches} batches ({result.entries} entries) shipped to {result.sink}; "
         f"{result.pending_left} pending",
         highlight=False,
+        markup=False,
     )
 
 
@@ -1553,7 +1588,11 @@ def audit_list(
     if found:
         _print_listing(columns, rows, what="neuralops audit list")
     if not found:
-        out.print("no audit entries" + (f" about {subject}" if subject else ""), highlight=False)
+        out.print(
+            "no audit entries" + (f" about {subject}" if subject else ""),
+            highlight=False,
+            markup=False,
+        )
 
 
 # --- api -------------------------------------------------------------------------------------
@@ -1652,7 +1691,7 @@ def token_issue_dev(
         audience=settings.approval_audience,
     )
     err.print(
-        f"[yellow]warning:[/] DEV ONLY token signed with {private}; never use dev keys in "
+        f"[yellow]warning:[/] DEV ONLY token signed with {_lit(private)}; never use dev keys in "
         "production (configure NEURALOPS_APPROVAL_PUBLIC_KEY or NEURALOPS_APPROVAL_JWKS_URL)",
         highlight=False,
     )
@@ -1675,8 +1714,8 @@ def _issue_dev_api_token(
         settings, scopes, subject=subject or api_auth.DEV_SUBJECT, ttl_s=ttl
     )
     err.print(
-        f"[yellow]warning:[/] DEV ONLY API token signed with {private}; never use dev keys in "
-        "production (configure NEURALOPS_API_PUBLIC_KEY or NEURALOPS_API_JWKS_URL)",
+        f"[yellow]warning:[/] DEV ONLY API token signed with {_lit(private)}; never use dev keys "
+        "in production (configure NEURALOPS_API_PUBLIC_KEY or NEURALOPS_API_JWKS_URL)",
         highlight=False,
     )
     if api_auth.auth_configured(settings):
@@ -1706,7 +1745,11 @@ def incidents_list(
         out.print_json(json.dumps([i.model_dump(mode="json") for i in found]))
         return
     if not found:
-        out.print("no incidents" + (f" in state {state}" if state else " yet"), highlight=False)
+        out.print(
+            "no incidents" + (f" in state {state}" if state else " yet"),
+            highlight=False,
+            markup=False,
+        )
         return
     columns = [
         _Col("created (UTC)", drop=3),
@@ -1747,7 +1790,7 @@ def incidents_show(
         }
         out.print_json(json.dumps(body, default=str))
         return
-    out.print(f"[bold]incident {current.id}[/]: {current.state}", highlight=False)
+    out.print(f"[bold]incident {_lit(current.id)}[/]: {_lit(current.state)}", highlight=False)
     for label, value in (
         ("playbook", current.playbook_id),
         ("parameters", json.dumps(current.parameters or {})),
@@ -1759,10 +1802,16 @@ def incidents_show(
         ("outcome", current.outcome),
         ("flow run", current.flow_run_id),
     ):
-        out.print(f"  {label}: {value if value is not None else '-'}", highlight=False)
+        # Values are data (parameters, reasons, approver): never markup.
+        shown = value if value is not None else "-"
+        out.print(f"  {label}: {shown}", highlight=False, markup=False)
     out.print("[bold]audit trail[/]")
     for entry in reversed(trail):
-        out.print(f"  {entry.seq:>6} {entry.created_at:%H:%M:%S} {entry.actor}: {entry.action}")
+        out.print(
+            f"  {entry.seq:>6} {entry.created_at:%H:%M:%S} {entry.actor}: {entry.action}",
+            highlight=False,
+            markup=False,
+        )
 
 
 @app.command()
@@ -1797,7 +1846,11 @@ def approve(
     _require_schema(settings)
     current = incidents.get(incident_id)
     if current.state != "awaiting_approval":
-        err.print(f"[red]error:[/] incident {current.id} is {current.state}, not awaiting approval")
+        err.print(
+            f"[red]error:[/] incident {_lit(current.id)} is {_lit(current.state)}, "
+            "not awaiting approval",
+            highlight=False,
+        )
         raise typer.Exit(2)
     for line in remediation.plan_lines(current):  # what is approved, before approving it
         out.print(line, highlight=False, markup=False)
@@ -1819,7 +1872,7 @@ def approve(
         if refusal:
             err.print(f"[red]refused:[/] {escape(' '.join(refusal.split()))}", highlight=False)
             raise typer.Exit(2)
-        out.print(f"incident {current.id} is {current.state}", highlight=False)
+        out.print(f"incident {current.id} is {current.state}", highlight=False, markup=False)
         return
     # The same checks the run will make, so a bad token or plan fails here, not silently there.
     _, refusal = remediation.check_token(current.id, decision, keys=keys, via="cli")
@@ -1850,7 +1903,10 @@ def approve(
         err.print(f"[red]error:[/] {escape(problem)}", highlight=False)
         raise typer.Exit(2)
     if written := repair_approval_form(current):  # lost to a Prefect server restart
-        err.print(f"[yellow]note:[/] re-created the run's lost Resume form ({', '.join(written)})")
+        err.print(
+            f"[yellow]note:[/] re-created the run's lost Resume form ({_lit(', '.join(written))})",
+            highlight=False,
+        )
     try:
         resume_flow_run(current.flow_run_id, run_input=decision.as_input())
     except Exception as exc:  # not paused any more, or Prefect refused the input
@@ -1863,6 +1919,7 @@ def approve(
     out.print(
         f"{decision.decision}d: resumed flow run {current.flow_run_id} for incident {current.id}",
         highlight=False,
+        markup=False,
     )
 
 
@@ -1923,11 +1980,11 @@ def clusters_list(
     table = Table("name", "status", "work pool", "last heartbeat", "labels")
     for c in found:
         table.add_row(
-            c.name,
-            c.status,
-            c.work_pool,
+            _lit(c.name),
+            _lit(c.status),
+            _lit(c.work_pool),
             f"{c.last_heartbeat:%Y-%m-%d %H:%M:%S}" if c.last_heartbeat else "never",
-            ",".join(f"{k}={v}" for k, v in sorted(c.labels.items())) or "-",
+            _lit(",".join(f"{k}={v}" for k, v in sorted(c.labels.items())) or "-"),
         )
     out.print(table)
 
@@ -1973,11 +2030,11 @@ def clusters_register(
         out.print_json(json.dumps(body))
         return
     out.print(
-        f"cluster [bold]{registered.name}[/] registered: status {registered.status}, "
-        f"credential {registered.credential_id}",
+        f"cluster [bold]{_lit(registered.name)}[/] registered: status {_lit(registered.status)}, "
+        f"credential {_lit(registered.credential_id)}",
         highlight=False,
     )
-    out.print(pool_note, highlight=False)
+    out.print(pool_note, highlight=False, markup=False)
     _print_heartbeat_key(registered)
 
 
@@ -1990,8 +2047,13 @@ def _print_heartbeat_key(registered: Any) -> None:
         f"at {KV_MOUNT}/{kv_path(registered.name)} field heartbeat_key; registering again "
         "rotates it):",
         highlight=False,
+        markup=False,
     )
-    out.print(f"HEARTBEAT_KEY={registered.heartbeat_key.get_secret_value()}", highlight=False)
+    out.print(
+        f"HEARTBEAT_KEY={registered.heartbeat_key.get_secret_value()}",
+        highlight=False,
+        markup=False,
+    )
 
 
 def _ensure_cluster_pool(pool: str) -> str:
@@ -2080,12 +2142,13 @@ def connector_install(
     )
     target = connector.write(rendered, output or Path(f"connector-{cluster}"))
     out.print(
-        f"cluster [bold]{registered.name}[/] registered (credential {registered.credential_id})",
+        f"cluster [bold]{_lit(registered.name)}[/] registered "
+        f"(credential {_lit(registered.credential_id)})",
         highlight=False,
     )
     _print_heartbeat_key(registered)
     pool_note = _ensure_cluster_pool(registered.work_pool)
-    out.print(pool_note, highlight=False)
+    out.print(pool_note, highlight=False, markup=False)
     if pool_note.endswith(("created", "already exists")):
         from tasks.clusters import ensure_connector_deployments
 
@@ -2094,11 +2157,13 @@ def connector_install(
             f"deployments execute-playbook/{registered.work_pool} and "
             f"stream-metrics/{registered.work_pool} (every minute) on its pool",
             highlight=False,
+            markup=False,
         )
     out.print(
         f"{len(rendered.objects)} objects validated against Kubernetes "
         f"{connector.KUBERNETES_VERSION} and written to {target}",
         highlight=False,
+        markup=False,
     )
     out.print(
         "Next, with the cluster's kubeconfig:\n"
@@ -2106,4 +2171,5 @@ def connector_install(
         "  kubectl -n neuralops-connector create secret generic neuralops-connector-prefect "
         "--from-file=profiles.toml   # a Prefect profile with PREFECT_API_KEY",
         highlight=False,
+        markup=False,
     )
