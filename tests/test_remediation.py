@@ -198,6 +198,66 @@ def test_missing_parameter_and_no_recommendation_fail_safely(env):
     assert nothing.dry_run["reason"].startswith("no playbook to run")
 
 
+class _RunbookFirst:
+    """The real recommender, with a runbook put at rank 1 (as an exact alias match puts it):
+    what suggest does with a runbook ranked first must not depend on how it got there."""
+
+    def __init__(self, inner: Recommender, runbook_id: str, only: bool = False) -> None:
+        self.inner, self.runbook_id, self.only = inner, runbook_id, only
+        self.catalogue = inner.catalogue
+
+    def recommend(self, incident, top=5, **kwargs):
+        result = self.inner.recommend(incident, top=top, **kwargs)
+        guide = result.recommendations[0].model_copy(
+            update={"playbook_id": self.runbook_id, "score": 1.0}
+        )
+        rest = [r for r in result.recommendations if r.playbook_id != self.runbook_id]
+        ranked = [guide] if self.only else [guide, *rest][:top]
+        return result.model_copy(update={"recommendations": ranked})
+
+
+def test_suggest_never_picks_a_runbook_even_ranked_first(env):
+    from neuralops.registry import add_playbooks
+    from neuralops.runbooks import load_runbooks
+
+    found, _ = load_runbooks(Path(__file__).parent / "data" / "runbooks")
+    guides = [manifest for _, manifest in found]
+    add_playbooks(guides)
+    runbook = "kube-pod-crash-looping"
+    assert any(m.id == runbook and m.is_runbook for m in guides)
+    real = Recommender(env["recommender"].store, HashingEmbedder(), [*env["manifests"], *guides])
+    signal_id = str(env["signals"]["oom-kills"].id)
+
+    current = remediation.suggest(
+        _RunbookFirst(real, runbook), signal_id=signal_id, parameters=OOM_PARAMETERS
+    )
+    ranked = [r["playbook_id"] for r in current.recommendations]
+    assert ranked[0] == runbook  # recommended first, and recorded as such
+    assert current.playbook_id == ranked[1] == "raise-memory-limit"  # the best remediation
+    assert current.state == "suggested"
+    checked = remediation.dry_run(
+        current.id, public_key_pem=env["public_key"], runtime=env["cluster"]
+    )
+    assert checked.state == "dry_run_passed", checked.dry_run
+
+    # Only runbooks match: nothing runs, and the reason names them.
+    only = remediation.suggest(
+        _RunbookFirst(real, runbook, only=True),
+        incident=Incident(alert="KubePodCrashLooping", summary="payments-api restarts"),
+    )
+    assert (only.state, only.playbook_id) == ("dry_run_failed", None)
+    assert only.dry_run["reason"].startswith("no playbook to run: only runbooks")
+    assert runbook in only.dry_run["reason"]
+
+    # Named explicitly, it is still refused (guidance only), before any dry-run.
+    named = remediation.suggest(
+        real,
+        incident=Incident(alert="KubePodCrashLooping", summary="payments-api restarts"),
+        playbook_id=runbook,
+    )
+    assert named.state == "dry_run_failed" and "is a runbook" in named.dry_run["reason"]
+
+
 def test_auto_playbook_is_approved_by_policy_unless_the_kill_switch_is_on(env, monkeypatch):
     incident = Incident(
         alert="PostgresBackupStale",
