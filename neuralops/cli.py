@@ -756,6 +756,15 @@ def playbook_import_runbooks(
             "); each runbook links to it plus the page's relative path.",
         ),
     ] = None,
+    url_style: Annotated[
+        str,
+        typer.Option(
+            "--url-style",
+            help="How --url-base and a page's path make its link: github (Dir/Alert.md, as a "
+            "repository shows it) or hugo (dir/alert/: lower-case, no .md, trailing slash, as "
+            "a Hugo site such as runbooks.prometheus-operator.dev publishes it).",
+        ),
+    ] = "github",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Register markdown runbooks as guidance playbooks (kind: runbook): recommended like any
@@ -765,7 +774,7 @@ def playbook_import_runbooks(
     from neuralops.runbooks import import_runbooks
 
     _require_schema(get_settings())
-    report = import_runbooks(folder, url_base)
+    report = import_runbooks(folder, url_base, url_style=url_style)
     counts = {c: sum(r.change is c for r in report.results) for c in registry.Change}
     if as_json:
         out.print_json(

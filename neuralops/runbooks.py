@@ -11,7 +11,8 @@ team uses), code blocks, tables, links. Each page becomes a manifest with:
 - ``id``: a slug of that name (``kube-pod-crash-looping``), or of the file name;
 - ``title``, ``description`` (the first paragraph of Meaning/Description/Summary/Overview),
   ``symptoms`` (catalogue tags the alert name, title and description name), ``sections``
-  (every section's markdown, verbatim), ``links`` (``--url-base`` + the relative path);
+  (every section's markdown, verbatim), ``links`` (``--url-base`` + the page's path, as
+  GitHub shows it or as Hugo publishes it: ``--url-style``, :func:`page_url`);
 - ``version``: 1.0.0 when new; the stored version when the text is unchanged; the stored
   version's next patch when it changed (published versions are immutable).
 
@@ -213,8 +214,34 @@ def _description(page: ParsedPage, title: str, alert: str | None) -> str:
     return picked
 
 
+URL_STYLES = ("github", "hugo")
+
+
+def page_url(
+    url_base: str, relative: PurePosixPath, style: str = "github", front: dict | None = None
+) -> str:
+    """Where a page is published. ``github``: the base plus the file's relative path, ``.md``
+    included (a repository's blob view). ``hugo``: as Hugo publishes it by default (the
+    kube-prometheus runbooks at runbooks.prometheus-operator.dev): lower-case, no ``.md``,
+    spaces as dashes, a trailing slash; a front matter ``slug`` names the last part, as in
+    Hugo. (A front matter ``url`` is relative to the site's root, which --url-base need not
+    be: not used.)"""
+    base = url_base.rstrip("/")
+    if style == "github":
+        return f"{base}/{relative}"
+    parts = [*relative.parent.parts, relative.stem]
+    slug_ = (front or {}).get("slug")
+    if isinstance(slug_, str) and slug_.strip("/ "):
+        parts[-1] = slug_.strip("/ ")
+    return f"{base}/" + "/".join(p.strip().lower().replace(" ", "-") for p in parts) + "/"
+
+
 def runbook_manifest(
-    path: Path, root: Path, url_base: str | None = None, version: str = FIRST_VERSION
+    path: Path,
+    root: Path,
+    url_base: str | None = None,
+    version: str = FIRST_VERSION,
+    url_style: str = "github",
 ) -> Manifest:
     """One markdown page as a ``kind: runbook`` manifest; ValueError says why it is not one."""
     relative = PurePosixPath(path.relative_to(root).as_posix())
@@ -251,7 +278,7 @@ def runbook_manifest(
     tagged = " ".join(filter(None, [alert and _words(alert), title, description]))
     links = []
     if url_base:
-        links.append(Link(url=f"{url_base.rstrip('/')}/{relative}", title=title))
+        links.append(Link(url=page_url(url_base, relative, url_style, front), title=title))
     data = {
         "id": slug(alert or stem),
         "version": version,
@@ -301,10 +328,16 @@ def runbook_files(root: Path) -> tuple[list[Path], list[Skipped]]:
 
 
 def load_runbooks(
-    root: Path, url_base: str | None = None
+    root: Path, url_base: str | None = None, url_style: str = "github"
 ) -> tuple[list[tuple[str, Manifest]], list[Skipped]]:
     """Every runbook under ``root`` as (relative path, manifest at 1.0.0), and what was
-    skipped and why. Two pages that make the same id or alias: the first (by path) wins."""
+    skipped and why. Two pages that make the same id or alias: the first (by path) wins.
+    ``url_style``: how a page's link is made from ``url_base`` (:func:`page_url`)."""
+    if url_style not in URL_STYLES:
+        raise InvalidInput(
+            f"--url-style {url_style!r}: one of {', '.join(URL_STYLES)} (github: the path with "
+            ".md, as a repository shows it; hugo: lower-case, no .md, a trailing slash)"
+        )
     if url_base is not None and not re.match(r"^https?://[^\s]+$", url_base):
         raise InvalidInput(
             f"--url-base {url_base!r}: give an http(s) URL such as "
@@ -317,7 +350,7 @@ def load_runbooks(
     for path in files:
         rel = path.relative_to(root).as_posix()
         try:
-            manifest = runbook_manifest(path, root, url_base)
+            manifest = runbook_manifest(path, root, url_base, url_style=url_style)
         except ValueError as exc:
             skipped.append(Skipped(rel, str(exc)))
             continue
@@ -342,12 +375,12 @@ def _next_patch(version: str) -> str:
 
 
 def import_runbooks(
-    root: Path, url_base: str | None = None, *, url: URL | None = None
+    root: Path, url_base: str | None = None, *, url: URL | None = None, url_style: str = "github"
 ) -> ImportReport:
     """Register every runbook under ``root`` (all in one transaction). Re-importing the same
     folder changes nothing; a page whose text changed gets the next patch version. A page whose
     id is a remediation playbook's is skipped (a runbook never replaces one)."""
-    found, skipped = load_runbooks(root, url_base)
+    found, skipped = load_runbooks(root, url_base, url_style)
     report = ImportReport(skipped=skipped)
     if not found:
         return report

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -14,7 +14,7 @@ from neuralops import policy, registry
 from neuralops.cli import app
 from neuralops.errors import Conflict, InvalidInput
 from neuralops.manifest import Manifest, parse_manifest
-from neuralops.runbooks import import_runbooks, load_runbooks, slug
+from neuralops.runbooks import import_runbooks, load_runbooks, page_url, slug
 
 RUNBOOKS = Path(__file__).parent / "data" / "runbooks"
 URL_BASE = "https://runbooks.example.com/runbooks"
@@ -91,6 +91,40 @@ def test_errors_never_echo_the_page(tmp_path: Path) -> None:
     assert all(secret not in s.reason for s in skipped)
     with pytest.raises(InvalidInput, match="--url-base"):
         load_runbooks(RUNBOOKS, "ftp://nope")
+
+
+def test_hugo_url_style_links_pages_as_a_hugo_site_publishes_them() -> None:
+    """runbooks.prometheus-operator.dev publishes kubernetes/KubePodCrashLooping.md at
+    .../kubernetes/kubepodcrashlooping/: lower-case, no .md, a trailing slash."""
+    found, _ = load_runbooks(RUNBOOKS, URL_BASE + "/", "hugo")
+    links = {rel: [link.url for link in m.links] for rel, m in found}
+    assert links["kubernetes/KubePodCrashLooping.md"] == [
+        f"{URL_BASE}/kubernetes/kubepodcrashlooping/"
+    ]
+    assert links["node/node-filesystem-almost-out-of-space.md"] == [
+        f"{URL_BASE}/node/node-filesystem-almost-out-of-space/"
+    ]
+    page = PurePosixPath("Team Docs/KubePodCrashLooping.md")
+    assert page_url(URL_BASE, page, "hugo") == f"{URL_BASE}/team-docs/kubepodcrashlooping/"
+    assert page_url(URL_BASE, page, "hugo", {"slug": "Crash-Loop"}) == (
+        f"{URL_BASE}/team-docs/crash-loop/"  # Hugo's front matter slug names the last part
+    )
+    assert page_url(URL_BASE, page, "github") == f"{URL_BASE}/Team Docs/KubePodCrashLooping.md"
+    with pytest.raises(InvalidInput, match="--url-style 'jekyll': one of github, hugo"):
+        load_runbooks(RUNBOOKS, URL_BASE, "jekyll")
+
+
+def test_cli_import_runbooks_url_style(sqlite_url: URL) -> None:
+    args = ["playbook", "import-runbooks", str(RUNBOOKS), "--url-base", URL_BASE]
+    result = runner.invoke(app, [*args, "--url-style", "hugo"])
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(app, ["playbook", "show", "kube-pod-crash-looping"])
+    manifest = yaml.safe_load(shown.output[shown.output.index("\nid: ") :])
+    assert [link["url"] for link in manifest["links"]] == [
+        f"{URL_BASE}/kubernetes/kubepodcrashlooping/"
+    ]
+    refused = runner.invoke(app, [*args, "--url-style", "jekyll"])
+    assert refused.exit_code != 0 and isinstance(refused.exception, InvalidInput)
 
 
 def test_manifest_format_rules_for_runbooks_and_remediations() -> None:
