@@ -194,9 +194,10 @@ def analyze(
         "Added to the signal recorded when the query is anomalous, e.g. team: payments.",
     ),
     method: signals.Method = param(
-        "ensemble",
+        "combined",
         "Detector",
-        "zscore, ewma, robust, or ensemble (all three; the default).",
+        "combined (the default: level, time-of-day context and level shifts), zscore, ewma, "
+        "robust, ensemble (median of the first three), context or change.",
     ),
     step: str = param(
         "",

@@ -5,18 +5,28 @@ pieces of ``chunk_rows`` rows, with the detector's state carried between pieces:
 equal those of the whole series scored at once, bit for bit, and memory stays flat however
 long the file. The output, ``timestamp,value,anomaly_score``, repeats each input row as it
 was written and adds the score in [0, 1] (0 where the detector has no opinion, NAB's
-convention). It appears only when complete: rows go to a temporary file in the output's
-folder that replaces the output at the end.
+convention), or with ``output="detections"`` the 0/1 detections the signals act on
+(``detections(score, DEFAULT_THRESHOLD, DEFAULT_HOLD)``, carried across pieces too). It
+appears only when complete: rows go to a temporary file in the output's folder that
+replaces the output at the end.
+
+The seasonal detectors (context, combined) need the points in a day: unless ``params``
+name a ``period``, it is read off the median spacing of the first rows. Real exports have
+clocks that go back (a reset, a repeated hour): such rows are scored in arrival order and
+reported once (count and first line) through ``warn``; ``strict_time=True`` refuses them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
+import itertools
 import math
 import os
 import stat
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,30 +34,67 @@ from typing import Any
 
 import numpy as np
 
-from neuralops.detectors import Stream
+from neuralops.detectors import (
+    CONTEXT_PERIOD,
+    DEFAULT_HOLD,
+    DEFAULT_METHOD,
+    DEFAULT_THRESHOLD,
+    Stream,
+    detections,
+)
 from neuralops.errors import FieldProblem, InvalidInput
 
 CHUNK_ROWS = 10_000
 HEADER = ("timestamp", "value")
 OUTPUT_HEADER = ("timestamp", "value", "anomaly_score")
+DETECTIONS_HEADER = ("timestamp", "value", "detection")
+OUTPUTS = ("score", "detections")
+# Rows read before a seasonal detector starts, to measure the spacing (a day at 5 minutes).
+PERIOD_SAMPLE_ROWS = 288
+SECONDS_PER_DAY = 86_400.0
+
+
+class TimeOrderWarning(UserWarning):
+    """Rows whose timestamp goes back; they were scored in arrival order."""
+
+
+def period_from_spacing(moments: list[float]) -> int:
+    """Points per day at the median positive spacing of ``moments`` (CONTEXT_PERIOD when
+    there is none to measure)."""
+    steps = np.diff(np.asarray(moments, dtype=np.float64))
+    steps = steps[steps > 0]
+    if not len(steps):
+        return CONTEXT_PERIOD
+    return max(2, round(SECONDS_PER_DAY / float(np.median(steps))))
 
 
 def detect_file(
     input_path: str | Path,
     output_path: str | Path,
-    method: str = "ensemble",
+    method: str = DEFAULT_METHOD,
     chunk_rows: int = CHUNK_ROWS,
     params: Mapping[str, Any] | None = None,
+    *,
+    output: str = "score",
+    strict_time: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> int:
     """Score ``input_path`` with ``method`` (and its ``params``) into ``output_path``;
     returns the number of rows written. Bad input raises InvalidInput naming the line and
-    column, and leaves no output behind."""
+    column, and leaves no output behind. ``output``: "score" (the anomaly score) or
+    "detections" (0/1). Rows that go back in time are scored in arrival order and reported
+    once through ``warn`` (default: a TimeOrderWarning); ``strict_time`` refuses them."""
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
+    if output not in OUTPUTS:
+        message = f"output must be one of {', '.join(OUTPUTS)}, got {output!r}"
+        raise InvalidInput(message, [FieldProblem("output", message)])
+    params = dict(params or {})
     try:
-        stream = Stream(method, **dict(params or {}))
+        Stream(method, **params)  # refuse a bad method or parameter before reading
     except ValueError as exc:
         raise InvalidInput(str(exc), [FieldProblem("method", str(exc))]) from exc
+    seasonal = "period" in Stream(method).params and "period" not in params
     source, target = Path(input_path), Path(output_path)
     try:
         handle = open(source, newline="", encoding="utf-8-sig")  # noqa: SIM115 (closed below)
@@ -61,18 +108,68 @@ def detect_file(
             _check_header(next(reader, None), source)
             with _atomic_output(target, lambda: _check_output(source, target, source_stat)) as out:
                 writer = csv.writer(out, lineterminator="\n")
-                writer.writerow(OUTPUT_HEADER)
+                writer.writerow(OUTPUT_HEADER if output == "score" else DETECTIONS_HEADER)
                 written = 0
-                for stamps, texts, values in _chunks(reader, source, chunk_rows):
+                back = _Backwards()
+                chunks = _chunks(reader, source, chunk_rows, strict_time, back)
+                if seasonal:  # the spacing of the first rows gives the points per day
+                    chunks, moments = _peek(chunks, PERIOD_SAMPLE_ROWS)
+                    params["period"] = period_from_spacing(moments)
+                stream = Stream(method, **params)
+                recent = np.zeros(0, dtype=bool)  # the last DEFAULT_HOLD points reached
+                for stamps, texts, values, _ in chunks:
                     scores = np.nan_to_num(stream.update(values).score, nan=0.0)
-                    writer.writerows(zip(stamps, texts, map(repr, scores.tolist()), strict=True))
+                    if output == "score":
+                        column = map(repr, scores.tolist())
+                    else:
+                        reached = np.concatenate([recent, scores >= DEFAULT_THRESHOLD])
+                        found = detections(reached.astype(np.float64), 1.0, DEFAULT_HOLD)
+                        column = map(str, found[len(recent) :].astype(int).tolist())
+                        recent = reached[len(reached) - min(len(reached), DEFAULT_HOLD) :]
+                    writer.writerows(zip(stamps, texts, column, strict=True))
                     written += len(stamps)
         except UnicodeDecodeError:
             line, offset = _first_bad_utf8(source)
             raise _problem(
                 source, line, "-", f"byte {offset} is not UTF-8 text; save the file as UTF-8"
             ) from None
+    if back.count:
+        message = (
+            f"{source}: {back.count} row(s) go back in time, first line {back.line} "
+            f"({back.stamp} is earlier than {back.previous}); scored in arrival order "
+            "(--strict-time refuses such files)"
+        )
+        if warn is None:
+            warnings.warn(message, TimeOrderWarning, stacklevel=2)
+        else:
+            warn(message)
     return written
+
+
+@dataclasses.dataclass
+class _Backwards:
+    """Rows whose timestamp is earlier than the row before: how many, and the first."""
+
+    count: int = 0
+    line: int = 0
+    stamp: str = ""
+    previous: str = ""
+
+
+Chunk = tuple[list[str], list[str], np.ndarray, list[float]]
+
+
+def _peek(chunks: Iterator[Chunk], rows: int) -> tuple[Iterator[Chunk], list[float]]:
+    """The first chunks holding at least ``rows`` rows (or all), and their times; the
+    iterator returned yields them again, then the rest."""
+    held: list[Chunk] = []
+    moments: list[float] = []
+    for chunk in chunks:
+        held.append(chunk)
+        moments += chunk[3]
+        if len(moments) >= rows:
+            break
+    return itertools.chain(held, chunks), moments
 
 
 _KINDS = (
@@ -149,15 +246,18 @@ def _parse_time(text: str) -> float:
 
 
 def _chunks(
-    reader: Any, source: Path, chunk_rows: int
-) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
-    """Validated rows, ``chunk_rows`` at a time: timestamps and values as written, and the
-    values as numbers (NaN for a gap: an empty value or NaN)."""
+    reader: Any, source: Path, chunk_rows: int, strict_time: bool, back: _Backwards
+) -> Iterator[Chunk]:
+    """Validated rows, ``chunk_rows`` at a time: timestamps and values as written, the
+    values as numbers (NaN for a gap: an empty value or NaN) and the times in seconds.
+    A row earlier than the one before is refused when ``strict_time``, else counted in
+    ``back``."""
     previous = -math.inf
     previous_text = ""
     stamps: list[str] = []
     texts: list[str] = []
     values: list[float] = []
+    moments: list[float] = []
     for row in reader:
         if not row:  # a blank line
             continue
@@ -174,12 +274,16 @@ def _chunks(
                 source, line, "timestamp", f"{stamp!r} is not an ISO 8601 time or Unix seconds"
             ) from None
         if moment < previous:
-            raise _problem(
-                source,
-                line,
-                "timestamp",
-                f"{stamp} is earlier than the row before ({previous_text})",
-            )
+            if strict_time:
+                raise _problem(
+                    source,
+                    line,
+                    "timestamp",
+                    f"{stamp} is earlier than the row before ({previous_text})",
+                )
+            if not back.count:
+                back.line, back.stamp, back.previous = line, stamp, previous_text
+            back.count += 1
         previous, previous_text = moment, stamp
         value = text.strip()
         try:
@@ -193,11 +297,12 @@ def _chunks(
         stamps.append(stamp)
         texts.append(text)
         values.append(number)
+        moments.append(moment)
         if len(stamps) == chunk_rows:
-            yield stamps, texts, np.array(values)
-            stamps, texts, values = [], [], []
+            yield stamps, texts, np.array(values), moments
+            stamps, texts, values, moments = [], [], [], []
     if stamps:
-        yield stamps, texts, np.array(values)
+        yield stamps, texts, np.array(values), moments
 
 
 @contextlib.contextmanager

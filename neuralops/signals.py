@@ -41,12 +41,17 @@ from sqlalchemy.orm import Session
 from neuralops.db import session_scope
 from neuralops.db.models import InsightSignal, utcnow
 from neuralops.detectors import (
+    CHANGE_WINDOW,
+    CONTEXT_DAYS,
+    DEFAULT_METHOD,
     DEFAULT_THRESHOLD,
     DETECTORS,
     EWMA_ALPHA,
+    PARTS,
     ROBUST_WINDOW,
     ZSCORE_WINDOW,
     Detection,
+    combined_parts,
     ewma,
     rolling_zscore,
 )
@@ -56,7 +61,7 @@ from neuralops.redaction import SecretRedactor
 from neuralops.runs import NoNulStr
 from neuralops.sources import MetricSource, SeriesBatch
 
-Method = Literal["zscore", "ewma", "robust", "ensemble"]
+Method = Literal["zscore", "ewma", "robust", "ensemble", "context", "change", "combined"]
 # How a signal was found: a detection method, or an Alertmanager alert (POST /alerts).
 SignalMethod = Method | Literal["alertmanager"]
 RULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
@@ -119,7 +124,7 @@ class Rule(BaseModel):
     recent: Duration = Field(
         timedelta(minutes=5), description="Only anomalies in this most recent span signal."
     )
-    method: Method = "ensemble"
+    method: Method = DEFAULT_METHOD
     threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1, description="Score that signals.")
     labels: dict[NoNulStr, NoNulStr] = Field(
         default_factory=dict,
@@ -245,7 +250,24 @@ def range_end(now: datetime, step: timedelta) -> datetime:
     return datetime.fromtimestamp(now.timestamp() // seconds * seconds, tz=UTC)
 
 
+# Seasonal detectors compare with the same time a day before: a day in the rule's steps.
+DAY = timedelta(days=1)
+
+
+def period_points(rule: Rule) -> int:
+    """Points per day at the rule's step (at least 2)."""
+    return max(2, round(DAY / rule.step))
+
+
+def context_lookback(step: timedelta) -> timedelta:
+    """The lookback that gives the context detector its three days before, plus a day for
+    the spread of its errors: ask for it in a rule (at 5-minute steps: 1,152 points)."""
+    return (CONTEXT_DAYS + 1) * DAY + step
+
+
 def detect(rule: Rule, batch: SeriesBatch) -> Detection:
+    if rule.method in ("context", "combined"):
+        return DETECTORS[rule.method](batch.values, period=period_points(rule))
     return DETECTORS[rule.method](batch.values)
 
 
@@ -298,7 +320,9 @@ def find_anomalies(
                 score=float(score[row, peak]),
                 z=z if np.isfinite(z) else None,
                 method=rule.method,
-                hint=hint(rule, series_labels, z, float(batch.values[row, peak]), times[start]),
+                hint=hint(rule, series_labels, z, float(batch.values[row, peak]), times[start])
+                if rule.method not in ("context", "change", "combined")
+                else seasonal_hint(rule, series_labels, batch.values[row], times, peak, start),
                 correlated=correlated_series(rule, batch, row, start, related),
                 window_start=_utc(times[start]),
                 window_end=_utc(times[end]),
@@ -323,6 +347,46 @@ def hint(rule: Rule, labels: dict[str, str], z: float, value: float, started: fl
     return text if started is None else f"{text}; started {_utc(started):%H:%M} UTC"
 
 
+def seasonal_hint(
+    rule: Rule, labels: dict[str, str], values: np.ndarray, times: np.ndarray, peak: int, start: int
+) -> str:
+    """The hint of the seasonal detectors, naming the part that fired and why: '... is 2.0x
+    its usual 14:00 UTC level (now 2.31, usually 1.15; +7.4σ for that time of day)', '...
+    level shifted by +3.1σ at 12:48 UTC (now 2.31)', or the plain hint for the EWMA part."""
+    period = period_points(rule)
+    series = values[: peak + 1]
+    _, which, parts = combined_parts(series, period=period)
+    part = {"context": "context", "change": "change"}.get(rule.method) or (
+        PARTS[int(which[-1])] if which[-1] >= 0 else "level"
+    )
+    z = float(parts[PARTS.index(part)][-1])
+    value = float(values[peak])
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "__name__")
+    subject = f"{rule.what} of {shown}" if shown else rule.what
+    started = f"; started {_utc(times[start]):%H:%M} UTC"
+    sigma = f"{z:+.1f}σ" if np.isfinite(z) and abs(z) < 1e6 else "far off"
+    if part == "change":
+        return (
+            f"{subject}: level shifted by {sigma} at {_utc(times[peak]):%H:%M} UTC "
+            f"(now {value:.4g}, mean of the last {CHANGE_WINDOW} points){started}"
+        )
+    if part == "context":
+        before = [peak - k * period for k in range(1, CONTEXT_DAYS + 1) if peak - k * period >= 0]
+        usual = float(np.nanmedian(values[before])) if before else float("nan")
+        at = f"{_utc(times[peak]):%H:%M} UTC"
+        if np.isfinite(usual) and usual > 0 and value > 0:
+            ratio = value / usual
+            size = f"{ratio:.1f}x" if ratio >= 1 else f"{ratio:.2f}x"
+            what = f"{size} its usual {at} level"
+        else:
+            what = f"off its usual {at} level"
+        return (
+            f"{subject} is {what} (now {value:.4g}, usually {usual:.4g}; {sigma} for that "
+            f"time of day){started}"
+        )
+    return hint(rule, labels, z, value, times[start])
+
+
 def baseline_name(rule: Rule) -> str:
     """The baseline the method compares with, in words: '1h rolling mean', '2h EWMA'.
 
@@ -333,6 +397,9 @@ def baseline_name(rule: Rule) -> str:
         "ewma": round(2 / EWMA_ALPHA - 1),  # the EWMA's equivalent span
         "robust": ROBUST_WINDOW,
         "ensemble": max(ZSCORE_WINDOW, ROBUST_WINDOW),
+        "context": CONTEXT_DAYS * period_points(rule),
+        "change": CHANGE_WINDOW,
+        "combined": round(2 / EWMA_ALPHA - 1),
     }
     span = format_duration(min(rule.step * spans[rule.method], rule.lookback))
     names = {
@@ -340,6 +407,9 @@ def baseline_name(rule: Rule) -> str:
         "ewma": "EWMA",
         "robust": "rolling median",
         "ensemble": "baseline",
+        "context": "daily pattern",
+        "change": "recent mean",
+        "combined": "baseline",
     }
     return f"{span} {names[rule.method]}"
 
@@ -554,7 +624,7 @@ class AnalyzeRequest(BaseModel):
     )
     lookback: Duration = Field(timedelta(hours=1), description="History for the baseline.")
     step: Duration | None = Field(None, description="Resolution; default lookback / 120.")
-    method: Method | None = Field(None, description="Detector; default ensemble.")
+    method: Method | None = Field(None, description=f"Detector; default {DEFAULT_METHOD}.")
     labels: dict[NoNulStr, NoNulStr] = Field(
         default_factory=dict, max_length=MAX_LABELS, description="Added to a resulting signal."
     )
@@ -590,7 +660,7 @@ class AnalyzeRequest(BaseModel):
             lookback=self.lookback,
             step=step,
             recent=max(step, self.recent or timedelta(minutes=5)),
-            method=self.method or "ensemble",
+            method=self.method or DEFAULT_METHOD,
             threshold=self.threshold,
             labels=self.labels,
             cooldown=timedelta(minutes=30),

@@ -40,7 +40,9 @@ def test_api_analyze_finds_the_spike_lists_it_and_counts_it(prom, database_url: 
     assert response.status_code == 200, response.text
     result = response.json()
     assert result["signal_id"] and result["new_signal"] and result["z"] > 10
-    assert "service=api" in result["hint"] and "σ above" in result["hint"]
+    # The default (combined) names the part that fired: far above the mean, or a shift up.
+    assert "service=api" in result["hint"]
+    assert re.search(r"\d+\.\dσ above its 2h baseline|level shifted by \+\d+\.\dσ", result["hint"])
     assert client.post("/analyze", json=body).json()["new_signal"] is False  # dedup
 
     listed = client.get("/signals", params={"rule": "adhoc", "limit": 5}).json()
@@ -50,8 +52,8 @@ def test_api_analyze_finds_the_spike_lists_it_and_counts_it(prom, database_url: 
     assert client.get("/signals", params={"since": "2999-01-01T00:00:00"}).json() == []
 
     metrics = client.get("/metrics").text
-    assert 'neuralops_signals_total{method="ensemble",rule="adhoc"} 1.0' in metrics
-    assert 'neuralops_anomaly_total{method="ensemble",rule="adhoc"} 1.0' in metrics
+    assert 'neuralops_signals_total{method="combined",rule="adhoc"} 1.0' in metrics
+    assert 'neuralops_anomaly_total{method="combined",rule="adhoc"} 1.0' in metrics
 
 
 def test_api_analyze_a_quiet_series(prom, sqlite_url: URL) -> None:
@@ -112,7 +114,9 @@ def test_cli_analyze_explains_the_spike_and_signals_list_shows_it(prom, sqlite_u
     )
     assert result.exit_code == 0, result.output
     assert "anomalous" in result.output and "service=api" in result.output
-    assert re.search(r"is \d+\.\dσ above its 2h baseline", result.output)
+    assert re.search(
+        r"is \d+\.\dσ above its 2h baseline|level shifted by \+\d+\.\dσ", result.output
+    )
     signal_id = re.search(r"new signal: ([0-9a-f-]{36})", result.output).group(1)
 
     listed = runner.invoke(app, ["signals", "list", "--since", "1h", "--json"])
