@@ -1028,7 +1028,8 @@ def analyze(
     lookback: Annotated[str, typer.Option(help="History for the baseline: 30m, 1h, 1d.")] = "1h",
     step: Annotated[str | None, typer.Option(help="Resolution; default lookback/120.")] = None,
     method: Annotated[
-        str | None, typer.Option(help="zscore, ewma, robust or ensemble (default).")
+        str | None,
+        typer.Option(help="combined (default), zscore, ewma, robust, ensemble, context or change."),
     ] = None,
     recent: Annotated[
         str | None, typer.Option(help="An anomaly this recent counts (default 5m).")
@@ -1151,24 +1152,58 @@ def _since(value: str | None) -> datetime | None:
 @app.command("detect-file")
 def detect_file(
     input_csv: Annotated[Path, typer.Argument(help="CSV with header timestamp,value.")],
-    output_csv: Annotated[Path, typer.Argument(help="Written as timestamp,value,anomaly_score.")],
-    method: Annotated[str, typer.Option(help="zscore, ewma, robust or ensemble.")] = "ensemble",
+    output_csv: Annotated[
+        Path,
+        typer.Argument(help="Written as timestamp,value,anomaly_score (or ...,detection)."),
+    ],
+    method: Annotated[
+        str,
+        typer.Option(
+            help="combined (the default: level, time-of-day context, level shifts), zscore, "
+            "ewma, robust, ensemble, context or change."
+        ),
+    ] = "combined",
+    output: Annotated[
+        str,
+        typer.Option(
+            help="score: the anomaly score in [0, 1]; detections: 0/1, the detections the "
+            "signals act on (threshold and hold of the rules' defaults)."
+        ),
+    ] = "score",
+    strict_time: Annotated[
+        bool,
+        typer.Option(
+            "--strict-time",
+            help="Refuse a row whose timestamp is earlier than the row before (by default "
+            "such rows are scored in arrival order, with one warning).",
+        ),
+    ] = False,
 ) -> None:
     """Score a file offline, as a stream in time order (no database, no server)."""
     from neuralops.detectors import DETECTORS
+    from neuralops.offline import OUTPUTS
     from neuralops.offline import detect_file as score_file
 
     if method not in DETECTORS:
         raise typer.BadParameter(
             f"choose one of {', '.join(sorted(DETECTORS))}", param_hint="--method"
         )
-    rows = score_file(input_csv, output_csv, method=method)
-    out.print(f"{rows} rows scored with {method} → {output_csv}", highlight=False, markup=False)
+    if output not in OUTPUTS:
+        raise typer.BadParameter(f"choose one of {', '.join(OUTPUTS)}", param_hint="--output")
+
+    def warn(message: str) -> None:
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+    rows = score_file(
+        input_csv, output_csv, method=method, output=output, strict_time=strict_time, warn=warn
+    )
+    what = "scored" if output == "score" else "judged (0/1 detections)"
+    out.print(f"{rows} rows {what} with {method} → {output_csv}", highlight=False, markup=False)
 
 
 # --- recommend -------------------------------------------------------------------------------
 
-MAX_TOP = 20  # neuralops.recommend.MAX_TOP, not imported here: that module loads LanceDB
+MAX_TOP = 100  # neuralops.recommend.MAX_TOP, not imported here: that module loads LanceDB
 
 
 @app.command()
