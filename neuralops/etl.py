@@ -7,6 +7,14 @@ temporary file in the same folder, renamed at the end); only then does the water
 ``(updated_at, id)`` of the last row exported, in table ``etl_watermarks`` — move, so a
 failed export is simply done again.
 
+On PostgreSQL the rows come through ``COPY (SELECT row_to_json(...)) TO STDOUT`` in keyset
+slices (``(updated_at, id)`` bounds found first, so each slice is a plain range), read by a
+background thread while the main thread redacts, so the database and the redaction overlap.
+Each line is already the exported JSON; ``neuralops.redaction_batch.may_redact`` marks, over
+a whole chunk at once, the lines some redaction rule could touch, and only those are decoded
+and run through the redactor (the rest are written as PostgreSQL serialised them: the same
+values, JSON spacing aside). SQLite reads keyset batches and pre-filters the same way.
+
 Incremental: without ``full`` or ``since``, an export starts after the stored watermark and
 ends at the newest row that existed when it started. ``full`` re-exports everything and
 resets the watermark; ``since`` exports rows updated at or after a time and leaves the
@@ -25,9 +33,13 @@ never its content), and the watermark still moves past it, so it is not met agai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
+import re
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,9 +56,12 @@ from neuralops.db import get_engine, session_scope
 from neuralops.db.models import EtlWatermark, WorkflowRun, utcnow
 from neuralops.errors import InvalidInput
 from neuralops.redaction import Redactor, default_redactor
+from neuralops.redaction_batch import may_redact
 from neuralops.vectorize import Quarantined, unencodable
 
-BATCH_ROWS = 5_000
+BATCH_ROWS = 5_000  # rows per keyset batch (SQLite)
+SLICE_ROWS = 50_000  # rows per keyset slice of COPY (PostgreSQL)
+CHUNK_ROWS = 5_000  # COPY lines handed to the redaction at a time
 DEFAULT_STREAM = "runs"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 COLUMNS = (
@@ -98,7 +113,7 @@ def export_runs(
     since: datetime | None = None,
     full: bool = False,
     stream: str = DEFAULT_STREAM,
-    batch_rows: int = BATCH_ROWS,
+    batch_rows: int | None = None,
     redactor: Redactor | None = None,
     progress: Callable[[int], None] | None = None,
     commit: bool = True,
@@ -117,7 +132,14 @@ def export_runs(
     redactor = redactor or default_redactor()
     previous = None if full or since is not None else read_watermark(stream, url=url)
     start = previous or (Watermark(since, uuid.UUID(int=0)) if since else None)
-    batches = _batches(url, start, inclusive=since is not None, batch_rows=batch_rows)
+    if get_engine(url).dialect.name == "postgresql":
+        batches = _copy_batches(
+            url, start, inclusive=since is not None, slice_rows=batch_rows or SLICE_ROWS
+        )
+    else:
+        batches = _batches(
+            url, start, inclusive=since is not None, batch_rows=batch_rows or BATCH_ROWS
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -126,16 +148,12 @@ def export_runs(
     try:
         with os.fdopen(handle, "wb") as sink:
             writer = _JsonlWriter(sink) if kind == "jsonl" else _ParquetWriter(sink)
-            for batch, mark in batches:
-                good = []
-                for record in batch:
-                    if isinstance(record, Quarantined):
-                        quarantined.append(record)
-                    elif (done := _redacted(record, redactor, quarantined)) is not None:
-                        good.append(done)
+            for batch, mark, reread in batches:
+                good = _redact_batch(batch, redactor, quarantined, reread)
                 writer.write(good)
                 rows += len(good)
-                last = mark  # past the quarantined rows too
+                if mark is not None:
+                    last = mark  # past the quarantined rows too
                 if progress:
                     progress(rows + len(quarantined))
             writer.close()
@@ -143,6 +161,9 @@ def export_runs(
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()  # stops the COPY reader when the export failed half-way
     watermark = previous
     if since is None and last is not None:
         watermark = last
@@ -151,6 +172,68 @@ def export_runs(
     return ExportResult(
         rows, out, kind, previous, watermark, dict(redactor.stats), quarantined=quarantined
     )
+
+
+def _redact_batch(
+    batch: list[Any],
+    redactor: Redactor,
+    quarantined: list[Quarantined],
+    reread: Callable[[str], dict[str, Any] | Quarantined] | None = None,
+) -> list[dict[str, Any] | str]:
+    """The batch as it will be written: quarantined rows left out, each record the redactor
+    could change redacted (``redaction_batch.may_redact`` picks them over the whole batch),
+    the others as they are (the redactor would return them unchanged). Items are records
+    (dicts) and Quarantined, or, from COPY, JSON lines (str): a marked line is decoded, and
+    one that does not decode cleanly is read again the reference way (``reread``)."""
+    texts: list[str] = []
+    for item in batch:
+        if isinstance(item, str):
+            texts.append(item)
+        elif not isinstance(item, Quarantined):
+            public = {k: v for k, v in item.items() if k not in UNREDACTED}
+            texts.append(json.dumps(public, ensure_ascii=False))
+    marked = iter(may_redact(texts, redactor))
+    good: list[dict[str, Any] | str] = []
+    for item in batch:
+        if isinstance(item, Quarantined):
+            quarantined.append(item)
+            continue
+        if not next(marked):
+            good.append(item)
+            continue
+        record = item
+        if isinstance(item, str):
+            record = _decoded(item)
+            if record is None:
+                assert reread is not None
+                record = reread(_line_run_id(item))
+        if isinstance(record, Quarantined):
+            quarantined.append(record)
+        elif (done := _redacted(record, redactor, quarantined)) is not None:
+            good.append(done)
+    return good
+
+
+def _decoded(line: str) -> dict[str, Any] | None:
+    """A COPY line as ``_record`` would have built the record, or None when it does not
+    decode cleanly (the row is then read again and judged the reference way)."""
+    try:
+        record = json.loads(line, parse_constant=_no_constant, parse_float=_finite)
+    except (ValueError, RecursionError):  # _BadRow is a ValueError
+        return None
+    if not isinstance(record, dict) or unencodable(record) is not None:
+        return None
+    return record
+
+
+_RUN_ID = re.compile(r'^\{"run_id":("(?:[^"\\]|\\.)*")')
+
+
+def _line_run_id(line: str) -> str:
+    found = _RUN_ID.match(line)
+    if found is None:
+        raise ValueError("a COPY line without its run_id")  # the query puts it first
+    return json.loads(found.group(1))
 
 
 def _redacted(
@@ -212,17 +295,12 @@ def _after(mark: Watermark, *, inclusive: bool):
 
 def _batches(
     url: URL | None, start: Watermark | None, *, inclusive: bool, batch_rows: int
-) -> Iterator[tuple[list[dict[str, Any] | Quarantined], Watermark]]:
+) -> Iterator[tuple[list[dict[str, Any] | Quarantined], Watermark, None]]:
     """(records, and Quarantined for the rows that cannot be exported; the keyset position
-    of the batch's last row), ``batch_rows`` at a time, up to the newest row at the start."""
+    of the batch's last row; None), ``batch_rows`` at a time, up to the newest row at the
+    start."""
     engine = get_engine(url)
-    sqlite = engine.dialect.name == "sqlite"
-    columns = [
-        (cast(c, LargeBinary) if sqlite else cast(c, Text) if c.key in NESTED else c).label(c.key)
-        if c.key in RAW
-        else c
-        for c in COLUMNS
-    ]
+    columns = _columns(sqlite=engine.dialect.name == "sqlite")
     with engine.connect() as conn:
         ceiling = conn.execute(select(func.max(WorkflowRun.updated_at))).scalar()
         if ceiling is None:
@@ -237,9 +315,144 @@ def _batches(
             if not rows:
                 return
             mark, first = Watermark(rows[-1].updated_at, rows[-1].id), False
-            yield [_record(row) for row in rows], mark
+            yield [_record(row) for row in rows], mark, None
             if len(rows) < batch_rows:
                 return
+
+
+def _columns(*, sqlite: bool) -> list[Any]:
+    return [
+        (cast(c, LargeBinary) if sqlite else cast(c, Text) if c.key in NESTED else c).label(c.key)
+        if c.key in RAW
+        else c
+        for c in COLUMNS
+    ]
+
+
+# --- PostgreSQL: COPY in keyset slices -------------------------------------------------------
+
+# A timestamp as datetime.isoformat() writes it in UTC (microseconds only when not zero).
+_ISO = (
+    "to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN "
+    "mod(extract(microseconds FROM {c})::bigint, 1000000) = 0 THEN '' "
+    "ELSE to_char({c} AT TIME ZONE 'UTC', '.US') END || '+00:00'"
+)
+# One run per line, as the JSON record ``_record`` builds (same keys, same order). CSV with a
+# quote and a delimiter that JSON text never holds unescaped: each line is the JSON verbatim.
+_COPY = (
+    "COPY (SELECT row_to_json(t)::text FROM (SELECT run_id, wpk_id, status, duration_ms, "
+    "inputs, outputs, node_logs, cluster, flow_run_id::text AS flow_run_id, "
+    f"{_ISO.format(c='created_at')} AS created_at, {_ISO.format(c='updated_at')} AS updated_at, "
+    "provenance, coalesce(verified, false) AS verified FROM workflow_runs "
+    "WHERE {where} ORDER BY updated_at, id) t) "
+    "TO STDOUT (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')"
+)
+_DONE = object()
+
+
+def _copy_batches(
+    url: URL | None, start: Watermark | None, *, inclusive: bool, slice_rows: int
+) -> Iterator[tuple[list[str], Watermark | None, Callable[[str], Any]]]:
+    """(JSON lines, the keyset position reached or None inside a slice, ``reread``), up to the
+    newest row at the start. A thread runs the COPYs (one per slice of ``slice_rows`` rows,
+    its upper bound found first) and queues chunks of lines, so PostgreSQL keeps sending
+    while this thread redacts; a few chunks at most are in memory."""
+    engine = get_engine(url)
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def read() -> None:
+        try:
+            with engine.connect() as conn:
+                ceiling = conn.execute(select(func.max(WorkflowRun.updated_at))).scalar()
+                raw = conn.connection.driver_connection
+                mark, first = start, ceiling is not None
+                while ceiling is not None:
+                    end = _slice_end(conn, mark, inclusive and first, ceiling, slice_rows)
+                    if end is None:
+                        break
+                    where, params = "(updated_at, id) <= (%s, %s)", [end.updated_at, end.id]
+                    if mark is not None:
+                        op = ">=" if inclusive and first else ">"
+                        where = f"(updated_at, id) {op} (%s, %s) AND {where}"
+                        params = [mark.updated_at, mark.id, *params]
+                    with (
+                        raw.cursor() as cursor,
+                        cursor.copy(_COPY.format(where=where), params) as copy,
+                    ):
+                        parts: list[Any] = []
+                        for data in copy:
+                            parts.append(data)
+                            if len(parts) == CHUNK_ROWS:
+                                put((b"".join(parts), None))
+                                parts = []
+                    put((b"".join(parts), end))
+                    mark, first = end, False
+            put(_DONE)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # handed to the consumer, raised there
+            with contextlib.suppress(_Stopped):
+                put(exc)
+
+    thread = threading.Thread(target=read, name="neuralops-export-copy", daemon=True)
+    thread.start()
+    try:
+        while (item := chunks.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            data, mark = item
+            lines = data.decode("utf-8", "surrogateescape").split("\n")
+            lines.pop()  # after the last newline
+            yield lines, mark, lambda run_id: _reread(url, run_id)
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _slice_end(
+    conn: Any, mark: Watermark | None, inclusive: bool, ceiling: datetime, rows: int
+) -> Watermark | None:
+    """The keyset position of the last of the next ``rows`` rows (None: no rows left)."""
+    inner = select(WorkflowRun.updated_at, WorkflowRun.id).where(WorkflowRun.updated_at <= ceiling)
+    if mark is not None:
+        inner = inner.where(_after(mark, inclusive=inclusive))
+    keys = inner.order_by(WorkflowRun.updated_at, WorkflowRun.id).limit(rows).subquery()
+    last = conn.execute(
+        select(keys.c.updated_at, keys.c.id)
+        .order_by(keys.c.updated_at.desc(), keys.c.id.desc())
+        .limit(1)
+    ).first()
+    return Watermark(last.updated_at, last.id) if last else None
+
+
+def _reread(url: URL | None, run_id: str) -> dict[str, Any] | Quarantined:
+    """One run read and judged the reference way (``_record``): a COPY line that did not
+    decode cleanly gets the same verdict and reason as the batch reads give it."""
+    with get_engine(url).connect() as conn:
+        row = conn.execute(
+            select(*_columns(sqlite=False)).where(WorkflowRun.run_id == run_id)
+        ).first()
+    if row is None:
+        return Quarantined(_printable(run_id), "deleted while it was exported")
+    return _record(row)
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _BadRow(ValueError):
@@ -319,8 +532,13 @@ class _JsonlWriter:
     def __init__(self, sink: IO[bytes]) -> None:
         self.sink = sink
 
-    def write(self, records: list[dict[str, Any]]) -> None:
-        lines = (json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in records)
+    def write(self, records: list[dict[str, Any] | str]) -> None:
+        if not records:
+            return
+        lines = (
+            r if isinstance(r, str) else json.dumps(r, ensure_ascii=False, separators=(",", ":"))
+            for r in records
+        )
         self.sink.write(("\n".join(lines) + "\n").encode())
 
     def close(self) -> None:
@@ -334,8 +552,8 @@ class _ParquetWriter:
         self.sink = sink
         self.writer: pq.ParquetWriter | None = None
 
-    def write(self, records: list[dict[str, Any]]) -> None:
-        rows = [dict(r) for r in records]
+    def write(self, records: list[dict[str, Any] | str]) -> None:
+        rows = [json.loads(r) if isinstance(r, str) else dict(r) for r in records]
         for row in rows:
             for name in NESTED:
                 row[name] = json.dumps(row[name], ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,221 @@
+"""The batch redaction (pre-filter + full redactor on the marked records) against the
+per-record reference: identical output and counts on everything the redaction tests use,
+on synthetic runs, through the PostgreSQL COPY export, and under hypothesis."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.engine import URL
+from test_redaction import BENIGN_JSON, benign_text, secrets
+
+from neuralops import etl, runs
+from neuralops.redaction import DEFAULT_FIELD_RULES, Redactor, SecretRedactor
+from neuralops.redaction_batch import MAX_BRACKETS, may_redact, scan_text, trigger_pattern
+from neuralops.synthetic import PLANT_EVERY, synthetic_runs
+
+HERE = Path(__file__).parent
+
+
+def _strings_in(path: Path) -> list[str]:
+    """Every string literal of a test module: the redaction tests' examples, secret and benign."""
+    tree = ast.parse(path.read_text())
+    found = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+    return sorted(found)
+
+
+CORPUS = _strings_in(HERE / "test_redaction.py") + _strings_in(HERE / "test_trust.py")
+# Shapes the triggers are near: text that must still be decided by the full redactor.
+TRICKY = [
+    "Kelvin \u212aey: x",  # Python folds the Kelvin sign onto k under IGNORECASE
+    "pa\u017f\u017fword=hunter22",  # long s
+    "pa\u00dfword: hunter22",  # casefold: ss
+    'note "password is hunter2"',
+    "line one\npassword: hunter2",
+    "tab\tpassword\tis\thunter2",
+    "call +44 20 7946 0958 now",
+    "at 2026-01-05 10:00:00 the host 10.0.0.1 failed",
+    "fe80::1%eth0",
+    "dead::beef",
+    "4111-1111-1111-1111",
+    "1700000000000",
+    "mysql -u root -phunter2 db",
+    "kubectl logs -p pod-1",
+    "docker run -p 8080:80 img",
+    "Authorization: Basic dXNlcjpwYXNz",
+    "<AWS_ACCESS_KEY> wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "x" * 30 + "AC" + "a" * 32,
+    "plain words only, nothing to hide here",
+    "",
+]
+
+
+def reference(redactor: Redactor, record: dict[str, Any]) -> dict[str, Any]:
+    return redactor.record(record)
+
+
+def batched(redactor: Redactor, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The batch path on plain records: only the marked ones go through the redactor."""
+    texts = [json.dumps(r, ensure_ascii=False) for r in records]
+    return [
+        redactor.record(r) if marked else r
+        for r, marked in zip(records, may_redact(texts, redactor), strict=True)
+    ]
+
+
+def _records_around(text: str) -> list[dict[str, Any]]:
+    """The string in each place a run holds text: values, keys, lists, logs, field rules."""
+    return [
+        {"inputs": {"note": text}},
+        {"inputs": {text: 1}},
+        {"outputs": {"lines": [text, f"x {text} y"]}},
+        {"node_logs": [{"name": "step", "message": text}]},
+        {"inputs": {"alert": {"summary": f"({text})"}}},
+    ]
+
+
+def test_the_batch_path_equals_the_reference_on_the_redaction_corpus() -> None:
+    records = [r for text in CORPUS + TRICKY for r in _records_around(text)]
+    records += [{"inputs": {"email": "a"}}, {"inputs": {"x": {"password": "p"}}}]
+    records += [{"inputs": {"n": 4111111111111111}}, {"inputs": {"api_key": None}}]
+    ours, theirs = Redactor(), Redactor()
+    assert batched(ours, records) == [reference(theirs, r) for r in records]
+    assert ours.stats == theirs.stats  # the same replacements, counted the same
+
+
+def test_every_unmarked_string_is_unchanged_by_the_reference() -> None:
+    """The pre-filter's soundness, string by string (the core of the equivalence)."""
+    redactor = Redactor()
+    texts = CORPUS + TRICKY
+    marks = may_redact([json.dumps(t) for t in texts], redactor)
+    for text, marked in zip(texts, marks, strict=True):
+        if not marked:
+            assert redactor.text(text) == text, text
+    # and it does not mark everything: plain run text goes the fast way
+    assert may_redact([json.dumps("rollout of payments-api finished in 42s")], redactor) == [False]
+
+
+def test_synthetic_runs_equal_and_mostly_unmarked() -> None:
+    records = [r.model_dump(mode="json") for r in synthetic_runs(4 * PLANT_EVERY, seed=3)]
+    ours, theirs = Redactor(), Redactor()
+    assert batched(ours, records) == [reference(theirs, r) for r in records]
+    assert ours.stats == theirs.stats and sum(ours.stats.values()) > 0
+    marked = may_redact([json.dumps(r) for r in records], Redactor())
+    assert sum(marked) < len(records) / 2  # the planted ones (1 in 8) and a few more
+
+
+def test_scan_text_decodes_escapes_and_marks_line_breaks() -> None:
+    assert scan_text(json.dumps('say "hi"\tthere\\')) == '"say "hi"\tthere\\"'
+    assert "\x80" in scan_text(json.dumps("a\nb")) and "\n" not in scan_text(json.dumps("a\nb"))
+    assert may_redact([json.dumps("multi\nline")], Redactor()) == [True]
+    deep = "[" * (MAX_BRACKETS + 1) + "]" * (MAX_BRACKETS + 1)
+    assert may_redact([deep], Redactor()) == [True]
+
+
+def test_other_redactors_are_not_prefiltered() -> None:
+    class Custom(Redactor):
+        pass
+
+    assert trigger_pattern(Custom()) is None and trigger_pattern(SecretRedactor()) is None
+    assert may_redact(["{}", "{}"], Custom()) == [True, True]
+    assert trigger_pattern(Redactor(field_rules={"inputs.*": "drop"})) is None
+    assert "|kubeconfig|" in (trigger_pattern(Redactor(DEFAULT_FIELD_RULES)) or "")
+
+
+# --- hypothesis: the same properties as the reference, and equality with it ------------------
+
+ALPHABET = (
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    " \t\n.,:;=@+-_/\\'\"()[]{}<>%~#&|?!*"
+    "\u212a\u017f\u00df\u0130\u0131\u00e9"
+)
+NEAR_MISS = st.sampled_from(
+    ["pass", "pwd", "token", "key", "secret", "bearer ", "Basic ", "eyJ", "AKIA", "://", "-p ",
+     "sk-", "xox", "ghp_", "hvs.", "+44 ", "10.0.", "::", "2026-01-05 ", "4111 1111 ", " is ",
+     "authorization", "<HASH:0123456789abcdef>", "<EMAIL>", "@"]
+)  # fmt: skip
+TEXT = st.lists(st.text(ALPHABET, max_size=12) | NEAR_MISS | benign_text(), max_size=8).map("".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(TEXT, min_size=1, max_size=6))
+def test_unmarked_text_is_unchanged(texts: list[str]) -> None:
+    redactor = Redactor()
+    marks = may_redact([json.dumps(t) for t in texts], redactor)
+    for text, marked in zip(texts, marks, strict=True):
+        if not marked:
+            assert redactor.text(text) == text
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(BENIGN_JSON, st.lists(secrets(), max_size=2), TEXT), max_size=5))
+def test_batch_equals_reference_idempotent_and_benign_unchanged(
+    cases: list[tuple[Any, list[tuple[str, list[str]]], str]],
+) -> None:
+    records = []
+    for benign, planted, text in cases:
+        records.append({"inputs": {"data": benign}})  # benign: unchanged
+        records.append({"inputs": {"note": " ".join([text, *(s for s, _ in planted)])}})
+    out = batched(Redactor(), records)
+    assert out == [reference(Redactor(), r) for r in records]
+    assert batched(Redactor(), out) == out  # idempotent
+    for record, done in zip(records[::2], out[::2], strict=True):
+        assert done == record
+
+
+# --- through the PostgreSQL COPY export ------------------------------------------------------
+
+
+def _reference_export(url: URL) -> list[dict[str, Any]]:
+    """The per-record path: keyset batches through SQLAlchemy, each record redacted."""
+    redactor, quarantined, out = Redactor(), [], []
+    for batch, _, _ in etl._batches(url, None, inclusive=False, batch_rows=7):
+        for record in batch:
+            if not isinstance(record, etl.Quarantined):
+                done = etl._redacted(record, redactor, quarantined)
+                if done is not None:
+                    out.append(done)
+    return out
+
+
+def test_the_copy_export_equals_the_reference(postgresql_url: URL, tmp_path: Path) -> None:
+    runs.log_runs(synthetic_runs(3 * PLANT_EVERY, seed=5))
+    tricky = next(synthetic_runs(1, seed=6)).model_dump()
+    for n, text in enumerate(TRICKY + CORPUS[:: max(1, len(CORPUS) // 60)]):
+        clean = text.encode("utf-8", "ignore").decode().replace("\x00", "")  # what PG stores
+        inputs = {"note": clean, clean[:40]: [clean]}
+        outputs = {"price": 1.50, "n": 4111111111111111}
+        runs.log_run({**tricky, "run_id": f"tricky-{n}", "inputs": inputs, "outputs": outputs})
+    result = etl.export_runs(tmp_path / "runs.jsonl", batch_rows=9)
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == _reference_export(postgresql_url)
+    assert result.rows == len(lines) and result.quarantined == []
+    # unmarked lines are PostgreSQL's own JSON; timestamps as isoformat() writes them
+    first = json.loads(lines[0])
+    assert first["created_at"].endswith("+00:00") and "T" in first["created_at"]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_copy_export_parquet_and_jsonl_hold_the_same(
+    postgresql_url: URL, tmp_path: Path, kind: str
+) -> None:
+    import polars as pl
+
+    runs.log_runs(synthetic_runs(2 * PLANT_EVERY, seed=8))
+    etl.export_runs(tmp_path / f"runs.{kind}", full=True, batch_rows=5)
+    if kind == "parquet":
+        frame = pl.read_parquet(tmp_path / "runs.parquet")
+        got = [{**row, **{k: json.loads(row[k]) for k in etl.NESTED}} for row in frame.to_dicts()]
+    else:
+        got = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert got == _reference_export(postgresql_url)
