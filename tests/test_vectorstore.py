@@ -114,14 +114,24 @@ def test_ensure_index_only_above_threshold_and_once(store):
     assert store.ensure_index(min_rows=301) is False
     assert store.ensure_index(min_rows=300) is True
     assert store.ensure_index(min_rows=300) is False  # already current
-    # A few new rows are folded in without a rebuild; searches still find them.
+    # A few new rows wait outside the index (under FOLD_FRACTION of the table); searches
+    # still find them, and once they pass the fraction they are folded in without a rebuild.
     store.upsert([row(f"n{i}", 1000 + i) for i in range(10)])
     assert store.ensure_index(min_rows=300) is False
+    assert store.search(unit(1005), k=1)[0]["run_id"] == "n5"
+    assert _unindexed(store) == 10
+    assert store.ensure_index(min_rows=300, fold_fraction=0.01) is False
+    assert _unindexed(store) == 0
     assert store.search(unit(1005), k=1)[0]["run_id"] == "n5"
     # Doubling the table re-trains the index.
     store.upsert([row(f"m{i}", 2000 + i) for i in range(400)])
     assert store.ensure_index(min_rows=300) is True
     assert store.count() == 710
+
+
+def _unindexed(store) -> int:
+    table = store._open()
+    return table.index_stats(store._index_name(table)).num_unindexed_rows
 
 
 def test_unreachable_object_store_is_unavailable(monkeypatch, tmp_path):
