@@ -52,6 +52,12 @@ CONTEXT_ALPHA = 0.002
 CHANGE_WINDOW = 6
 CHANGE_ALPHA = 0.0005
 CHANGE_WEIGHT = 1.5
+# Anomaly likelihood: raw scores averaged, the EWMA of their long-run distribution.
+LIKELIHOOD_WINDOW = 10
+LIKELIHOOD_ALPHA = 0.001
+# Floor of the spread of the mean raw score (scores in [0, 1]): a perfectly predictable
+# series would otherwise alarm on the slightest blip.
+LIKELIHOOD_MIN_SPREAD = 0.02
 # Bound on the (series x points x window) block the robust detector sorts at once: small
 # blocks stay in cache, which matters more than the per-block overhead.
 ROBUST_BLOCK_ELEMENTS = 500_000
@@ -193,6 +199,7 @@ def _ewma_filter(
     alpha: float,
     min_periods: int,
     length: np.ndarray | None = None,
+    min_spread: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """z of gap-free rows (or of rows valid in their first ``length`` columns only); returns
     z and the final weighted sums.
@@ -225,6 +232,8 @@ def _ewma_filter(
         spreads, _ = lfilter([1.0], [1.0, -keep], step, axis=1, zi=keep * spread[:, np.newaxis])
         spread_before = np.concatenate([spread[:, np.newaxis], spreads[:, :-1]], axis=1)
         std_before = np.sqrt(np.maximum(spread_before / weight_before, 0.0))
+    if min_spread:
+        std_before = np.maximum(std_before, min_spread)
     z = _standardize(values, ref[:, np.newaxis] + mean_before, std_before)
     z[count < min_periods] = np.nan
     if length is None:
@@ -242,7 +251,7 @@ def _ewma_filter(
 
 
 def _ewma_step(
-    x: np.ndarray, state: _EwmaState, alpha: float, min_periods: int
+    x: np.ndarray, state: _EwmaState, alpha: float, min_periods: int, min_spread: float = 0.0
 ) -> tuple[np.ndarray, _EwmaState]:
     ref, total, spread = state.ref.copy(), state.total.copy(), state.spread.copy()
     seen = state.seen.copy()
@@ -259,7 +268,14 @@ def _ewma_step(
     whole = np.flatnonzero(valid.all(axis=1))
     if len(whole):
         z[whole], total[whole], spread[whole] = _ewma_filter(
-            x[whole], ref[whole], total[whole], spread[whole], seen[whole], alpha, min_periods
+            x[whole],
+            ref[whole],
+            total[whole],
+            spread[whole],
+            seen[whole],
+            alpha,
+            min_periods,
+            min_spread=min_spread,
         )
         seen[whole] += x.shape[1]
     gappy = np.flatnonzero(~valid.all(axis=1))
@@ -277,6 +293,7 @@ def _ewma_step(
             alpha,
             min_periods,
             length,
+            min_spread,
         )
         rows_z = np.empty_like(packed_z)
         np.put_along_axis(rows_z, order, packed_z, axis=1)
@@ -603,6 +620,74 @@ def combined(
     return detection
 
 
+# --- anomaly likelihood -----------------------------------------------------------------------
+
+
+@dataclass
+class _LikelihoodState:
+    tail: np.ndarray  # the last window - 1 raw scores
+    means: _EwmaState  # the long-run distribution of the recent mean score
+
+
+def _likelihood_state(n_series: int, window: int) -> _LikelihoodState:
+    return _LikelihoodState(np.full((n_series, window - 1), np.nan), _ewma_state(n_series))
+
+
+def _likelihood_step(
+    raw: np.ndarray, state: _LikelihoodState, alpha: float, min_periods: int
+) -> tuple[np.ndarray, _LikelihoodState]:
+    mean, tail = _recent_mean_step(raw, state.tail)
+    # The distribution's mean and spread are those of the recent means before this one
+    # (an EWMA of them); the spread has a floor so that a perfectly predictable series does
+    # not alarm on the slightest blip.
+    z, means = _ewma_step(mean, state.means, alpha, min_periods, LIKELIHOOD_MIN_SPREAD)
+    return z, _LikelihoodState(tail, means)
+
+
+def likelihood(
+    raw: np.ndarray,
+    window: int = LIKELIHOOD_WINDOW,
+    alpha: float = LIKELIHOOD_ALPHA,
+    min_periods: int = MIN_PERIODS,
+) -> Detection:
+    """Anomaly likelihood over any raw score in [0, 1] (after Ahmad et al. 2017, "Unsupervised
+    real-time anomaly detection for streaming data"): how far the mean of the last ``window``
+    raw scores lies above the long-run distribution of such means (an EWMA mean and spread
+    with ``alpha``), as a z. Only a rise is anomalous: z below 0 scores 0. A threshold on it
+    is a tail probability of the series' own score history, which transfers across series
+    better than a threshold on the raw score; noisy raw scores give few, early detections."""
+    _check(window, 2)
+    _check_alpha(alpha, min_periods)
+    x, squeeze = _as_2d(raw)
+    z, _ = _likelihood_step(x, _likelihood_state(x.shape[0], window), alpha, min_periods)
+    return _one_sided(z, squeeze)
+
+
+def _one_sided(z: np.ndarray, squeeze: bool) -> Detection:
+    score = score_from_z(np.maximum(z, 0.0))
+    score[np.isnan(z)] = np.nan
+    return Detection(z[0], score[0]) if squeeze else Detection(z, score)
+
+
+def combined_likelihood(
+    values: np.ndarray,
+    period: int = CONTEXT_PERIOD,
+    window: int = LIKELIHOOD_WINDOW,
+    likelihood_alpha: float = LIKELIHOOD_ALPHA,
+    min_periods: int = MIN_PERIODS,
+) -> Detection:
+    """The anomaly likelihood of the combined detector's score (its defaults otherwise)."""
+    _check_period(period)
+    _check(window, 2)
+    _check_alpha(likelihood_alpha, min_periods)
+    x, squeeze = _as_2d(values)
+    raw = combined(x, period, min_periods=min_periods).score  # NaN: no opinion, skipped
+    state = _likelihood_state(x.shape[0], window)
+    z, _ = _likelihood_step(raw, state, likelihood_alpha, min_periods)
+    z[np.isnan(x)] = np.nan
+    return _one_sided(z, squeeze)
+
+
 DETECTORS: dict[str, Callable[..., Detection]] = {
     "zscore": rolling_zscore,
     "ewma": ewma,
@@ -611,6 +696,7 @@ DETECTORS: dict[str, Callable[..., Detection]] = {
     "context": context,
     "change": change,
     "combined": combined,
+    "likelihood": combined_likelihood,
 }
 # The detector a rule, ``detect-file`` and ``analyze`` use unless told otherwise.
 DEFAULT_METHOD = "combined"
@@ -667,8 +753,9 @@ class Stream:
         self.params: dict[str, Any] = {**defaults, **params}
         for name in ("window", "robust_window"):
             if name in self.params:
-                _check(self.params[name], 2 if method == "change" else self.params["min_periods"])
-        for name in ("alpha", "context_alpha"):
+                short = method in ("change", "likelihood")  # windows of recent points
+                _check(self.params[name], 2 if short else self.params["min_periods"])
+        for name in ("alpha", "context_alpha", "likelihood_alpha"):
             if name in self.params:
                 _check_alpha(self.params[name], self.params["min_periods"])
         if "period" in self.params:
@@ -689,13 +776,16 @@ class Stream:
             state["zscore"] = _zscore_state(n_series, self.params["window"])
         if self.method in ("robust", "ensemble"):
             state["robust"] = np.full((n_series, self._robust_window()), np.nan)
-        if self.method in ("context", "combined"):
+        if self.method in ("context", "combined", "likelihood"):
             state["context"] = _context_state(n_series, self.params["period"])
         if self.method == "change":
             state["change"] = _change_state(n_series, self.params["window"])
-        if self.method == "combined":
+        if self.method in ("combined", "likelihood"):
             state["ewma"] = _ewma_state(n_series)
-            state["change"] = _change_state(n_series, self.params["change_window"])
+            window = self.params.get("change_window", CHANGE_WINDOW)
+            state["change"] = _change_state(n_series, window)
+        if self.method == "likelihood":
+            state["likelihood"] = _likelihood_state(n_series, self.params["window"])
         return state
 
     def update(self, values: np.ndarray) -> Detection:
@@ -706,7 +796,7 @@ class Stream:
         elif x.shape[0] != self._n_series:
             raise ValueError(f"expected {self._n_series} series per piece, got {x.shape[0]}")
         p, state = self.params, self._state
-        if self.method in ("context", "change", "combined"):
+        if self.method in ("context", "change", "combined", "likelihood"):
             return self._update_seasonal(x, squeeze)
         zs = []
         if self.method in ("zscore", "ensemble"):
@@ -728,16 +818,30 @@ class Stream:
         if self.method == "change":
             z, state["change"] = _change_step(x, state["change"], p["alpha"], p["min_periods"])
             return _result(z, squeeze)
-        alpha = p["alpha" if self.method == "context" else "context_alpha"]
+        # The likelihood runs over the combined detector at its defaults.
+        alpha = {"context": p.get("alpha"), "combined": p.get("context_alpha")}
         z, state["context"] = _context_step(
-            x, state["context"], p["period"], alpha, p["min_periods"]
+            x,
+            state["context"],
+            p["period"],
+            alpha.get(self.method) or CONTEXT_ALPHA,
+            p["min_periods"],
         )
         if self.method == "context":
             return _result(z, squeeze)
-        level, state["ewma"] = _ewma_step(x, state["ewma"], p["alpha"], p["min_periods"])
+        level, state["ewma"] = _ewma_step(
+            x, state["ewma"], p.get("alpha", EWMA_ALPHA), p["min_periods"]
+        )
         shift, state["change"] = _change_step(x, state["change"], CHANGE_ALPHA, p["min_periods"])
-        z, _ = _strongest([level, z, shift], (1.0, 1.0, p["change_weight"]))
-        return _result(z, squeeze)
+        weight = p.get("change_weight", CHANGE_WEIGHT)
+        z, _ = _strongest([level, z, shift], (1.0, 1.0, weight))
+        if self.method == "combined":
+            return _result(z, squeeze)
+        z, state["likelihood"] = _likelihood_step(
+            score_from_z(z), state["likelihood"], p["likelihood_alpha"], p["min_periods"]
+        )
+        z[np.isnan(x)] = np.nan
+        return _one_sided(z, squeeze)
 
     def state_bytes(self) -> int:
         """Bytes of state carried per series (0 before the first piece)."""

@@ -61,7 +61,9 @@ from neuralops.redaction import SecretRedactor
 from neuralops.runs import NoNulStr
 from neuralops.sources import MetricSource, SeriesBatch
 
-Method = Literal["zscore", "ewma", "robust", "ensemble", "context", "change", "combined"]
+Method = Literal[
+    "zscore", "ewma", "robust", "ensemble", "context", "change", "combined", "likelihood"
+]
 # How a signal was found: a detection method, or an Alertmanager alert (POST /alerts).
 SignalMethod = Method | Literal["alertmanager"]
 RULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
@@ -266,7 +268,7 @@ def context_lookback(step: timedelta) -> timedelta:
 
 
 def detect(rule: Rule, batch: SeriesBatch) -> Detection:
-    if rule.method in ("context", "combined"):
+    if rule.method in ("context", "combined", "likelihood"):
         return DETECTORS[rule.method](batch.values, period=period_points(rule))
     return DETECTORS[rule.method](batch.values)
 
@@ -321,7 +323,7 @@ def find_anomalies(
                 z=z if np.isfinite(z) else None,
                 method=rule.method,
                 hint=hint(rule, series_labels, z, float(batch.values[row, peak]), times[start])
-                if rule.method not in ("context", "change", "combined")
+                if rule.method not in ("context", "change", "combined", "likelihood")
                 else seasonal_hint(rule, series_labels, batch.values[row], times, peak, start),
                 correlated=correlated_series(rule, batch, row, start, related),
                 window_start=_utc(times[start]),
@@ -400,6 +402,7 @@ def baseline_name(rule: Rule) -> str:
         "context": CONTEXT_DAYS * period_points(rule),
         "change": CHANGE_WINDOW,
         "combined": round(2 / EWMA_ALPHA - 1),
+        "likelihood": round(2 / EWMA_ALPHA - 1),
     }
     span = format_duration(min(rule.step * spans[rule.method], rule.lookback))
     names = {
@@ -410,6 +413,7 @@ def baseline_name(rule: Rule) -> str:
         "context": "daily pattern",
         "change": "recent mean",
         "combined": "baseline",
+        "likelihood": "baseline",
     }
     return f"{span} {names[rule.method]}"
 
