@@ -1203,7 +1203,7 @@ def detect_file(
 
 # --- recommend -------------------------------------------------------------------------------
 
-MAX_TOP = 20  # neuralops.recommend.MAX_TOP, not imported here: that module loads LanceDB
+MAX_TOP = 100  # neuralops.recommend.MAX_TOP, not imported here: that module loads LanceDB
 
 
 @app.command()

@@ -2,19 +2,25 @@
 
 1. Retrieval. The incident's text (alert, labels, summary: the incident part of a run
    summary) is searched two ways in two places: by vector (MiniLM, cosine) and by BM25
-   (LanceDB full-text) over past runs, and over the catalogue (each playbook's title,
-   description and the symptoms it treats), so a playbook with no history is still found.
-   Run hits are fused by reciprocal rank fusion (RRF) into the evidence; playbooks are ranked
-   in each of the four lists and fused again into ``relevance``.
+   (LanceDB full-text) over past runs, and over the catalogue (``neuralops.playbook_index``:
+   each playbook in chunks, scored by its best chunk, and as a whole document for BM25), so
+   a playbook with no history is still found. Run hits are fused by reciprocal rank fusion
+   (RRF) into the evidence. ``relevance`` fuses the catalogue's two scores, calibrated per
+   query (BM25 over its best, cosine between the catalogue's median and its best) so a clear
+   margin survives, with the RRF of the four playbook rankings (``SCORE_FUSION``).
+   An alert name that is a playbook's alias (``alertname``, else the incident's alert) ranks
+   that playbook first.
 2. Filtering. A playbook whose contraindications include a symptom of the incident is out,
-   however similar its text: similarity alone picks plausible wrong fixes. A playbook that
-   neither treats a known symptom nor resembles the incident (``MIN_SIMILARITY``) is not a
-   candidate either; with none left the answer is an empty list and the reason.
+   however similar its text: similarity alone picks plausible wrong fixes. A playbook is a
+   candidate when it treats a known symptom, resembles the incident (``MIN_SIMILARITY``),
+   shares keywords with it (``KEYWORD_MIN_TERMS``, BM25) or is named by its alert; with
+   none left the answer is an empty list, the closest playbook by each retriever and why.
 3. Scoring, each feature in [0, 1], combined with ``Weights`` chosen by
    ``bench/recommend.py`` on a tuning split (reports/recommend.md):
    ``relevance`` (fused rank; from history, only runs that resolved their incident count),
    ``similarity`` (best cosine to the playbook or to a similar incident it resolved),
-   ``treats`` (it lists one of the incident's symptoms), ``success`` (its outcome on similar
+   ``treats`` (it lists one of the incident's symptoms: declared ones count 1, ones read from
+   the text ``INFERRED_TREATS``), ``success`` (its outcome on similar
    incidents, weighted by similarity and age, smoothed toward 0.5 so one lucky run does not
    dominate), ``recency`` (how recently it last worked on a similar incident), minus
    ``failure`` times its recent failures on this same resource.
@@ -31,20 +37,21 @@ weigh nothing (docs/recommend.md).
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from neuralops.embedding import Embedder, content_hash, model_id
+from neuralops.embedding import Embedder, _clean, model_id
 from neuralops.incident import Incident
 from neuralops.manifest import Manifest
+from neuralops.playbook_index import Catalogue, split_camel
 from neuralops.vectorstore import (
     VectorStore,
     reported_filter,
@@ -70,8 +77,24 @@ PRIOR, PRIOR_STRENGTH = 0.5, 2.0  # Beta prior of the success rate: two pseudo-r
 HALF_LIFE_DAYS = 60.0  # evidence loses half its weight in this time
 FAILURE_WINDOW = timedelta(days=7)
 EVIDENCE_SHOWN = 5
-MAX_TOP = 20
-CATALOGUE_TABLE = "playbooks"
+MAX_TOP = 100
+# Relevance from the catalogue: TEXT_WEIGHT * BM25 / best BM25 + (1 - TEXT_WEIGHT) * cosine
+# calibrated between the catalogue's median and best; mixed with the rank fusion as
+# SCORE_FUSION * that + (1 - SCORE_FUSION) * RRF. Chosen by cross-validation on the runbook
+# set (bench/recommend.py --runbooks, reports/recommend.md), not on the figures reported.
+TEXT_WEIGHT = 0.25
+SCORE_FUSION = 1.0
+# Symptoms read from the text (word patterns, the catalogue's own tags) are a guess: a
+# match counts this much in ``treats``; declared symptoms count 1. Cross-validation chose 0:
+# the words that name a symptom already count in BM25 and the vectors, and a guessed tag
+# shared by several playbooks only lifted the wrong ones.
+INFERRED_TREATS = 0.0
+# Keyword evidence: a playbook sharing at least this many keywords with the incident, among
+# BM25's best three, is a candidate however low its cosine.
+KEYWORD_MIN_TERMS = 2
+KEYWORD_TOP = 3
+COSINE_SPREAD = 0.1  # calibration floor: at least this far below the best cosine
+QUERY_CACHE = 4096  # query embeddings kept per process (recent texts)
 
 FEATURES = ("relevance", "similarity", "treats", "success", "recency")
 Retrieval = Literal["hybrid", "bm25", "embedding"]
@@ -162,7 +185,7 @@ class Candidates:
     playbooks: list[Manifest]
     relevance: np.ndarray  # (P,)
     catalogue_similarity: np.ndarray  # (P,)
-    treats: np.ndarray  # (P,) bool
+    treats: np.ndarray  # (P,) in [0, 1]: 1 declared symptom, INFERRED_TREATS read from text
     contraindicated: dict[int, list[str]]  # p -> the incident's symptoms it must not treat
     # Evidence: one entry per retrieved past run of a catalogue playbook.
     run_playbook: np.ndarray  # (E,) int
@@ -172,6 +195,33 @@ class Candidates:
     run_similar: np.ndarray  # (E,) bool: a similar incident (see SIMILAR_MIN)
     runs: list[dict[str, Any]]  # (E,) run_id, status, created_at, resource, provenance
     failures: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # on this resource
+    # (P,) bool: the alert name is one of its aliases; shares keywords (see KEYWORD_MIN_TERMS)
+    alias: np.ndarray | None = None
+    keyword: np.ndarray | None = None
+    text_score: np.ndarray | None = None  # (P,) BM25 over the best
+    shared: list[set[str]] = field(default_factory=list)  # (P,) keywords in common
+    # The parts relevance and treats are made of (``combine`` mixes them again).
+    raw_text: np.ndarray | None = None  # (P,) BM25 of the catalogue document
+    raw_cosine: np.ndarray | None = None  # (P,) best chunk cosine (None: vectors not used)
+    by_rank: np.ndarray | None = None  # (P,) RRF of the playbook rankings, best = 1
+    treats_declared: np.ndarray | None = None  # (P,) bool
+    treats_guessed: np.ndarray | None = None  # (P,) bool
+
+    def combine(
+        self, text_weight: float, score_fusion: float, inferred_treats: float
+    ) -> Candidates:
+        """The same candidates with relevance and treats mixed with other parameters."""
+        assert self.raw_text is not None and self.by_rank is not None
+        cosine = self.raw_cosine if self.raw_cosine is not None else np.zeros(0)
+        weight = text_weight if cosine.size else 1.0
+        relevance = (
+            score_fusion * calibrated(self.raw_text, cosine, weight)
+            + (1.0 - score_fusion) * self.by_rank
+        )
+        treats = np.where(
+            self.treats_declared, 1.0, np.where(self.treats_guessed, inferred_treats, 0.0)
+        )
+        return replace(self, relevance=relevance, treats=treats)
 
     def features(self, temperature: float) -> np.ndarray:
         """(P, len(FEATURES)) feature matrix."""
@@ -199,9 +249,7 @@ class Candidates:
         youngest = np.full(count, np.inf)
         np.minimum.at(youngest, self.run_playbook[worked], self.run_age_days[worked])
         recency = np.power(0.5, youngest / HALF_LIFE_DAYS)  # inf -> 0
-        return np.column_stack(
-            [self.relevance, similarity, self.treats.astype(float), success, recency]
-        )
+        return np.column_stack([self.relevance, similarity, self.treats, success, recency])
 
     def failure_level(self) -> np.ndarray:
         """(P,) 0, 0.5 or 1: none, one, or two and more recent failures on this resource."""
@@ -211,8 +259,12 @@ class Candidates:
         return level
 
     def allowed(self, similarity: np.ndarray) -> np.ndarray:
-        """(P,) bool: not contraindicated, and treats a known symptom or resembles the incident."""
-        ok = self.treats | (similarity >= MIN_SIMILARITY)
+        """(P,) bool: not contraindicated, and treats a known symptom, resembles the incident,
+        shares keywords with it or is named by its alert."""
+        ok = (self.treats > 0) | (similarity >= MIN_SIMILARITY)
+        for extra in (self.keyword, self.alias):
+            if extra is not None:
+                ok |= extra
         for p in self.contraindicated:
             ok[p] = False
         return ok
@@ -225,6 +277,27 @@ def score(candidates: Candidates, weights: Weights) -> np.ndarray:
     return np.where(candidates.allowed(features[:, 1]), np.clip(raw, 0.0, 1.0), -1.0)
 
 
+def ranking_key(candidates: Candidates, scores: np.ndarray) -> np.ndarray:
+    """(P,) what the order is sorted on: the score, an alias match ahead of everything
+    (a candidate still: a contraindicated playbook stays out)."""
+    alias = candidates.alias if candidates.alias is not None else np.zeros(len(scores), bool)
+    return np.where(scores >= 0, scores + 2.0 * alias, scores)
+
+
+def calibrated(text: np.ndarray, cosine: np.ndarray, text_weight: float) -> np.ndarray:
+    """(P,) catalogue relevance in [0, 1]: BM25 over the best BM25, and the cosine between
+    the catalogue's median (0) and its best (1), mixed. Unlike ranks, a playbook far ahead on
+    either stays far ahead."""
+    best = text.max() if text.size else 0.0
+    by_text = text / best if best > 0 else np.zeros_like(text)
+    if cosine.size == 0:
+        return by_text
+    top = float(cosine.max())
+    floor = min(float(np.median(cosine)), top - COSINE_SPREAD)
+    by_vector = np.clip((cosine - floor) / (top - floor), 0.0, 1.0)
+    return text_weight * by_text + (1.0 - text_weight) * by_vector
+
+
 def incident_from_signal(signal: Any) -> Incident:
     """A detection signal as an incident: the rule is the alert, the hint its summary."""
     return Incident(
@@ -235,16 +308,50 @@ def incident_from_signal(signal: Any) -> Incident:
 
 
 def search_text(incident: Incident) -> str:
-    """The BM25 query: the words of the alert name, label values and summary."""
+    """The BM25 query: the words of the alert name (whole and split), label values and
+    summary."""
     labels = [v for k, v in sorted(incident.labels.items()) if k != "pod"]
-    return " ".join(
-        _WORD.findall(" ".join(filter(None, [incident.alert, *labels, incident.summary])))
-    )
+    alert = f"{incident.alert} {split_camel(incident.alert)}" if incident.alert else None
+    return " ".join(_WORD.findall(" ".join(filter(None, [alert, *labels, incident.summary]))))
 
 
-def catalogue_text(manifest: Manifest) -> str:
-    treats = ", ".join(s.replace("-", " ") for s in manifest.symptoms)
-    return f"{manifest.title}. {manifest.description} Treats: {treats}."
+def query_text(incident: Incident) -> str:
+    """What is embedded to search the catalogue: the whole incident (no 300-character cut;
+    the model reads up to 256 word pieces), the alert name split into words."""
+    parts = [f"alert {incident.alert} ({split_camel(incident.alert)})"] if incident.alert else []
+    kept = [(k, v) for k, v in sorted(incident.labels.items()) if k not in ("pod", "instance")]
+    if kept:
+        parts.append("labels " + " ".join(f"{k}={_clean(v, 80)}" for k, v in kept))
+    if incident.summary:
+        parts.append(_clean(incident.summary, 4000))
+    return "; ".join(parts)
+
+
+_CACHE: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+
+
+def embed_cached(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    """(n, dim) query vectors, the last QUERY_CACHE texts kept per process: an alert that
+    fires again, or the same text asked twice, is not embedded again."""
+    model = model_id(embedder)
+    out: list[np.ndarray | None] = []
+    with _CACHE_LOCK:
+        for text in texts:
+            vector = _CACHE.get((model, text))
+            if vector is not None:
+                _CACHE.move_to_end((model, text))
+            out.append(vector)
+    missing = [i for i, v in enumerate(out) if v is None]
+    if missing:
+        fresh = embedder.embed([texts[i] for i in missing])
+        with _CACHE_LOCK:
+            for i, vector in zip(missing, fresh, strict=True):
+                out[i] = vector
+                _CACHE[(model, texts[i])] = vector
+            while len(_CACHE) > QUERY_CACHE:
+                _CACHE.popitem(last=False)
+    return np.stack(out) if out else np.zeros((0, embedder.dim), np.float32)  # type: ignore[arg-type]
 
 
 def _rrf(ranked: Sequence[Sequence[Any]], k: int) -> dict[Any, float]:
@@ -253,61 +360,6 @@ def _rrf(ranked: Sequence[Sequence[Any]], k: int) -> dict[Any, float]:
         for rank, item in enumerate(items, start=1):
             fused[item] += 1.0 / (k + rank)
     return fused
-
-
-class Catalogue:
-    """The catalogue's playbooks embedded and full-text indexed in LanceDB (table
-    ``playbooks`` next to the runs); re-embedded only when a manifest or the model changes."""
-
-    def __init__(self, store: VectorStore, embedder: Embedder, manifests: list[Manifest]) -> None:
-        self.manifests = sorted(manifests, key=lambda m: m.id)
-        self.index = {m.id: i for i, m in enumerate(self.manifests)}
-        texts = [catalogue_text(m) for m in self.manifests]
-        hashes = [content_hash(t) for t in texts]
-        model = model_id(embedder)
-        db = store.connect()
-        try:
-            table = db.open_table(CATALOGUE_TABLE)
-            stored = table.to_arrow()
-        except ValueError:  # not created yet
-            table, stored = None, None
-        if (
-            stored is not None
-            and stored.column("playbook_id").to_pylist() == [m.id for m in self.manifests]
-            and stored.column("content_hash").to_pylist() == hashes
-            and set(stored.column("model").to_pylist()) == {model}
-        ):
-            self.vectors = np.stack(stored.column("vector").to_numpy(zero_copy_only=False))
-        else:
-            self.vectors = embedder.embed(texts)
-            data = pa.table(
-                {
-                    "playbook_id": [m.id for m in self.manifests],
-                    "text": texts,
-                    "content_hash": hashes,
-                    "model": [model] * len(texts),
-                    "vector": pa.FixedSizeListArray.from_arrays(
-                        pa.array(self.vectors.reshape(-1).astype(np.float32)), embedder.dim
-                    ),
-                }
-            )
-            table = db.create_table(CATALOGUE_TABLE, data=data, mode="overwrite")
-            from lancedb.index import FTS
-
-            table.create_index("text", config=FTS(), replace=True)
-        self.vectors = np.asarray(self.vectors, dtype=np.float32)
-        self.table = table
-
-    def text_ranking(self, text: str) -> list[str]:
-        if not text:
-            return []
-        hits = (
-            self.table.search(text, query_type="fts")
-            .limit(len(self.manifests))
-            .select(["playbook_id", "_score"])
-            .to_list()
-        )
-        return [h["playbook_id"] for h in hits]
 
 
 class Recommender:
@@ -342,12 +394,22 @@ class Recommender:
         now: datetime | None = None,
         retrieval: Retrieval = "hybrid",
         vector: np.ndarray | None = None,
+        catalogue_vector: np.ndarray | None = None,
+        alertname: str | None = None,
+        text_weight: float | None = None,
+        score_fusion: float | None = None,
+        inferred_treats: float | None = None,
     ) -> Candidates:
-        """Features for every playbook; history limited to runs created before ``before``."""
+        """Features for every playbook; history limited to runs created before ``before``.
+        ``vector`` is the incident as runs are embedded (``Incident.text``), and
+        ``catalogue_vector`` as the catalogue is searched (``query_text``); the last three
+        override the module's constants (the bench's cross-validation)."""
         now = before or now or datetime.now(UTC)
         manifests = self.catalogue.manifests
         count = len(manifests)
-        query = self.embedder.embed([incident.text()])[0] if vector is None else vector
+        if vector is None or catalogue_vector is None:
+            vector, catalogue_vector = self.query_vectors(incident)
+        query = vector
         words = search_text(incident)
         # Only vouched-for runs are retrieved as evidence (``reported`` shows the others).
         where = vouched_filter(self.trusted) + _earlier(before)
@@ -363,12 +425,11 @@ class Recommender:
             )
             if use_text
             else None,
-            "catalogue": self._pool.submit(self.catalogue.text_ranking, words)
-            if use_text
-            else None,
+            "catalogue": self._pool.submit(self.catalogue.text_scores, words) if use_text else None,
             "failures": self._pool.submit(self._recent_failures, incident.resource, now),
         }
-        found = {key: job.result() if job else [] for key, job in pending.items()}
+        found = {key: job.result() if job else None for key, job in pending.items()}
+        found = {key: [] if value is None else value for key, value in found.items()}
         vector_hits, text_hits = found["vector"], found["text"]
         by_id: dict[str, dict[str, Any]] = {}
         for hit in vector_hits:
@@ -385,21 +446,45 @@ class Recommender:
 
         # Playbook rankings: catalogue by vector and by text; history by each playbook's
         # best-ranked run in each run list among the runs that resolved their incident.
-        catalogue_similarity = self.catalogue.vectors @ query
+        catalogue_similarity, _ = self.catalogue.vector_scores(catalogue_vector)
+        text_scores = np.asarray(found["catalogue"], dtype=float)
+        if not use_text:
+            text_scores = np.zeros(count)
         lists: list[list[str]] = []
         if use_vectors:
             order = np.lexsort((np.arange(count), -catalogue_similarity))
             lists.append([manifests[i].id for i in order])
             lists.append(_playbooks_in_order(vector_hits))
         if use_text:
-            lists.append(found["catalogue"])
+            order = np.lexsort((np.arange(count), -text_scores))
+            lists.append([manifests[i].id for i in order if text_scores[i] > 0])
             lists.append(_playbooks_in_order(text_hits))
         fused = _rrf(lists, PLAYBOOK_RRF_K)
         best = len(lists) / (PLAYBOOK_RRF_K + 1)
-        relevance = np.array([fused.get(m.id, 0.0) / best for m in manifests])
+        by_rank = np.array([fused.get(m.id, 0.0) / best for m in manifests])
 
+        declared = set(incident.declared_symptoms())
         symptoms = set(incident.known_symptoms())
-        treats = np.array([bool(symptoms & set(m.symptoms)) for m in manifests])
+        # Read from the text: the fixed patterns and the catalogue's own symptom tags.
+        guessed = (symptoms | self.catalogue.symptom_terms(search_text(incident))) - declared
+        treats_declared = np.array([bool(declared & set(m.symptoms)) for m in manifests])
+        treats_guessed = np.array([bool(guessed & set(m.symptoms)) for m in manifests])
+        shared = self.catalogue.shared_terms(search_text(incident))
+        top_text = set(np.lexsort((np.arange(count), -text_scores))[:KEYWORD_TOP].tolist())
+        keyword = np.array(
+            [
+                use_text
+                and text_scores[p] > 0
+                and p in top_text
+                and len(shared[p]) >= KEYWORD_MIN_TERMS
+                for p in range(count)
+            ],
+            dtype=bool,
+        )
+        alias = np.zeros(count, dtype=bool)
+        matched = self.catalogue.alias_match(alertname or incident.alert)
+        if matched is not None:
+            alias[matched] = True
         contraindicated = {
             p: sorted(symptoms & set(m.contraindications))
             for p, m in enumerate(manifests)
@@ -419,11 +504,11 @@ class Recommender:
             1.0 if r["status"] == "succeeded" else 0.0 if r["status"] == "failed" else np.nan
             for r in runs
         ]
-        return Candidates(
+        raw = Candidates(
             playbooks=manifests,
-            relevance=relevance,
+            relevance=by_rank,
             catalogue_similarity=np.clip(catalogue_similarity.astype(float), 0, 1),
-            treats=treats,
+            treats=treats_declared.astype(float),
             contraindicated=contraindicated,
             run_playbook=np.array([self.catalogue.index[r["wpk_id"]] for r in runs], dtype=int),
             run_similarity=run_similarity,
@@ -431,8 +516,31 @@ class Recommender:
             run_age_days=np.array(ages, dtype=float),
             run_outcome=np.array(outcomes, dtype=float),
             runs=[{k: r.get(k) for k in _EVIDENCE_FIELDS} for r in runs],
-            failures=found["failures"],
+            failures=found["failures"] or {},
+            alias=alias,
+            keyword=keyword,
+            text_score=text_scores / text_scores.max() if text_scores.max() > 0 else text_scores,
+            shared=shared,
+            raw_text=text_scores,
+            raw_cosine=catalogue_similarity if use_vectors else None,
+            by_rank=by_rank,
+            treats_declared=treats_declared,
+            treats_guessed=treats_guessed,
         )
+        if not use_text:
+            text_weight = 0.0
+        return raw.combine(
+            TEXT_WEIGHT if text_weight is None else text_weight,
+            SCORE_FUSION if score_fusion is None else score_fusion,
+            INFERRED_TREATS if inferred_treats is None else inferred_treats,
+        )
+
+    def query_vectors(self, incident: Incident) -> tuple[np.ndarray, np.ndarray]:
+        """(as runs are embedded, as the catalogue is searched): one embedding when the two
+        texts are the same, none when they were embedded lately (``embed_cached``)."""
+        texts = [incident.text(), query_text(incident)]
+        vectors = embed_cached(self.embedder, texts)
+        return vectors[0], vectors[1]
 
     def reported(
         self,
@@ -483,12 +591,22 @@ class Recommender:
         top: int = 5,
         before: datetime | None = None,
         now: datetime | None = None,
+        alertname: str | None = None,
     ) -> RecommendResult:
-        """The ``top`` playbooks for ``incident``, best first, or none and the reason."""
+        """The ``top`` playbooks for ``incident``, best first, or none and the reason. A
+        playbook whose alias is ``alertname`` (any case; default: the incident's alert) comes
+        first unless contraindicated."""
         top = max(1, min(top, MAX_TOP))
         now = before or now or datetime.now(UTC)
-        vector = self.embedder.embed([incident.text()])[0]
-        candidates = self.candidates(incident, before=before, now=now, vector=vector)
+        vector, catalogue_vector = self.query_vectors(incident)
+        candidates = self.candidates(
+            incident,
+            before=before,
+            now=now,
+            vector=vector,
+            catalogue_vector=catalogue_vector,
+            alertname=alertname,
+        )
         features = candidates.features(self.weights.temperature)
         scores = score(candidates, self.weights)
         manifests = candidates.playbooks
@@ -499,9 +617,12 @@ class Recommender:
                 reason=f"contraindicated: the incident shows {', '.join(tags)}",
             )
             for p, tags in sorted(candidates.contraindicated.items())
-            if candidates.treats[p] or features[p, 1] >= MIN_SIMILARITY
+            if candidates.treats[p] > 0
+            or features[p, 1] >= MIN_SIMILARITY
+            or (candidates.keyword is not None and candidates.keyword[p])
         ]
-        ranked = [p for p in np.lexsort((np.arange(len(manifests)), -scores)) if scores[p] >= 0]
+        key = ranking_key(candidates, scores)
+        ranked = [p for p in np.lexsort((np.arange(len(manifests)), -key)) if scores[p] >= 0]
         shown = [manifests[p].id for p in ranked[:top]]
         reported = self.reported(shown, vector, before=before)
         recommendations = [
@@ -573,11 +694,16 @@ class Recommender:
             )
         else:
             parts.append(f"no similar past runs of {manifest.id}")
+        if candidates.alias is not None and candidates.alias[p]:
+            parts.insert(0, f"the alert's name is its alias ({', '.join(manifest.aliases)})")
         treated = sorted(set(incident.known_symptoms()) & set(manifest.symptoms))
         if treated:
             parts.append(f"treats {', '.join(treated)}")
         if not similar or not treated:
             parts.append(f"catalogue match {candidates.catalogue_similarity[p]:.2f}")
+            if candidates.shared and candidates.shared[p]:
+                words = ", ".join(sorted(candidates.shared[p])[:6])
+                parts.append(f"keywords in common: {words}")
         if reported:
             writers = ", ".join(sorted({str(r["provenance"]) for r in reported}))
             parts.append(f"runs reported by {writers} not counted (unverified)")
@@ -637,10 +763,23 @@ def _empty_reason(
         )
     best = int(np.argmax(features[:, 1]))
     shown = ", ".join(symptoms) if symptoms else "no catalogue symptom could be read from it"
+    keywords = "no playbook shares keywords with it"
+    if candidates.shared:
+        closest = max(
+            range(len(candidates.shared)),
+            key=lambda p: (len(candidates.shared[p]), -p),
+        )
+        if candidates.shared[closest]:
+            words = ", ".join(sorted(candidates.shared[closest])[:6])
+            keywords = (
+                f"by keywords the closest, {candidates.playbooks[closest].id}, shares only "
+                f"{words} (needs {KEYWORD_MIN_TERMS} among BM25's best {KEYWORD_TOP})"
+            )
     return (
         f"no playbook treats this incident ({shown}) and none is similar enough: the closest, "
         f"{candidates.playbooks[best].id}, scores {features[best, 1]:.2f} "
-        f"(needs {MIN_SIMILARITY:.2f}); add a playbook for it or describe the incident more fully"
+        f"(needs {MIN_SIMILARITY:.2f}); {keywords}; add a playbook for it or describe the "
+        "incident more fully"
     )
 
 

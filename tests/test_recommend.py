@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from neuralops.embedding import MiniLMEmbedder
 from neuralops.incident import Incident, infer_symptoms, resource_of, run_resource
+from neuralops.playbook_index import chunk_texts
 from neuralops.recommend import DEFAULT_WEIGHTS, MIN_SIMILARITY, Recommender, incident_from_signal
 from neuralops.registry import catalogue_dir, load_manifests
 from neuralops.vectorize import vectorize_records
@@ -263,13 +264,18 @@ def test_catalogue_vectors_are_reused_until_a_manifest_changes(tmp_path, manifes
             return super().embed(texts)
 
     store = VectorStore(str(tmp_path / "store"))
+    chunks = sum(len(chunk_texts(m)) for m in manifests)
     Recommender(store, Counting(), manifests)
-    assert Counting.texts == len(manifests)
+    assert Counting.texts == chunks
     Recommender(store, Counting(), manifests)
-    assert Counting.texts == len(manifests)  # read back from the playbooks table
+    assert Counting.texts == chunks  # read back from the catalogue's chunks table
     changed = [m.model_copy(update={"description": m.description + " More."}) for m in manifests]
     Recommender(store, Counting(), changed)
-    assert Counting.texts == 2 * len(manifests)
+    # Only the chunks that hold the description are embedded again.
+    fresh = {t for m in changed for t in chunk_texts(m)} - {
+        t for m in manifests for t in chunk_texts(m)
+    }
+    assert Counting.texts == chunks + len(fresh) and 0 < len(fresh) <= chunks
 
 
 def test_a_store_from_before_resource_and_symptoms_gains_the_columns(tmp_path, embedder):

@@ -405,7 +405,7 @@ def test_flow_publishes_the_ranking_as_a_table_artifact(prefect_server, history:
     [
         ({"incident": {"summary": ""}}, "the incident is empty"),
         ({"incident_text": "x", "signal_id": "y"}, "not signal_id and incident_text"),
-        ({"incident": {"alert": "X"}, "top": 0}, "top must be between 1 and 20"),
+        ({"incident": {"alert": "X"}, "top": 0}, f"top must be between 1 and {MAX_TOP}"),
         ({"signal_id": "00000000-0000-0000-0000-000000000000"}, "does not exist"),
     ],
 )
@@ -479,6 +479,6 @@ def test_the_recommend_form_names_its_fields_and_says_what_to_fill_in() -> None:
     assert list(fields) == ["incident_text", "signal_id", "top", "incident"]
     assert fields["incident_text"]["title"] == "Incident, in words"
     assert fields["signal_id"]["title"] == "Signal id"
-    assert (fields["top"]["minimum"], fields["top"]["maximum"]) == (1, 20)
+    assert (fields["top"]["minimum"], fields["top"]["maximum"]) == (1, MAX_TOP)
     for field in fields.values():
         assert field["description"] and "anyOf" not in field  # no "Property is type None"
