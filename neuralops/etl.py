@@ -55,9 +55,9 @@ from sqlalchemy.engine import URL
 from neuralops.db import get_engine, session_scope
 from neuralops.db.models import EtlWatermark, WorkflowRun, utcnow
 from neuralops.errors import InvalidInput
+from neuralops.quarantine import Quarantined, unencodable
 from neuralops.redaction import Redactor, default_redactor
 from neuralops.redaction_batch import may_redact
-from neuralops.vectorize import Quarantined, unencodable
 
 BATCH_ROWS = 5_000  # rows per keyset batch (SQLite)
 SLICE_ROWS = 50_000  # rows per keyset slice of COPY (PostgreSQL)
@@ -221,9 +221,15 @@ def _decoded(line: str) -> dict[str, Any] | None:
         record = json.loads(line, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError):  # _BadRow is a ValueError
         return None
-    if not isinstance(record, dict) or unencodable(record) is not None:
+    if not isinstance(record, dict):
+        return None
+    # Lone surrogates come only from backslash-u escapes or undecodable bytes: walk only then.
+    if ("\\u" in line or _SURROGATE.search(line)) and unencodable(record) is not None:
         return None
     return record
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 _RUN_ID = re.compile(r'^\{"run_id":("(?:[^"\\]|\\.)*")')

@@ -11,12 +11,13 @@ gate needs), so a record none of them matches is left unchanged by every rule, f
 and secret-named key. ``tests/test_redaction_batch.py`` checks that property against the
 reference over the redaction tests' corpus and with hypothesis.
 
-The input is JSON text (a record serialised, or a row's JSON columns). JSON escapes are
-decoded first (``scan_text``) so the triggers see the text the redactor sees; escapes of
-line breaks and ``\\uXXXX`` become a marker that always triggers. Any non-ASCII character
-also triggers, so the triggers only ever meet ASCII (where Rust's and Python's regex classes
-and case folding agree; Python folds a few non-ASCII letters onto ASCII ones, such as the
-Kelvin sign or the long s, which the redactor's case-insensitive rules would match).
+The input is JSON text (a record serialised, or a COPY line), scanned as it is. Escapes would
+hide text from the triggers, so any escape but ``\\"`` marks its record (line breaks, tabs,
+backslashes and ``\\uXXXX`` in run text are rare); ``\\"`` only adds a backslash before a
+quote, which the one trigger that spans a quote allows. Any non-ASCII character also marks
+its record, so the triggers only ever meet ASCII (where Rust's and Python's regex classes and
+case folding agree; Python folds a few non-ASCII letters onto ASCII ones, such as the Kelvin
+sign or the long s, which the redactor's case-insensitive rules would match).
 
 Only the stock ``Redactor`` is pre-filtered: for a subclass (other rules) every record is
 marked.
@@ -31,16 +32,17 @@ import polars as pl
 
 from neuralops.redaction import _SECRET_WORDS, Redactor
 
-__all__ = ["MAX_BRACKETS", "TRIGGERS", "may_redact", "scan_text", "trigger_pattern"]
+__all__ = ["MAX_BRACKETS", "TRIGGERS", "may_redact", "trigger_pattern"]
 
 # More opening brackets than this (an upper bound of the nesting depth) goes the full way:
 # the reference path refuses deep nesting (quarantine) and must be the one to decide.
 MAX_BRACKETS = 200
-_MARK = "\x80"  # stands for an escape that must always trigger (non-ASCII, so it does)
+_MARK = "\x80"  # stands for a lone surrogate, which polars cannot hold (non-ASCII: marks)
 
 # One per rule of neuralops.redaction (in its order); each is implied by that rule firing.
 TRIGGERS: tuple[str, ...] = (
     r"[^\x00-\x7f]",  # non-ASCII (and _MARK): the full redactor decides
+    r'\\[^"]',  # a JSON escape but \" (see the module docstring)
     "PRIVATE KEY",  # _private_keys
     "eyJ",  # _jwts
     r"(?i:authorization)",  # _AUTH_HEADER; secret-named key "(proxy-)authorization"
@@ -54,8 +56,8 @@ TRIGGERS: tuple[str, ...] = (
     r"sk-[A-Za-z0-9_-]*[A-Za-z0-9]{20}",
     r"AC[a-z0-9]{32}|SK[a-z0-9]{32}",  # Twilio
     r"[0-9a-z]{32}-us[0-9]",  # Mailchimp
-    r"[0-9]{8,10}:[0-9A-Za-z_-]{35}",  # Telegram
-    r"[MNO][a-zA-Z0-9_-]{23,25}\.[a-zA-Z0-9_-]{6}\.[a-zA-Z0-9_-]{27}",  # Discord
+    r"[0-9]{8}:[0-9A-Za-z_-]{35}",  # Telegram (8-10 digits: the last 8 are enough)
+    r"\.[a-zA-Z0-9_-]{6}\.",  # Discord (its middle part)
     "://",  # _url_passwords
     rf"(?i:-[A-Za-z0-9_-]*(?:{_SECRET_WORDS}|store[_-]?pass)[ \t])",  # _SECRET_FLAG
     r"(?:^|[^0-9A-Za-z_-])-p",  # _SHORT_P
@@ -72,21 +74,6 @@ TRIGGERS: tuple[str, ...] = (
 )
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_ESCAPE = re.compile(r"\\(?:([\"\\/])|(t)|(b)|(f)|[nru])")
-
-
-def _unescape(m: re.Match[str]) -> str:
-    if m.group(1):
-        return m.group(1)
-    for group, char in ((2, "\t"), (3, "\b"), (4, "\f")):
-        if m.group(group):
-            return char
-    return _MARK  # \n, \r (would split the line) and \uXXXX: always the full way
-
-
-def scan_text(text: str) -> str:
-    """JSON text with its string escapes decoded, for the triggers (not valid JSON)."""
-    return _ESCAPE.sub(_unescape, text) if "\\" in text else text
 
 
 def trigger_pattern(redactor: Redactor) -> str | None:
@@ -95,8 +82,10 @@ def trigger_pattern(redactor: Redactor) -> str | None:
     if type(redactor) is not Redactor:
         return None
     leaves = {path.split(".")[-1] for path in redactor.field_rules}
-    if "*" in leaves:
-        return None
+    if "*" in leaves or not all(
+        leaf.isascii() and '"' not in leaf and "\\" not in leaf for leaf in leaves
+    ):
+        return None  # a leaf that may match any key, or one written with escapes
     keys = "|".join(sorted(re.escape(leaf) for leaf in leaves))
     # a field rule acts only on its leaf key, which appears in the text as "leaf"
     return "|".join((*TRIGGERS, *([f'"(?:{keys})"'] if keys else ())))
@@ -108,10 +97,9 @@ def may_redact(texts: Sequence[str], redactor: Redactor) -> list[bool]:
     pattern = trigger_pattern(redactor)
     if pattern is None or not texts:
         return [True] * len(texts)
-    scanned = [scan_text(t) for t in texts]
     try:
-        column = pl.Series("t", scanned, dtype=pl.String)
+        column = pl.Series("t", texts, dtype=pl.String)
     except UnicodeEncodeError:  # lone surrogates (undecodable input): always marked
-        column = pl.Series("t", [_SURROGATE.sub(_MARK, t) for t in scanned], dtype=pl.String)
+        column = pl.Series("t", [_SURROGATE.sub(_MARK, t) for t in texts], dtype=pl.String)
     marked = column.str.contains(pattern) | (column.str.count_matches(r"[\[{]") > MAX_BRACKETS)
     return marked.to_list()

@@ -47,24 +47,13 @@ import numpy as np
 from neuralops.embedding import Embedder, content_hash, incident_text, model_id, run_summary
 from neuralops.errors import ConfigError, Conflict, InvalidInput
 from neuralops.incident import run_resource, run_symptoms
+from neuralops.quarantine import Quarantined, unencodable
 from neuralops.vectorstore import VectorStore, is_remote
 
 CACHE_MAX = 50_000  # vectors kept across batches: ~75 MiB at 384-d float32
 LOCK_FILE = ".neuralops-vectorize.lock"
 LOCK_TIMEOUT_S = 900.0  # a second vectorize waits this long for the first, then refuses
 LOCK_POLL_S = 0.2
-
-
-@dataclass(frozen=True)
-class Quarantined:
-    """A run (or input line) left out because it cannot be processed: its id and why, never
-    its content."""
-
-    run_id: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.run_id} ({self.reason})"
 
 
 @dataclass
@@ -215,29 +204,6 @@ def _prepare(
             "verified": record.get("verified") is True,
         }
     return rows
-
-
-def unencodable(value: Any, path: str = "") -> str | None:
-    """The first field (dotted path) holding text that cannot be encoded as UTF-8 (a lone
-    surrogate), as a reason naming it; None when all text is fine. Never the text itself."""
-    stack: list[tuple[str, Any]] = [(path, value)]
-    while stack:
-        where, item = stack.pop()
-        if isinstance(item, str):
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    return f"{where or '(root)'}: text that cannot be encoded (a lone surrogate)"
-        elif isinstance(item, Mapping):
-            for key, sub in item.items():
-                name = f"{where}.{key}" if where else str(key)
-                if isinstance(key, str) and unencodable(key) is not None:
-                    return f"{where or '(root)'}: a key that cannot be encoded (a lone surrogate)"
-                stack.append((name, sub))
-        elif isinstance(item, list | tuple):
-            stack.extend((f"{where}.{n}", sub) for n, sub in enumerate(item))
-    return None
 
 
 def _printable(run_id: Any) -> str:
