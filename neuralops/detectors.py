@@ -47,7 +47,7 @@ DEFAULT_HOLD = 100
 # The context detector: points per day (a day of 5-minute steps), the EWMA of its errors.
 CONTEXT_PERIOD = 288
 CONTEXT_DAYS = 3
-CONTEXT_ALPHA = 0.002
+CONTEXT_ALPHA = 0.001
 # The change detector: points averaged, the EWMA of the averages; its weight in ``combined``.
 CHANGE_WINDOW = 6
 CHANGE_ALPHA = 0.0005
