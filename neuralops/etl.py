@@ -162,8 +162,7 @@ def export_runs(
         Path(temp).unlink(missing_ok=True)
         raise
     finally:
-        if hasattr(batches, "close"):
-            batches.close()  # stops the COPY reader when the export failed half-way
+        batches.close()  # stops the COPY reader when the export failed half-way
     watermark = previous
     if since is None and last is not None:
         watermark = last

@@ -219,3 +219,25 @@ def test_copy_export_parquet_and_jsonl_hold_the_same(
     else:
         got = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert got == _reference_export(postgresql_url)
+
+
+def test_a_failed_copy_export_leaves_nothing_and_stops_its_reader(
+    postgresql_url: URL, tmp_path: Path
+) -> None:
+    import threading
+
+    runs.log_runs(synthetic_runs(12, seed=9))
+
+    class Broken(Redactor):  # not the stock Redactor: every record goes through record()
+        def record(self, run):
+            self.seen = getattr(self, "seen", 0) + 1
+            if self.seen == 6:
+                raise RuntimeError("disk full")
+            return super().record(run)
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        etl.export_runs(tmp_path / "runs.jsonl", redactor=Broken(), batch_rows=3)
+    assert not list(tmp_path.glob("*runs.jsonl*"))  # no file, no temporary left
+    assert etl.read_watermark() is None
+    assert not [t for t in threading.enumerate() if t.name == "neuralops-export-copy"]
+    assert etl.export_runs(tmp_path / "runs.jsonl").rows == 12  # and it runs again
