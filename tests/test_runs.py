@@ -335,3 +335,11 @@ def test_any_token_subject_makes_a_valid_provenance(subject: str, expected: str)
 def test_a_very_long_subject_is_shortened_with_a_hash_and_stays_distinct() -> None:
     one, two = runs.api_provenance("x" * 400), runs.api_provenance("x" * 399 + "y")
     assert one != two and len(one) <= 200 and len(two) <= 200
+
+
+def test_a_batch_larger_than_one_statement_is_written(postgresql_url) -> None:
+    """4,700 runs x 14 columns is more than PostgreSQL's 65,535 parameters in one statement."""
+    from neuralops.synthetic import synthetic_runs
+
+    written = runs.log_runs(synthetic_runs(4700, seed=11))
+    assert len(written) == 4700
