@@ -590,12 +590,16 @@ def quality_markdown(q: Quality, args: argparse.Namespace) -> str:
         )
     out += [
         "",
-        "Where the default is not the grid's best, the reason is cost: the median/MAD "
-        "detector sorts every window, so a 960-point window costs many times the time of a "
-        "120-point one (section speed times both) for a few NAB points; the ensemble takes "
-        "the median/MAD's default window. Longer baselines keep helping on NAB up to about "
-        "2,000 points (its series are days of 5-minute points); a baseline longer than the "
-        "data given to a detector simply uses all of it.",
+        "The z-score, EWMA, median/MAD and ensemble defaults are the ones chosen earlier on "
+        "this table (in-sample; kept: rules and the seeds name these detectors). Where one "
+        "is not the grid's best, the reason is cost: the median/MAD detector sorts every "
+        "window, so a 960-point window costs many times the time of a 120-point one "
+        "(section speed times both) for a few NAB points; the ensemble takes the "
+        "median/MAD's default window. The context, change, combined and likelihood "
+        "defaults are chosen by the cross-validation below, not by this table; the change "
+        "detector's own window (6) is the one the combined detector uses, and where the "
+        "table prefers another for the detector alone, the default stays with the "
+        "combination's.",
     ]
     out += [
         "",
