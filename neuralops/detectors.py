@@ -492,6 +492,10 @@ def context(
     _check_period(period)
     _check_alpha(alpha, min_periods)
     x, squeeze = _as_2d(values)
+    if period >= x.shape[1]:
+        # No point has a day before it (a 1-hour lookback at 1-minute steps): no opinion,
+        # without building three days of empty history per series.
+        return _result(np.full_like(x, np.nan), squeeze)
     z, _ = _context_step(x, _context_state(x.shape[0], period), period, alpha, min_periods)
     return _result(z, squeeze)
 

@@ -369,3 +369,15 @@ def test_likelihood_flags_a_sustained_rise_of_the_raw_score_not_a_lone_blip() ->
     flat = np.full(500, 0.1)
     flat[400] = 0.15
     assert likelihood(flat).score[400] < 0.5
+
+
+def test_context_without_a_day_of_history_has_no_opinion_and_streams_the_same() -> None:
+    x = noisy(120, series=2)  # two hours of minutes, 1,440 points a day: no day before
+    whole = context(x, period=1440)
+    assert np.isnan(whole.z).all()
+    stream = Stream("combined", period=1440)
+    np.testing.assert_array_equal(stream.update(x).z, combined(x, period=1440).z)
+    # combined is then the level and change parts alone.
+    level, shift = ewma(x).z, 1.5 * change(x).z
+    strongest = np.where(np.abs(shift) > np.abs(level), shift, level)
+    np.testing.assert_array_equal(combined(x, period=1440).z[:, 20:], strongest[:, 20:])
