@@ -10,14 +10,18 @@ or whose baseline has fewer than ``min_periods`` points, score NaN ("no opinion"
 pieces; the result equals scoring the whole series at once, bit for bit. ``detections`` turns
 scores into alerts, one per episode.
 
-Defaults come from reports/detection.md, section ``quality`` (bench/detection.py): each
-method's best configuration on the NAB corpus (../shared/data/nab-dev, standard profile,
-with ``detections(hold=DEFAULT_HOLD)``), except the median/MAD window, where 960 points
-score higher (50 against 44) but cost about 20 times the time of 120 (section ``speed``).
-NAB favours long baselines (its series are days of 5-minute points); a baseline longer
-than the data given uses all of it. ``DEFAULT_THRESHOLD`` is the standard profile's best
-threshold for the ensemble at its defaults (|z| ~ 7), rounded. Scores reach 1.0 in float64
-from |z| ~ 16.7: a threshold cannot tell larger z apart.
+The default method, ``combined``, takes per point the strongest of three views: the EWMA
+level, the context (the same time on the days before) and a level change (a short mean).
+It and the context, change and likelihood parameters were chosen by leave-one-category-out
+cross-validation on the NAB corpus (../shared/data/nab-dev; reports/detection.md, section
+``quality``, bench/detection.py): fitted on four categories, scored on the fifth, never by
+the in-sample score. The z-score, EWMA and median/MAD defaults are each method's best
+in-sample configuration there (standard profile, ``detections(hold=DEFAULT_HOLD)``), except
+the median/MAD window, where 960 points score higher but cost many times the time of 120
+(section ``speed``). A baseline longer than the data given uses all of it.
+``DEFAULT_THRESHOLD`` (|z| ~ 7) is the threshold the rules use; the folds chose |z| 6.1 to
+7.7 for ``combined``. Scores reach 1.0 in float64 from |z| ~ 16.7: a threshold cannot tell
+larger z apart.
 """
 
 from __future__ import annotations
@@ -742,10 +746,13 @@ class Stream:
     ``update(piece)`` scores the new points exactly as the whole-series call would have
     (same bits), carrying only what the detector needs: the last ``window`` + 1 cumulative
     sums (z-score), the weighted sums and count (EWMA), the last ``window`` points (median
-    / MAD). ``Stream("ewma", alpha=0.01)`` takes the method's parameters by name.
+    / MAD), the last three days of points and an EWMA (context), the last ``window`` - 1
+    points and an EWMA (change, likelihood); ``state_bytes()`` says how much per series
+    (combined at 288 points a day: 6.9 KiB). ``Stream("ewma", alpha=0.01)`` takes the
+    method's parameters by name; the default method is ``DEFAULT_METHOD``.
     """
 
-    def __init__(self, method: str = "ensemble", **params: Any) -> None:
+    def __init__(self, method: str = DEFAULT_METHOD, **params: Any) -> None:
         if method not in DETECTORS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(DETECTORS)}")
         signature = inspect.signature(DETECTORS[method]).parameters
