@@ -65,6 +65,7 @@ FULL_GRID = {
     ],
     "context": [{"alpha": a} for a in (0.0005, 0.001, 0.002, 0.005)],
     "change": [{"window": w} for w in (3, 6, 12, 24)],
+    "variance": [{"window": w} for w in (6, 12, 24, 48)],
     # The default's own parameters; the EWMA part keeps the EWMA detector's default alpha.
     "combined": [
         {"context_alpha": a, "change_window": w, "change_weight": c}
@@ -84,6 +85,7 @@ QUICK_GRID = {
     "ensemble": [{"window": 1920, "alpha": 0.0005, "robust_window": 120}],
     "context": [{"alpha": 0.001}],
     "change": [{"window": 6}],
+    "variance": [{"window": 24}],
     "combined": [{"context_alpha": 0.001, "change_window": 6, "change_weight": 1.5}],
     "likelihood": [{"window": 10, "likelihood_alpha": 0.001}],
 }
@@ -595,7 +597,7 @@ def quality_markdown(q: Quality, args: argparse.Namespace) -> str:
         "is not the grid's best, the reason is cost: the median/MAD detector sorts every "
         "window, so a 960-point window costs many times the time of a 120-point one "
         "(section speed times both) for a few NAB points; the ensemble takes the "
-        "median/MAD's default window. The context, change, combined and likelihood "
+        "median/MAD's default window. The context, change, variance, combined and likelihood "
         "defaults are chosen by the cross-validation below, not by this table; the change "
         "detector's own window (6) is the one the combined detector uses, and where the "
         "table prefers another for the detector alone, the default stays with the "

@@ -197,7 +197,8 @@ def analyze(
         "combined",
         "Detector",
         "combined (the default: level, time-of-day context and level shifts), zscore, ewma, "
-        "robust, ensemble (median of the first three), context or change.",
+        "robust, ensemble (median of the first three), context, change, variance or "
+        "likelihood.",
     ),
     step: str = param(
         "",

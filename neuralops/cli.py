@@ -1029,7 +1029,10 @@ def analyze(
     step: Annotated[str | None, typer.Option(help="Resolution; default lookback/120.")] = None,
     method: Annotated[
         str | None,
-        typer.Option(help="combined (default), zscore, ewma, robust, ensemble, context or change."),
+        typer.Option(
+            help="combined (default), zscore, ewma, robust, ensemble, context, change, "
+            "variance or likelihood."
+        ),
     ] = None,
     recent: Annotated[
         str | None, typer.Option(help="An anomaly this recent counts (default 5m).")
@@ -1160,7 +1163,7 @@ def detect_file(
         str,
         typer.Option(
             help="combined (the default: level, time-of-day context, level shifts), zscore, "
-            "ewma, robust, ensemble, context or change."
+            "ewma, robust, ensemble, context, change, variance or likelihood."
         ),
     ] = "combined",
     output: Annotated[

@@ -56,6 +56,8 @@ CONTEXT_ALPHA = 0.001
 CHANGE_WINDOW = 6
 CHANGE_ALPHA = 0.0005
 CHANGE_WEIGHT = 1.5
+# The variance detector: points whose mean step size is compared (alpha: CHANGE_ALPHA).
+VARIANCE_WINDOW = 24
 # Anomaly likelihood: raw scores averaged, the EWMA of their long-run distribution.
 LIKELIHOOD_WINDOW = 10
 LIKELIHOOD_ALPHA = 0.001
@@ -559,6 +561,54 @@ def change(
     return _result(z, squeeze)
 
 
+# --- variance: changes of spread -------------------------------------------------------------
+
+
+@dataclass
+class _VarianceState:
+    last: np.ndarray  # each series' previous point (NaN before the first)
+    steps: _ChangeState  # the recent mean step size and its EWMA
+
+
+def _variance_state(n_series: int, window: int) -> _VarianceState:
+    return _VarianceState(np.full(n_series, np.nan), _change_state(n_series, window))
+
+
+def _variance_step(
+    x: np.ndarray, state: _VarianceState, alpha: float, min_periods: int
+) -> tuple[np.ndarray, _VarianceState]:
+    previous = np.concatenate([state.last[:, np.newaxis], x[:, :-1]], axis=1)
+    step = np.abs(x - previous)  # differences: a level shift moves one of them only
+    mean, tail = _recent_mean_step(step, state.steps.tail)
+    with np.errstate(divide="ignore"):
+        # The log makes doubling and halving of the spread equally far; an offset keeps a
+        # flat stretch (steps of 0) finite.
+        level = np.log(mean + FLOOR * (np.abs(x) + 1.0))
+    z, means = _ewma_step(level, state.steps.means, alpha, min_periods)
+    z[np.isnan(x)] = np.nan
+    last = state.last.copy()
+    if x.shape[1]:
+        last = x[:, -1].copy()
+    return z, _VarianceState(last, _ChangeState(tail, means))
+
+
+def variance(
+    values: np.ndarray,
+    window: int = VARIANCE_WINDOW,
+    alpha: float = CHANGE_ALPHA,
+    min_periods: int = MIN_PERIODS,
+) -> Detection:
+    """z of the log of the mean absolute step over the last ``window`` points against the
+    EWMA of such logs: the spread of a series changes (noisier, or suddenly smooth) while its
+    level may not. Steps (differences) make it blind to the level itself. Not part of the
+    default: on NAB it did not raise the cross-validated score (reports/detection.md)."""
+    _check(window, 2)
+    _check_alpha(alpha, min_periods)
+    x, squeeze = _as_2d(values)
+    z, _ = _variance_step(x, _variance_state(x.shape[0], window), alpha, min_periods)
+    return _result(z, squeeze)
+
+
 # --- combined: the default --------------------------------------------------------------------
 
 # What each part of ``combined`` looks at, in the order the parts are returned.
@@ -705,6 +755,7 @@ DETECTORS: dict[str, Callable[..., Detection]] = {
     "change": change,
     "combined": combined,
     "likelihood": combined_likelihood,
+    "variance": variance,
 }
 # The detector a rule, ``detect-file`` and ``analyze`` use unless told otherwise.
 DEFAULT_METHOD = "combined"
@@ -764,7 +815,7 @@ class Stream:
         self.params: dict[str, Any] = {**defaults, **params}
         for name in ("window", "robust_window"):
             if name in self.params:
-                short = method in ("change", "likelihood")  # windows of recent points
+                short = method in ("change", "likelihood", "variance")  # recent points
                 _check(self.params[name], 2 if short else self.params["min_periods"])
         for name in ("alpha", "context_alpha", "likelihood_alpha"):
             if name in self.params:
@@ -791,6 +842,8 @@ class Stream:
             state["context"] = _context_state(n_series, self.params["period"])
         if self.method == "change":
             state["change"] = _change_state(n_series, self.params["window"])
+        if self.method == "variance":
+            state["variance"] = _variance_state(n_series, self.params["window"])
         if self.method in ("combined", "likelihood"):
             state["ewma"] = _ewma_state(n_series)
             window = self.params.get("change_window", CHANGE_WINDOW)
@@ -807,6 +860,11 @@ class Stream:
         elif x.shape[0] != self._n_series:
             raise ValueError(f"expected {self._n_series} series per piece, got {x.shape[0]}")
         p, state = self.params, self._state
+        if self.method == "variance":
+            z, state["variance"] = _variance_step(
+                x, state["variance"], p["alpha"], p["min_periods"]
+            )
+            return _result(z, squeeze)
         if self.method in ("context", "change", "combined", "likelihood"):
             return self._update_seasonal(x, squeeze)
         zs = []

@@ -62,7 +62,15 @@ from neuralops.runs import NoNulStr
 from neuralops.sources import MetricSource, SeriesBatch
 
 Method = Literal[
-    "zscore", "ewma", "robust", "ensemble", "context", "change", "combined", "likelihood"
+    "zscore",
+    "ewma",
+    "robust",
+    "ensemble",
+    "context",
+    "change",
+    "combined",
+    "likelihood",
+    "variance",
 ]
 # How a signal was found: a detection method, or an Alertmanager alert (POST /alerts).
 SignalMethod = Method | Literal["alertmanager"]
@@ -403,6 +411,7 @@ def baseline_name(rule: Rule) -> str:
         "change": CHANGE_WINDOW,
         "combined": round(2 / EWMA_ALPHA - 1),
         "likelihood": round(2 / EWMA_ALPHA - 1),
+        "variance": round(2 / EWMA_ALPHA - 1),
     }
     span = format_duration(min(rule.step * spans[rule.method], rule.lookback))
     names = {
@@ -414,6 +423,7 @@ def baseline_name(rule: Rule) -> str:
         "change": "recent mean",
         "combined": "baseline",
         "likelihood": "baseline",
+        "variance": "step size",
     }
     return f"{span} {names[rule.method]}"
 

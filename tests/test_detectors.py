@@ -26,6 +26,7 @@ from neuralops.detectors import (
     likelihood,
     robust_zscore,
     rolling_zscore,
+    variance,
 )
 
 METHODS = sorted(DETECTORS)
@@ -46,9 +47,9 @@ def noisy(n: int = 400, series: int = 1) -> np.ndarray:
     return 50 + 5 * np.sin(t / 20) + rng.normal(0, 1, (series, n))
 
 
-# The change detector and the likelihood average over recent points: one spike is not
-# what they are for (their own tests below).
-POINTWISE = [m for m in METHODS if m not in ("change", "likelihood")]
+# The change, variance and likelihood detectors average over recent points: one spike is
+# not what they are for (their own tests below).
+POINTWISE = [m for m in METHODS if m not in ("change", "likelihood", "variance")]
 
 
 @pytest.mark.parametrize("method", POINTWISE)
@@ -381,3 +382,16 @@ def test_context_without_a_day_of_history_has_no_opinion_and_streams_the_same() 
     level, shift = ewma(x).z, 1.5 * change(x).z
     strongest = np.where(np.abs(shift) > np.abs(level), shift, level)
     np.testing.assert_array_equal(combined(x, period=1440).z[:, 20:], strongest[:, 20:])
+
+
+def test_variance_sees_the_spread_change_not_the_level() -> None:
+    rng = np.random.default_rng(12)
+    x = 10 + rng.normal(0, 1, 1200)
+    noisier = x.copy()
+    noisier[800:] = 10 + rng.normal(0, 3, 400)  # same level, three times the spread
+    shifted = x.copy()
+    shifted[800:] += 5  # five sd up, same spread
+    assert np.nanmax(variance(noisier).z[800:830]) > 4
+    assert np.nanmax(np.abs(variance(x).z[200:])) < 4
+    # A shift is one large step among 24: much less than a lasting change of spread.
+    assert np.nanmax(variance(shifted).z[800:830]) < np.nanmax(variance(noisier).z[800:830]) / 2

@@ -73,8 +73,10 @@ def test_output_repeats_the_input_and_adds_a_score_in_0_1(tmp_path: Path) -> Non
     assert rows[200][1] == ""
 
 
-# change and likelihood average over recent points: they are for shifts and bursts.
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("change", "likelihood")])
+# change, variance and likelihood average over recent points: shifts, spreads, bursts.
+@pytest.mark.parametrize(
+    "method", [m for m in METHODS if m not in ("change", "variance", "likelihood")]
+)
 def test_a_spike_scores_high(tmp_path: Path, method: str) -> None:
     source = write_input(tmp_path / "in.csv", series())
     # 600 points a minute apart hold no earlier day: the context detector gets the series'
