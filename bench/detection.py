@@ -66,6 +66,7 @@ FULL_GRID = {
     "context": [{"alpha": a} for a in (0.0005, 0.001, 0.002, 0.005)],
     "change": [{"window": w} for w in (3, 6, 12, 24)],
     "variance": [{"window": w} for w in (6, 12, 24, 48)],
+    "shape": [{"window": w, "history": h} for w in (8, 16) for h in (96, 288)],
     # The default's own parameters; the EWMA part keeps the EWMA detector's default alpha.
     "combined": [
         {"context_alpha": a, "change_window": w, "change_weight": c}
@@ -86,6 +87,7 @@ QUICK_GRID = {
     "context": [{"alpha": 0.001}],
     "change": [{"window": 6}],
     "variance": [{"window": 24}],
+    "shape": [{"window": 8, "history": 288}],
     "combined": [{"context_alpha": 0.001, "change_window": 6, "change_weight": 1.5}],
     "likelihood": [{"window": 10, "likelihood_alpha": 0.001}],
 }
@@ -597,7 +599,8 @@ def quality_markdown(q: Quality, args: argparse.Namespace) -> str:
         "is not the grid's best, the reason is cost: the median/MAD detector sorts every "
         "window, so a 960-point window costs many times the time of a 120-point one "
         "(section speed times both) for a few NAB points; the ensemble takes the "
-        "median/MAD's default window. The context, change, variance, combined and likelihood "
+        "median/MAD's default window. The context, change, variance, shape, combined and "
+        "likelihood "
         "defaults are chosen by the cross-validation below, not by this table; the change "
         "detector's own window (6) is the one the combined detector uses, and where the "
         "table prefers another for the detector alone, the default stays with the "
@@ -702,6 +705,8 @@ def run_speed(quick: bool) -> Speed:
     points = x.size
     print(f"speed: {n_series:,} x {n_points:,} points, best of {repeats}", flush=True)
     for name, detect in D.DETECTORS.items():
+        if name == "shape":  # history x window operations a point: timed on fewer series below
+            continue
         seconds = best_time(lambda detect=detect: detect(x), repeats)
         speed.rows.append((name, "defaults", seconds, points / seconds))
         print(f"  {name:10s} {seconds:7.2f} s  {points / seconds:12,.0f} points/s", flush=True)
@@ -744,6 +749,10 @@ def run_speed(quick: bool) -> Speed:
     )
 
     subset = x[: 100 if quick else 1_000]
+    seconds = best_time(lambda: D.shape(subset), 1)
+    speed.rows.append(
+        ("shape", f"defaults, {len(subset):,} series", seconds, subset.size / seconds)
+    )
     robust = defaults("robust")
     seconds = best_time(
         lambda: nanmedian_robust(subset, robust["window"], robust["min_periods"]), 1

@@ -197,7 +197,7 @@ def analyze(
         "combined",
         "Detector",
         "combined (the default: level, time-of-day context and level shifts), zscore, ewma, "
-        "robust, ensemble (median of the first three), context, change, variance or "
+        "robust, ensemble (median of the first three), context, change, variance, shape or "
         "likelihood.",
     ),
     step: str = param(

@@ -1031,7 +1031,7 @@ def analyze(
         str | None,
         typer.Option(
             help="combined (default), zscore, ewma, robust, ensemble, context, change, "
-            "variance or likelihood."
+            "variance, shape or likelihood."
         ),
     ] = None,
     recent: Annotated[
@@ -1163,7 +1163,7 @@ def detect_file(
         str,
         typer.Option(
             help="combined (the default: level, time-of-day context, level shifts), zscore, "
-            "ewma, robust, ensemble, context, change, variance or likelihood."
+            "ewma, robust, ensemble, context, change, variance, shape or likelihood."
         ),
     ] = "combined",
     output: Annotated[

@@ -58,6 +58,9 @@ CHANGE_ALPHA = 0.0005
 CHANGE_WEIGHT = 1.5
 # The variance detector: points whose mean step size is compared (alpha: CHANGE_ALPHA).
 VARIANCE_WINDOW = 24
+# The shape detector: points per run, earlier runs it is compared with (a day at 5 minutes).
+SHAPE_WINDOW = 8
+SHAPE_HISTORY = 288
 # Anomaly likelihood: raw scores averaged, the EWMA of their long-run distribution.
 LIKELIHOOD_WINDOW = 10
 LIKELIHOOD_ALPHA = 0.001
@@ -610,6 +613,69 @@ def variance(
     return _result(z, squeeze)
 
 
+# --- shape: the last points against the shapes seen before -------------------------------------
+
+
+@dataclass
+class _ShapeState:
+    # The last 2 window + history - 2 raw points (NaN before the series began): the oldest
+    # earlier run ends window + history - 1 points back and starts window - 1 before that.
+    tail: np.ndarray
+    distances: _EwmaState  # the EWMA of the nearest-neighbour distances
+
+
+def _shape_state(n_series: int, window: int, history: int) -> _ShapeState:
+    span = 2 * window + history - 2
+    return _ShapeState(np.full((n_series, span), np.nan), _ewma_state(n_series))
+
+
+def _shape_step(
+    x: np.ndarray, state: _ShapeState, window: int, history: int, alpha: float, min_periods: int
+) -> tuple[np.ndarray, _ShapeState]:
+    span = state.tail.shape[1]
+    padded = np.concatenate([state.tail, x], axis=1)
+    # Every run of ``window`` points, less its mean: the shape, not the level (the other
+    # detectors see the level). Run i ends at padded column i + window - 1.
+    runs = np.lib.stride_tricks.sliding_window_view(padded, window, axis=1)
+    runs = runs - runs.mean(axis=-1, keepdims=True)
+    n_points = x.shape[1]
+    now = runs[:, span - window + 1 :]  # the run ending at each new point
+    nearest = np.full(x.shape, np.inf)
+    # Earlier runs that do not overlap the current one: ending ``window`` to ``window +
+    # history - 1`` points before it.
+    for back in range(window, window + history):
+        start = span - window + 1 - back  # >= 0: the tail holds every earlier run
+        before = runs[:, start : start + n_points]
+        np.fmin(nearest, np.sum((now - before) ** 2, axis=-1), out=nearest)  # NaN: skipped
+    nearest[~np.isfinite(nearest)] = np.nan  # no complete earlier run: no opinion
+    distance = np.sqrt(nearest / window)  # per point, in the series' units
+    z, distances = _ewma_step(distance, state.distances, alpha, min_periods)
+    z[np.isnan(x)] = np.nan
+    return z, _ShapeState(padded[:, padded.shape[1] - span :], distances)
+
+
+def shape(
+    values: np.ndarray,
+    window: int = SHAPE_WINDOW,
+    history: int = SHAPE_HISTORY,
+    alpha: float = CHANGE_ALPHA,
+    min_periods: int = MIN_PERIODS,
+) -> Detection:
+    """z of the distance from the last ``window`` points (less their mean) to the nearest of
+    the ``history`` runs of as many points before them, against the EWMA of such distances:
+    a shape the series has not drawn recently (a new oscillation, a sawtooth, a flat stretch
+    in a wave) scores high even at an ordinary level. A nearest-neighbour model in the spirit
+    of KNN CAD and ARTime; ``history`` bounds its memory and its cost (history x window per
+    point): not part of the default, which must score a million points a second."""
+    _check(window, 2)
+    _check(history, 2)
+    _check_alpha(alpha, min_periods)
+    x, squeeze = _as_2d(values)
+    state = _shape_state(x.shape[0], window, history)
+    z, _ = _shape_step(x, state, window, history, alpha, min_periods)
+    return _result(z, squeeze)
+
+
 # --- combined: the default --------------------------------------------------------------------
 
 # What each part of ``combined`` looks at, in the order the parts are returned.
@@ -757,6 +823,7 @@ DETECTORS: dict[str, Callable[..., Detection]] = {
     "combined": combined,
     "likelihood": combined_likelihood,
     "variance": variance,
+    "shape": shape,
 }
 # The detector a rule, ``detect-file`` and ``analyze`` use unless told otherwise.
 DEFAULT_METHOD = "combined"
@@ -816,7 +883,7 @@ class Stream:
         self.params: dict[str, Any] = {**defaults, **params}
         for name in ("window", "robust_window"):
             if name in self.params:
-                short = method in ("change", "likelihood", "variance")  # recent points
+                short = method in ("change", "likelihood", "variance", "shape")
                 _check(self.params[name], 2 if short else self.params["min_periods"])
         for name in ("alpha", "context_alpha", "likelihood_alpha"):
             if name in self.params:
@@ -845,6 +912,9 @@ class Stream:
             state["change"] = _change_state(n_series, self.params["window"])
         if self.method == "variance":
             state["variance"] = _variance_state(n_series, self.params["window"])
+        if self.method == "shape":
+            p = self.params
+            state["shape"] = _shape_state(n_series, p["window"], p["history"])
         if self.method in ("combined", "likelihood"):
             state["ewma"] = _ewma_state(n_series)
             window = self.params.get("change_window", CHANGE_WINDOW)
@@ -864,6 +934,11 @@ class Stream:
         if self.method == "variance":
             z, state["variance"] = _variance_step(
                 x, state["variance"], p["alpha"], p["min_periods"]
+            )
+            return _result(z, squeeze)
+        if self.method == "shape":
+            z, state["shape"] = _shape_step(
+                x, state["shape"], p["window"], p["history"], p["alpha"], p["min_periods"]
             )
             return _result(z, squeeze)
         if self.method in ("context", "change", "combined", "likelihood"):

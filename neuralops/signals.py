@@ -49,6 +49,7 @@ from neuralops.detectors import (
     EWMA_ALPHA,
     PARTS,
     ROBUST_WINDOW,
+    SHAPE_HISTORY,
     ZSCORE_WINDOW,
     Detection,
     combined_parts,
@@ -71,6 +72,7 @@ Method = Literal[
     "combined",
     "likelihood",
     "variance",
+    "shape",
 ]
 # How a signal was found: a detection method, or an Alertmanager alert (POST /alerts).
 SignalMethod = Method | Literal["alertmanager"]
@@ -412,6 +414,7 @@ def baseline_name(rule: Rule) -> str:
         "combined": round(2 / EWMA_ALPHA - 1),
         "likelihood": round(2 / EWMA_ALPHA - 1),
         "variance": round(2 / EWMA_ALPHA - 1),
+        "shape": SHAPE_HISTORY,
     }
     span = format_duration(min(rule.step * spans[rule.method], rule.lookback))
     names = {
@@ -424,6 +427,7 @@ def baseline_name(rule: Rule) -> str:
         "combined": "baseline",
         "likelihood": "baseline",
         "variance": "step size",
+        "shape": "shapes",
     }
     return f"{span} {names[rule.method]}"
 

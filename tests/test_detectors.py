@@ -26,6 +26,7 @@ from neuralops.detectors import (
     likelihood,
     robust_zscore,
     rolling_zscore,
+    shape,
     variance,
 )
 
@@ -395,3 +396,18 @@ def test_variance_sees_the_spread_change_not_the_level() -> None:
     assert np.nanmax(np.abs(variance(x).z[200:])) < 4
     # A shift is one large step among 24: much less than a lasting change of spread.
     assert np.nanmax(variance(shifted).z[800:830]) < np.nanmax(variance(noisier).z[800:830]) / 2
+
+
+def test_shape_sees_a_shape_the_series_has_not_drawn_at_an_ordinary_level() -> None:
+    rng = np.random.default_rng(6)
+    t = np.arange(3000)
+    x = np.sin(t / 5) + rng.normal(0, 0.05, 3000)
+    x[2000:2040] = rng.normal(0, 0.05, 40)  # the wave stops at its mean: no level moves
+    found = shape(x)
+    assert np.nanmax(found.z[2000:2050]) > 5
+    assert np.nanmax(np.abs(found.z[500:1990])) < 3
+    assert np.nanmax(np.abs(ewma(x).z[2000:2040])) < 2  # far from the mean: no
+    # The history bounds the state: 2 windows + history points and a few sums per series.
+    stream = Stream("shape")
+    stream.update(x[np.newaxis])
+    assert stream.state_bytes() <= 8 * (2 * 8 + 288 + 10)
