@@ -48,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from neuralops.embedding import Embedder, _clean, model_id
+from neuralops.embedding import Embedder, _clean, _volatile, model_id
 from neuralops.incident import Incident
 from neuralops.manifest import Manifest
 from neuralops.playbook_index import Catalogue, split_camel
@@ -62,7 +62,7 @@ from neuralops.vectorstore import (
 
 RRF_K = 60  # fusing run hits: long lists, the usual constant
 PLAYBOOK_RRF_K = 5  # fusing playbook lists: 20-odd items, so ranks must stay distinct
-NEIGHBOURS = 100  # runs taken from each retriever
+NEIGHBOURS = 50  # runs taken from each retriever (100 cost ~2x the search time at 1M rows)
 # A past run is a "similar incident" when it shares a symptom with this one; where either
 # side has none known, when its cosine reaches SIMILAR_MIN. Measured once by hand while
 # choosing it (200,000 random pairs of 3,000 synthetic runs' incident texts, MiniLM; not a
@@ -310,7 +310,9 @@ def incident_from_signal(signal: Any) -> Incident:
 def search_text(incident: Incident) -> str:
     """The BM25 query: the words of the alert name (whole and split), label values and
     summary."""
-    labels = [v for k, v in sorted(incident.labels.items()) if k != "pod"]
+    # Per-instance labels (pod, node, instance...) are noise to BM25, and each extra word
+    # lengthens the search over every run.
+    labels = [v for k, v in sorted(incident.labels.items()) if not _volatile(k)]
     alert = f"{incident.alert} {split_camel(incident.alert)}" if incident.alert else None
     return " ".join(_WORD.findall(" ".join(filter(None, [alert, *labels, incident.summary]))))
 

@@ -28,7 +28,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import FTS, BTree, IvfHnswSq
+from lancedb.index import FTS, Bitmap, BTree, IvfHnswSq
 
 from neuralops.errors import ConfigError, InvalidInput, Unavailable
 
@@ -49,6 +49,10 @@ REMOTE_SCHEMES = ("s3://", "s3+ddb://", "gs://", "az://", "abfs://")
 VECTOR_COLUMN = "vector"
 TEXT_COLUMN = "summary"
 KEY = "run_id"
+# Low-cardinality columns of every recommendation's prefilter (vouched runs; a playbook's
+# reported runs): bitmap indexes make that filter ~2x cheaper at 1M rows than a scan
+# (reports/recommend.md, latency).
+BITMAP_COLUMNS = ("verified", "provenance", "wpk_id")
 # Field metadata LanceDB writes for set_unenforced_primary_key.
 _PRIMARY_KEY_META = b"lance-schema:unenforced-primary-key"
 _IN_CHUNK = 1000
@@ -339,6 +343,7 @@ class VectorStore:
             "FTS": TEXT_COLUMN,
             "BTREE": "resource",
             "BTREE_TIME": "created_at",
+            **{f"BITMAP_{c}": c for c in BITMAP_COLUMNS},
         }[kind]
         with self._remote_errors("read"):
             for index in table.list_indices():
@@ -381,6 +386,9 @@ class VectorStore:
                 table.create_index("resource", config=BTree())
             if self._index_name(table, "BTREE_TIME") is None:
                 table.create_index("created_at", config=BTree())
+            for column in BITMAP_COLUMNS:
+                if self._index_name(table, f"BITMAP_{column}") is None:
+                    table.create_index(column, config=Bitmap())
             if name is not None:
                 stats = table.index_stats(name)
                 if stats is None or stats.num_unindexed_rows == 0:
