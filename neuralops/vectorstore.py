@@ -40,7 +40,8 @@ RETRAIN_GROWTH = 2.0
 # Rows added or rewritten since the index was last updated are still found (LanceDB searches
 # them exactly beside the index); they are folded in (``optimize``: compaction, index update,
 # old versions pruned) only once they are this fraction of the table, not on every refresh:
-# folding costs about as much for 1,000 rows as for 5,000 (bench/vector_index.py).
+# an optimize() takes seconds to minutes on a 100k-row table, while the rows waiting outside
+# the index cost a few milliseconds a query (bench/vector_index.py --fold).
 FOLD_FRACTION = 0.05
 NPROBES = 20
 EF = 64
