@@ -198,7 +198,7 @@ def fold_bench(size: int, n_queries: int, seed: int) -> list[dict]:
         measure(f"index built on {size:,} rows", build_s)
         add(1000)
         measure(f"1,000 new rows ({1000 / have:.1%} of the table), not folded", 0.0)
-        measure("... folded at once (`optimize()`, the old hourly upkeep)", fold())
+        measure("... folded at once (`optimize()`, as every refresh did before)", fold())
         add(batch)
         measure(f"{batch:,} new rows ({FOLD_FRACTION:.0%}), not folded", 0.0)
         measure(f"... folded (`optimize()` once they pass {FOLD_FRACTION:.0%})", fold())
