@@ -258,7 +258,7 @@ marks the lines some redaction rule could touch, and only those are decoded and 
 the same `Redactor` as before (output identical to the per-record path:
 tests/test_redaction_batch.py); the rest are written as they came. With one run in eight
 carrying a dozen planted secrets, about one line in seven is marked (those runs, and error
-texts holding an IP address), and the redactor spends about 0.5 ms on each such run (its
+texts holding an IP address), and the redactor spends 0.2-0.6 ms on each such run (its
 rules over secret-laden text): that is most of the export's time, and why it stays far below
 COPY there. With secrets in one run in 800 (`--plant-every 800`) the same code runs at about
 half of COPY; what is left there is Python handling every line (the COPY reader thread and
