@@ -19,6 +19,7 @@ import argparse
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -182,6 +183,7 @@ def export_section(rows: int, report: Path, pandas: bool = True, plant_every: in
         synthetic.planted = lambda seed, n: planted(seed, n) if n % every == 0 else None
 
     url, name = scratch_postgres()
+    work = Path(tempfile.mkdtemp(prefix="neuralops-export-"))
     try:
         db.upgrade(url)
         print(f"seeding {rows:,} runs into PostgreSQL {name}", flush=True)
@@ -190,7 +192,6 @@ def export_section(rows: int, report: Path, pandas: bool = True, plant_every: in
         copy_s = seed_copy(rows - logger_n, url, start=logger_n) if rows > logger_n else 0.0
         size = _table_mb(url)
         db.dispose_engines()
-        work = Path(tempfile.mkdtemp())
         dsn = url.render_as_string(hide_password=False)
         env = {**os.environ, "POSTGRES_DSN": dsn}
         libpq = dsn.replace("postgresql+psycopg://", "postgresql://")
@@ -219,6 +220,7 @@ def export_section(rows: int, report: Path, pandas: bool = True, plant_every: in
         parquet_mb = (work / "runs.parquet").stat().st_size / 2**20
     finally:
         drop_postgres(name)
+        shutil.rmtree(work, ignore_errors=True)  # gigabytes of JSONL at 1M rows
     copy_rate, export_rate = copy_rows / copy_file_s, exported / export_s
     ratio = export_rate / copy_rate
     print(f"COPY {copy_rate:,.0f} rows/s, export {export_rate:,.0f} rows/s: {ratio:.2f}x")
