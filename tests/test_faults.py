@@ -257,20 +257,43 @@ def seed(count: int, start: int) -> list[str]:
 def fault_between_export_batches(
     monkeypatch, action: Callable[[], None], batch_rows: int = 10
 ) -> list[int]:
-    """Export in batches of ``batch_rows``; ``action`` runs once, after the first batch of the
-    next export was read and written (the export's connection is then open mid-query)."""
-    real = etl._batches
+    """Export ``batch_rows`` at a time, on whichever path the export takes (PostgreSQL: COPY in
+    keyset slices of ``batch_rows``, read by a thread; SQLite: keyset batches); ``action``
+    runs once, after the first batch of the next export was read and written, while the
+    export's connection is open between two queries. On PostgreSQL the COPY reader is held
+    before it bounds its second slice until ``action`` has run, so it cannot have read
+    everything ahead of the fault: its next query meets the fault."""
+    real_batches, real_copy, real_slice_end = etl._batches, etl._copy_batches, etl._slice_end
     fired: list[int] = []
+    acted = threading.Event()
+    slices = [0]
 
-    def batches(*args, **kwargs):
-        kwargs["batch_rows"] = batch_rows
-        for batch in real(*args, **kwargs):  # (records, keyset position of the last)
-            yield batch
-            if not fired:
-                fired.append(len(batch[0]))
-                action()
+    def fault_after_first(batches):
+        with contextlib.closing(batches):
+            for batch in batches:  # (records or lines, keyset position reached, reread)
+                yield batch
+                if not fired:
+                    fired.append(len(batch[0]))
+                    try:
+                        action()
+                    finally:
+                        acted.set()
 
-    monkeypatch.setattr(etl, "_batches", batches)
+    def sqlite_batches(*args, **kwargs):
+        return fault_after_first(real_batches(*args, **{**kwargs, "batch_rows": batch_rows}))
+
+    def copy_batches(*args, **kwargs):
+        return fault_after_first(real_copy(*args, **{**kwargs, "slice_rows": batch_rows}))
+
+    def slice_end(*args, **kwargs):  # in the COPY reader thread, before each slice
+        slices[0] += 1
+        if slices[0] > 1:
+            acted.wait(timeout=120)
+        return real_slice_end(*args, **kwargs)
+
+    monkeypatch.setattr(etl, "_batches", sqlite_batches)
+    monkeypatch.setattr(etl, "_copy_batches", copy_batches)
+    monkeypatch.setattr(etl, "_slice_end", slice_end)
     return fired
 
 
@@ -314,6 +337,7 @@ def test_postgres_stopped_mid_export_fails_the_run_and_the_rerun_resumes_from_th
     assert attempts == {"export-runs": 1 + fast.retries}  # vectorize-runs never started
     assert len(vector_ids()) == 30
     assert [p.name for p in exported_files()] == [Path(first["export_file"]).name]  # no temp
+    assert "neuralops-export-copy" not in {t.name for t in threading.enumerate()}  # reader gone
 
     private_postgres.start()
     assert etl.read_watermark() == mark  # the failed run did not move it
@@ -338,40 +362,39 @@ def test_postgres_restarted_mid_export_and_mid_vectorize_costs_one_retry_and_no_
     from neuralops import vectorize as vectorize_core
 
     seed(45, start=0)
-    fault = pytest.MonkeyPatch()
-    fired = fault_between_export_batches(fault, private_postgres.restart)
-    # And once more while the vectors are written: the run must still log itself afterwards.
-    real_records = vectorize_core.vectorize_records
-    restarted_in_vectorize: list[int] = []
+    with pytest.MonkeyPatch.context() as fault:  # undone even when an assertion fails
+        fired = fault_between_export_batches(fault, private_postgres.restart)
+        # And once more while the vectors are written: the run must still log itself afterwards.
+        real_records = vectorize_core.vectorize_records
+        restarted_in_vectorize: list[int] = []
 
-    def records(rows, store, embedder, **kwargs):
-        def restart_after_first_batch(done: int) -> None:
-            if not restarted_in_vectorize:
-                restarted_in_vectorize.append(done)
-                private_postgres.restart()
+        def records(rows, store, embedder, **kwargs):
+            def restart_after_first_batch(done: int) -> None:
+                if not restarted_in_vectorize:
+                    restarted_in_vectorize.append(done)
+                    private_postgres.restart()
 
-        return real_records(
-            rows, store, embedder, batch_size=20, progress=restart_after_first_batch, **kwargs
-        )
+            return real_records(
+                rows, store, embedder, batch_size=20, progress=restart_after_first_batch, **kwargs
+            )
 
-    fault.setattr(etl_tasks.vectorize, "vectorize_records", records)
-    state = vectorize_flows.vectorize(return_state=True)  # production retry delays
-    assert fired == [10] and restarted_in_vectorize == [20]
-    assert state.is_completed(), state.message
-    summary = state.result()
-    assert (summary["exported"], summary["written"]) == (45, 45)
-    attempts = task_runs(state.state_details.flow_run_id)
-    # One retry, from the watermark; the watermark moves once the vectors are written.
-    assert attempts == {"export-runs": 2, "vectorize-runs": 1, "commit-watermark": 1}
-    lines = Path(summary["export_file"]).read_text().splitlines()
-    exported = [json.loads(line)["run_id"] for line in lines]
-    assert len(exported) == len(set(exported)) == 45  # the retry rewrote the file whole
-    ids = vector_ids()
-    assert len(ids) == len(set(ids)) == 45 and set(ids) == set(exported)
-    # PostgreSQL was restarted twice under the run, yet it is recorded (the pool reconnects).
-    flow_run_id = str(state.state_details.flow_run_id)
-    assert flow_run_id in all_run_ids()
-    fault.undo()
+        fault.setattr(etl_tasks.vectorize, "vectorize_records", records)
+        state = vectorize_flows.vectorize(return_state=True)  # production retry delays
+        assert fired == [10] and restarted_in_vectorize == [20]
+        assert state.is_completed(), state.message
+        summary = state.result()
+        assert (summary["exported"], summary["written"]) == (45, 45)
+        attempts = task_runs(state.state_details.flow_run_id)
+        # One retry, from the watermark; the watermark moves once the vectors are written.
+        assert attempts == {"export-runs": 2, "vectorize-runs": 1, "commit-watermark": 1}
+        lines = Path(summary["export_file"]).read_text().splitlines()
+        exported = [json.loads(line)["run_id"] for line in lines]
+        assert len(exported) == len(set(exported)) == 45  # the retry rewrote the file whole
+        ids = vector_ids()
+        assert len(ids) == len(set(ids)) == 45 and set(ids) == set(exported)
+        # PostgreSQL was restarted twice under the run, yet it is recorded (the pool reconnects).
+        flow_run_id = str(state.state_details.flow_run_id)
+        assert flow_run_id in all_run_ids()
     again = vectorize_flows.vectorize()
     assert (again["exported"], again["written"]) == (1, 1)  # only the first run's own record
     ids = vector_ids()
