@@ -282,14 +282,26 @@ RECORDED = {
     RESTARTS: "namespace_pod:kube_pod_container_restarts:increase10m",
 }
 MIB = 2**20
+# payments-api before the incident: its liveness probe times out now and then and the kubelet
+# restarts its container (minutes before the end). Each restart comes back with a cold heap:
+# the working set WARMUP_DROP below its usual level, refilled with a time constant of
+# WARMUP_MINUTES. Restarts, and a working set that grows by half in minutes, are usual for
+# this pod; OOM kills are not. So the restarts and the memory move with the OOM kills, but
+# only the OOM kills reach the remediation threshold under the default detector (its
+# level-shift part weighs the last 12 minutes' restarts against these, not against a flat
+# zero): one incident.
+EARLIER_RESTARTS: tuple[float, ...] = (165, 120, 75, 40)
+WARMUP_DROP = 0.35
+WARMUP_MINUTES = 6.0
 
 
 def incident_metrics(
     now: datetime, *, hours: float = 3, step_s: int = 60, end_offset_s: int = 60, seed: int = 11
 ) -> list:
     """Three hours of memory, OOM-kill and restart series for four pods, ending just before
-    ``now``: three are quiet; ``payments-api`` climbs to its 512 MiB limit over the last 20
-    minutes and is OOM-killed three times (each kill a restart) in the last 12.
+    ``now``: three are quiet; ``payments-api``, whose container restarted a few times before
+    (``EARLIER_RESTARTS``), climbs to its 512 MiB limit over the last 20 minutes and is
+    OOM-killed three times (each kill a restart) in the last 12.
 
     Returns :class:`~neuralops.local_prometheus.Series` with the raw metric names (what
     cAdvisor and kube-state-metrics export, for Prometheus). Deterministic for ``now``."""
@@ -309,8 +321,11 @@ def incident_metrics(
         memory = level * (1 + 0.03 * np.sin(stamps / 1800 + i)) + rng.normal(0, 4 * MIB, n)
         kills, restarts = np.zeros(n), np.full(n, float(i % 2))
         if pod is OOM_POD:
-            # Two earlier restarts (rollouts): restarts alone are no stronger a signal.
-            restarts += (minutes_before_end <= 150) + (minutes_before_end <= 75)
+            for minutes in EARLIER_RESTARTS:
+                restarted = minutes_before_end <= minutes
+                restarts += restarted
+                since = np.where(restarted, minutes - minutes_before_end, np.inf)
+                memory = memory * (1 - WARMUP_DROP * np.exp(-since / WARMUP_MINUTES))
             climb = np.clip((20 - minutes_before_end) / 20, 0, 1)
             memory = memory + climb * (MEMORY_LIMIT_MIB * MIB - memory)
             for minutes in (12, 8, 4):  # each kill restarts the container

@@ -66,8 +66,8 @@ def test_the_demo_replay_holds_one_actionable_incident(tmp_path: Path) -> None:
     actionable = [s for hits in found.values() for s in hits if s.score >= THRESHOLD]
     assert [(s.rule, s.labels["pod"]) for s in actionable] == [("oom-kills", demo.OOM_POD["pod"])]
     assert actionable[0].labels["symptom"] == "oom-killed"
-    # The restarts move too, but after two earlier rollouts they stay under the threshold:
-    # one incident, one remediation.
+    # The restarts move too, but after four earlier restarts of the same container
+    # (demo.EARLIER_RESTARTS) they stay under the threshold: one incident, one remediation.
     assert all(s.score < THRESHOLD for s in found["pod-restarts"])
     quiet = {p["pod"] for p in demo.QUIET_PODS}
     assert not any(s.labels["pod"] in quiet for hits in found.values() for s in hits)
