@@ -230,11 +230,14 @@ def test_run_pauses_a_remediation_approved_after_refusals_in_the_ui_and_the_cli(
             page.get_by_text("Logs", exact=True).click()  # the page as it opens, drawn by now
             shot("01-paused-run.png")
 
-            # The incident: the signal's hint ("OOM kills of namespace=payments, ... 8.8σ
-            # above its 3h baseline"), its series and the metric around it.
+            # The incident: the signal's hint, naming the part of the default detector that
+            # fired ("OOM kills of namespace=payments, ...: level shifted by +11.1σ at 12:54
+            # UTC", or "... is 8.8σ above its 3h baseline"), its series and the metric around it.
             open_artifact("remediation-incident")
             hint = page.locator("blockquote").first
-            expect(hint).to_contain_text(re.compile(r"OOM kills of namespace=payments.*σ above"))
+            expect(hint).to_contain_text(
+                re.compile(r"OOM kills of namespace=payments.*(level shifted by \+[\d.]+σ|σ above)")
+            )
             expect(page.get_by_text("The metric around the incident", exact=True)).to_be_visible()
             expect(page.get_by_role("img", name="the metric around the incident")).to_be_visible()
             expect(page.get_by_text("Evidence: similar past runs")).to_be_visible()
