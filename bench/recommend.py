@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _report import write_section
 
 from neuralops.embedding import MiniLMEmbedder
-from neuralops.incident import Incident
+from neuralops.incident_model import Incident
 from neuralops.recommend import (
     DEFAULT_WEIGHTS,
     FEATURES,

@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL
 
 from neuralops.db import session_scope
 from neuralops.db.models import InsightSignal, utcnow
-from neuralops.incident import Incident
+from neuralops.incident_model import Incident
 from neuralops.recommend import RecommendResult
 from neuralops.runs import NoNulStr
 from neuralops.signals import (

@@ -58,7 +58,7 @@ from neuralops import __version__, api_auth, clusters, probe, registry, runs, si
 from neuralops.api_auth import ApiPrincipal, AuthRefused
 from neuralops.db import get_engine
 from neuralops.errors import ConfigError, Conflict, InvalidInput, NotFound, Unavailable
-from neuralops.incident import Incident
+from neuralops.incident_model import Incident
 from neuralops.recommend import (
     MAX_TOP,
     Recommender,

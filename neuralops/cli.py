@@ -1227,7 +1227,7 @@ def recommend(
     """Which registered playbooks fix this incident, best first, and why (past similar runs,
     their outcomes, the symptoms each treats). Give --signal-id or --text."""
     from neuralops import signals
-    from neuralops.incident import Incident
+    from neuralops.incident_model import Incident
 
     if (signal_id is None) == (text is None):
         raise typer.BadParameter(

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from neuralops.errors import FieldProblem, InvalidInput
-from neuralops.incident import _POD_SUFFIX
+from neuralops.incident_model import _POD_SUFFIX
 from neuralops.manifest import (
     PLACEHOLDER,
     Action,

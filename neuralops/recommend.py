@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from neuralops.embedding import Embedder, _clean, _volatile, model_id
-from neuralops.incident import Incident
+from neuralops.incident_model import Incident
 from neuralops.manifest import Manifest
 from neuralops.playbook_index import Catalogue, split_camel
 from neuralops.vectorstore import (

@@ -41,7 +41,7 @@ from neuralops.cosign_enforcer import SignatureRejected, enforce_registered
 from neuralops.db import session_scope
 from neuralops.db.models import WorkflowRun
 from neuralops.errors import InvalidInput
-from neuralops.incident import Incident, resource_of, run_resource
+from neuralops.incident_model import Incident, resource_of, run_resource
 from neuralops.manifest import Manifest
 from neuralops.mock_cluster import RUNTIME, MockCluster
 from neuralops.recommend import Recommender, incident_from_signal

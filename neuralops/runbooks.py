@@ -40,7 +40,7 @@ from sqlalchemy.engine import URL
 from neuralops.db import session_scope
 from neuralops.db.models import Playbook
 from neuralops.errors import InvalidInput
-from neuralops.incident import infer_symptoms
+from neuralops.incident_model import infer_symptoms
 from neuralops.manifest import (
     MAX_SECTION_CHARS,
     MAX_SECTIONS,

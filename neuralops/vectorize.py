@@ -46,7 +46,7 @@ import numpy as np
 
 from neuralops.embedding import Embedder, content_hash, incident_text, model_id, run_summary
 from neuralops.errors import ConfigError, Conflict, InvalidInput
-from neuralops.incident import run_resource, run_symptoms
+from neuralops.incident_model import run_resource, run_symptoms
 from neuralops.quarantine import Quarantined, unencodable
 from neuralops.vectorstore import VectorStore, is_remote
 

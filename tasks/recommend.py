@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from neuralops import signals
 from neuralops.errors import InvalidInput
-from neuralops.incident import Incident
+from neuralops.incident_model import Incident
 from neuralops.recommend import RecommendResult, incident_from_signal, recommender_from_settings
 from tasks import IO_RETRIES
 

@@ -15,7 +15,7 @@ from prefect.input.run_input import Keyset, RunInput
 
 from neuralops import incidents, remediation
 from neuralops.approval import keys_from_settings
-from neuralops.incident import Incident
+from neuralops.incident_model import Incident
 from neuralops.mock_cluster import MockCluster
 from neuralops.recommend import recommender_from_settings
 from neuralops.settings import get_settings

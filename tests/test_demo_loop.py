@@ -15,7 +15,7 @@ from conftest import skip_or_fail
 from sqlalchemy.engine import URL
 
 from neuralops import db, demo, registry, runs, signals
-from neuralops.incident import Incident
+from neuralops.incident_model import Incident
 from neuralops.localstack import Stack, StackError
 from neuralops.remediation import precedent_parameters
 from neuralops.settings import get_settings

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from neuralops.embedding import MiniLMEmbedder
-from neuralops.incident import Incident, infer_symptoms, resource_of, run_resource
+from neuralops.incident_model import Incident, infer_symptoms, resource_of, run_resource
 from neuralops.playbook_index import chunk_texts
 from neuralops.recommend import DEFAULT_WEIGHTS, MIN_SIMILARITY, Recommender, incident_from_signal
 from neuralops.registry import catalogue_dir, load_manifests

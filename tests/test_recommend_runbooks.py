@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from neuralops.embedding import HashingEmbedder
-from neuralops.incident import Incident
+from neuralops.incident_model import Incident
 from neuralops.playbook_index import CHUNK_WORDS, chunk_texts, document_text, split_camel
 from neuralops.recommend import Recommender, query_text
 from neuralops.registry import catalogue_dir, load_manifests

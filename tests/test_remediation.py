@@ -13,7 +13,7 @@ from neuralops.approval import issue_dev_token, keys_from_settings
 from neuralops.db import session_scope
 from neuralops.db.models import AuditLog, Playbook
 from neuralops.embedding import HashingEmbedder
-from neuralops.incident import Incident
+from neuralops.incident_model import Incident
 from neuralops.mock_cluster import MockCluster
 from neuralops.recommend import Recommender, incident_from_signal
 from neuralops.settings import get_settings

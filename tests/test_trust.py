@@ -66,7 +66,7 @@ from neuralops.db import get_engine, session_scope
 from neuralops.db.models import AuditLog, Base, Cluster, WorkflowRun
 from neuralops.embedding import HashingEmbedder, MiniLMEmbedder
 from neuralops.errors import Conflict, InvalidInput, NotFound
-from neuralops.incident import Incident
+from neuralops.incident_model import Incident
 from neuralops.manifest import Manifest
 from neuralops.mock_cluster import MockCluster
 from neuralops.recommend import Recommender, incident_from_signal
