@@ -313,53 +313,6 @@ def _has_secret_word(text: str) -> bool:
     )  # fmt: skip
 
 
-# Where _KEY_VALUE and _SECRET_FLAG can match, in ASCII text (elsewhere IGNORECASE folds a few
-# non-ASCII letters onto ASCII ones, and the rules run over the whole text). The ASCII words
-# of _SECRET_WORDS are made of [A-Za-z0-9_-] only, and what follows a word in either rule
-# (quote, blank, ":" or "=") never is, so a match's prefix and word are one whole run of
-# those characters (the lookbehind rejects a start inside a run), followed by what the rule
-# needs after the word, and the run ends with one of _SECRET_ENDINGS (each ASCII word,
-# "store[_-]?pass" included, ends with one of them). These patterns find the runs that are
-# followed as the rule needs; possessive, so each position is tried once.
-_KEY_VALUE_RUN = re.compile(r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]++(?=\\?[\"']?[ \t]*[:=])")
-_SECRET_FLAG_RUN = re.compile(r"(?<![A-Za-z0-9_-])-[A-Za-z0-9_-]*+(?=[ \t])")
-_SECRET_ENDINGS: Final = (
-    "key", "pass", "password", "passwd", "pwd", "secret", "contrasena", "passphrase", "passcode",
-    "token", "credential", "credentials",
-)  # fmt: skip
-
-
-def _run_starts(text: str, runs: re.Pattern[str]) -> list[int]:
-    """ASCII ``text``: where the runs found by ``runs`` that end like a secret word start."""
-    return [m.start() for m in runs.finditer(text) if m.group().lower().endswith(_SECRET_ENDINGS)]
-
-
-def _sub_from(
-    pattern: re.Pattern[str],
-    repl: Callable[[re.Match[str]], str],
-    text: str,
-    starts: list[int],
-) -> str:
-    """``pattern.sub(repl, text)`` when no match can start outside ``starts``: the same matches
-    in the same order (``match`` at a position sees the text before it, as a search does), but
-    without trying the pattern at every other position of the text."""
-    out: list[str] = []
-    last = 0
-    for start in starts:
-        if start < last:
-            continue
-        m = pattern.match(text, start)
-        if m is None:
-            continue
-        out.append(text[last : m.start()])
-        out.append(repl(m))
-        last = m.end()
-    if not out:
-        return text
-    out.append(text[last:])
-    return "".join(out)
-
-
 @lru_cache(maxsize=8192)
 def _is_secret_key(name: str) -> bool:
     return _SECRET_KEY_NAME.fullmatch(name) is not None
@@ -687,11 +640,7 @@ class Redactor:
             return m.group(1) + quote + ph + quote
 
         if _has_secret_word(text):
-            text = (
-                _sub_from(_SECRET_FLAG, repl, text, _run_starts(text, _SECRET_FLAG_RUN))
-                if text.isascii()
-                else _SECRET_FLAG.sub(repl, text)
-            )
+            text = _SECRET_FLAG.sub(repl, text)
         if "-p" in text and _PASSWORD_COMMAND.search(text) is not None:
             text = _SHORT_P.sub(repl, text)
         return text
@@ -765,8 +714,6 @@ class Redactor:
             self.stats[ph] += 1
             return f"{prefix}{quote}{ph}{quote}"
 
-        if text.isascii():
-            return _sub_from(_KEY_VALUE, repl, text, _run_starts(text, _KEY_VALUE_RUN))
         return _KEY_VALUE.sub(repl, text)
 
     def _emails(self, text: str) -> str:
