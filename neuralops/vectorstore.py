@@ -183,16 +183,19 @@ class VectorStore:
         if missing:  # a table written before these columns existed (new rows fill them)
             with self._remote_errors("migrate"):
                 table.add_columns(pa.schema(missing))
-        if not _has_primary_key(table):
-            # merge_insert on run_id then detects concurrent inserts of the same run
+        # merge_insert on run_id then detects concurrent inserts of the same run. A writer
+        # racing on a new table can make this commit conflict (with the table's creation or
+        # another writer's key): read the table again and retry until the key is there.
+        for attempt in range(5):
+            if _has_primary_key(table):
+                break
             with self._remote_errors("migrate"):
                 try:
                     table.set_unenforced_primary_key(KEY)
                 except (OSError, RuntimeError, ValueError):
-                    # another process set it at the same moment (a conflicting commit)
-                    table = db.open_table(self.table_name)
-                    if not _has_primary_key(table):
+                    if attempt == 4:
                         raise
+                    table = db.open_table(self.table_name)
         stored = table.schema.field(VECTOR_COLUMN).type
         if stored != self.schema.field(VECTOR_COLUMN).type:
             raise ConfigError(

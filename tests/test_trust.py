@@ -69,7 +69,7 @@ from neuralops.errors import Conflict, InvalidInput, NotFound
 from neuralops.incident_model import Incident
 from neuralops.manifest import Manifest
 from neuralops.mock_cluster import MockCluster
-from neuralops.recommend import Recommender, incident_from_signal
+from neuralops.recommend import NEIGHBOURS, Recommender, incident_from_signal
 from neuralops.registry import registered_manifests
 from neuralops.settings import get_settings
 from neuralops.signing import sign_playbook
@@ -563,15 +563,15 @@ def test_posted_runs_cannot_steer_the_recommendation_or_the_parameters(
     assert not any(r["provenance"] == ATTACKER for r in candidates.runs)
 
     # The control: were the attacker a trusted writer, its runs would be the evidence the
-    # issue saw (uncordon-node: 100 similar runs, 99 %). The trust boundary, not the data,
-    # is what keeps them out.
+    # issue saw (uncordon-node: 100 similar runs then, as many as the recommender takes
+    # now, 99 %). The trust boundary, not the data, is what keeps them out.
     fooled = Recommender(store, embedder, manifests, trusted={ATTACKER})
     steered = next(
         r
         for r in fooled.recommend(incident, top=20).recommendations
         if r.playbook_id == "uncordon-node"
     )
-    assert steered.similar_runs == 100 and steered.success_rate > 0.98
+    assert steered.similar_runs == NEIGHBOURS and steered.success_rate >= 0.98
 
     # Precedent parameters come from NeuralOps' own execution, not the attacker's newer runs.
     assert remediation.precedent_parameters(uncordon, incident) == {}
