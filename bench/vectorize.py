@@ -34,7 +34,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
-from neuralops.etl import CHUNK_ROWS, SLICE_ROWS
+from neuralops.etl import CHUNK_ROWS, POOL_MIN_MARKED, SLICE_ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "reports" / "vectorize.md"
@@ -143,12 +143,37 @@ with psycopg.connect(sys.argv[1]) as conn, open(sys.argv[2], "wb") as sink:
             n += 1
 print(n, time.perf_counter() - t, HWM)
 """
+# The export's redaction workers are its child processes: a thread reads their peak (VmHWM)
+# every 0.2 s while they live. Prints a line before the usual one: workers, the largest
+# worker's peak KiB, the sum of their peaks KiB, this process's CPU s, the workers' CPU s.
 _EXPORT_CHILD = """
-import sys, time
+import os, resource, sys, threading, time
 from neuralops import etl
-t = time.perf_counter()
+peaks, stop = {}, threading.Event()
+def watch():
+    tasks = f"/proc/{os.getpid()}/task"
+    while not stop.wait(0.2):
+        for task in os.listdir(tasks):
+            try:
+                kids = open(f"{tasks}/{task}/children").read().split()
+            except OSError:
+                continue
+            for pid in kids:
+                try:
+                    hwm = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM")]
+                except OSError:
+                    continue
+                if hwm:
+                    peaks[pid] = max(peaks.get(pid, 0), int(hwm[0].split()[1]))
+threading.Thread(target=watch, daemon=True).start()
+t, cpu = time.perf_counter(), time.process_time()
 r = etl.export_runs(sys.argv[1], full=sys.argv[2] == "full")
-print(r.rows, time.perf_counter() - t, HWM)
+seconds = time.perf_counter() - t
+stop.set()
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(len(peaks), max(peaks.values(), default=0), sum(peaks.values()),
+      time.process_time() - cpu, kids.ru_utime + kids.ru_stime)
+print(r.rows, seconds, HWM)
 """
 _PANDAS_CHILD = """
 import sys, time
@@ -165,12 +190,22 @@ print(len(frame), time.perf_counter() - t, HWM)
 
 
 def _child(code: str, *args: str, env: dict | None = None) -> tuple[int, float, float]:
+    rows, seconds, peak, _ = _child_more(code, *args, env=env)
+    return rows, seconds, peak
+
+
+def _child_more(
+    code: str, *args: str, env: dict | None = None
+) -> tuple[int, float, float, list[float]]:
+    """``_child``, and the numbers of the line before the last (the export's workers)."""
     code = code.replace("HWM", _HWM)
     done = subprocess.run(
         [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True
     )
-    rows, seconds, peak_kb = done.stdout.split()[-3:]
-    return int(rows), float(seconds), int(peak_kb) / 1024
+    lines = done.stdout.strip().splitlines()
+    rows, seconds, peak_kb = lines[-1].split()
+    extra = [float(x) for x in lines[-2].split()] if len(lines) > 1 else []
+    return int(rows), float(seconds), int(peak_kb) / 1024, extra
 
 
 def export_section(rows: int, report: Path, pandas: bool = True, plant_every: int = 8) -> None:
@@ -198,15 +233,20 @@ def export_section(rows: int, report: Path, pandas: bool = True, plant_every: in
         # COPY to a file, the export, COPY again, back to back: the ratio uses the faster COPY.
         print("COPY to a file, export, COPY again (child processes)", flush=True)
         copies = [_child(_COPY_CHILD, libpq, str(work / "copy.jsonl"))]
-        exported, export_s, peak_mb = _child(
+        load_before = os.getloadavg()[0]  # other work on the machine meanwhile
+        exported, export_s, main_mb, extra = _child_more(
             _EXPORT_CHILD, str(work / "runs.jsonl"), "full", env=env
         )
+        load_after = os.getloadavg()[0]
+        workers, worker_kb, workers_kb, main_cpu, workers_cpu = extra
+        peak_mb = main_mb + workers_kb / 1024
         copies.append(_child(_COPY_CHILD, libpq, str(work / "copy.jsonl")))
         copy_rows, copy_file_s, copy_peak = min(copies, key=lambda c: c[1])
         again_rows, again_s, _ = _child(_EXPORT_CHILD, str(work / "again.jsonl"), "", env=env)
-        parquet_rows, parquet_s, parquet_peak = _child(
+        parquet_rows, parquet_s, parquet_main, parquet_extra = _child_more(
             _EXPORT_CHILD, str(work / "runs.parquet"), "full", env=env
         )
+        parquet_peak = parquet_main + parquet_extra[2] / 1024
         pandas_row = ""
         if pandas:
             print("pandas read_sql baseline", flush=True)
@@ -237,7 +277,9 @@ is one child process, run one after the other in the same bench run: psycopg's
 `COPY (SELECT row_to_json(t) ...) TO STDOUT` written to a file as it comes (no redaction; run
 before and after the export, the faster one counted), then `etl.export_runs` (COPY in keyset
 slices of {SLICE_ROWS:,} rows, a reader thread, each chunk of {CHUNK_ROWS:,} lines
-pre-filtered and the lines a rule could touch redacted, JSONL), then the same to Parquet.
+pre-filtered; the lines a rule could touch redacted by {workers:.0f} worker processes; JSONL),
+then the same to Parquet. Peak memory is the export process's plus each of its workers'
+(JSONL: the largest worker {worker_kb / 1024:,.0f} MiB).
 
 | what | rows | time | rows/s | vs COPY | peak memory (max RSS) |
 | --- | ---: | ---: | ---: | ---: | ---: |
@@ -254,18 +296,27 @@ Seeding: the first {logger_n:,} runs through the run logger (`log_runs`, 5,000 p
 transaction) at {logger_n / logger_s:,.0f} runs/s, the rest by COPY at \
 {(rows - logger_n) / copy_s if copy_s else 0:,.0f} runs/s.
 
-Where the time goes: PostgreSQL serialises each run to its JSON line (`row_to_json`); one
-combined pattern over each chunk (`neuralops.redaction_batch`, polars, about 3 µs a line)
-marks the lines some redaction rule could touch, and only those are decoded and redacted, by
-the same `Redactor` as before (output identical to the per-record path:
-tests/test_redaction_batch.py); the rest are written as they came. With one run in eight
-carrying a dozen planted secrets, about one line in seven is marked (those runs, and error
-texts holding an IP address), and the redactor spends 0.2-0.6 ms on each such run (its
-rules over secret-laden text): that is most of the export's time, and why it stays far below
-COPY there. With secrets in one run in 800 (`--plant-every 800`) the same code runs at about
-half of COPY; what is left there is Python handling every line (the COPY reader thread and
-the main thread share the interpreter). Parquet decodes every line to build its columns,
-hence slower. Memory stays flat: a few chunks of lines are in flight at a time.
+Where the time goes: PostgreSQL serialises each run to its JSON line (`row_to_json`); the
+export process reads the COPY (a thread), runs one combined pattern over each chunk
+(`neuralops.redaction_batch`, polars) to mark the lines some redaction rule could touch, and
+writes the others as they came. The marked lines go to worker processes (`python -m
+neuralops.etl_lines`, one per core, started once an export has {POOL_MIN_MARKED:,} marked
+lines), which decode and redact them with the same `Redactor` code, field rules and hash key
+and send them back in order: output, quarantine verdicts and counts are those of the
+per-record path (tests/test_redaction_batch.py). CPU during the JSONL export: the export
+process {main_cpu:,.1f} s, its workers {workers_cpu:,.1f} s, that is
+{(main_cpu + workers_cpu) / exported * 1e6:,.0f} µs a row, beside PostgreSQL's backend
+(load average {load_before:.1f} before the export, {load_after:.1f} after: other work ran on
+the machine too when either is above 2). With one run in eight carrying a dozen
+planted secrets, about one line in seven is marked, and redacting those runs (the rules over
+secret-laden text: a few hundred µs of CPU a run) is most of the work. The workers take it
+off the process that reads and writes, so the export is now bound by the CPU it needs in
+all: at {0.7:.1f}x of COPY a row could take {(os.cpu_count() or 1) / (0.7 * copy_rate) * 1e6:,.0f}
+µs of CPU on these cores, PostgreSQL's serialisation included (COPY alone: about
+{1e6 / copy_rate:,.0f} µs a row of wall time, one core). With secrets in one run in 800
+(`--plant-every 800`) there is little to redact, and the export process's own work on every
+line (reading, pre-filter, writing) is what is left. Parquet decodes every line to build its
+columns, hence slower. Memory stays flat: a few chunks of lines are in flight at a time.
 """
     section = "export" if plant_every == 8 else f"export_plant{plant_every}"
     if plant_every != 8:

@@ -13,7 +13,10 @@ background thread while the main thread redacts, so the database and the redacti
 Each line is already the exported JSON; ``neuralops.redaction_batch.may_redact`` marks, over
 a whole chunk at once, the lines some redaction rule could touch, and only those are decoded
 and run through the redactor (the rest are written as PostgreSQL serialised them: the same
-values, JSON spacing aside). SQLite reads keyset batches and pre-filters the same way.
+values, JSON spacing aside). In a large export the marked lines are redacted by worker
+processes (``_Redaction``, one per core, running ``neuralops.etl_lines``), in order, while
+this process goes on reading and writing. SQLite reads keyset batches and pre-filters the
+same way, in one process.
 
 Incremental: without ``full`` or ``since``, an export starts after the stored watermark and
 ends at the newest row that existed when it started. ``full`` re-exports everything and
@@ -34,34 +37,49 @@ never its content), and the watermark still moves past it, so it is not met agai
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import queue
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import polars as pl
-import pyarrow.parquet as pq
 from sqlalchemy import LargeBinary, Text, cast, func, select, tuple_
 from sqlalchemy.engine import URL
 
 from neuralops.db import get_engine, session_scope
 from neuralops.db.models import EtlWatermark, WorkflowRun, utcnow
 from neuralops.errors import InvalidInput
+from neuralops.etl_lines import UNREDACTED, receive, send
+from neuralops.etl_lines import BadRow as _BadRow
+from neuralops.etl_lines import decoded as _decoded
+from neuralops.etl_lines import finite as _finite
+from neuralops.etl_lines import no_constant as _no_constant
+from neuralops.etl_lines import redacted as _redacted
 from neuralops.quarantine import Quarantined, unencodable
 from neuralops.redaction import Redactor, default_redactor
 from neuralops.redaction_batch import may_redact
 
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
+
 BATCH_ROWS = 5_000  # rows per keyset batch (SQLite)
 SLICE_ROWS = 50_000  # rows per keyset slice of COPY (PostgreSQL)
 CHUNK_ROWS = 5_000  # COPY lines handed to the redaction at a time
+MAX_WORKERS = 4  # redaction worker processes at most (one per core by default)
+PIPE_BYTES = 1 << 20  # Linux's default limit for an unprivileged process
+POOL_MIN_MARKED = 500  # marked lines an export has before it starts its workers
 DEFAULT_STREAM = "runs"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 COLUMNS = (
@@ -85,8 +103,6 @@ NESTED = ("inputs", "outputs", "node_logs")
 # Read undecoded (bytes on SQLite, JSON text on PostgreSQL) and decoded row by row, so that
 # one bad row is quarantined instead of failing the whole batch.
 RAW = (*NESTED, "run_id", "wpk_id", "status", "cluster", "provenance")
-# Kept as stored, not redacted (NeuralOps' own metadata: see the module docstring).
-UNREDACTED = ("provenance", "verified")
 
 
 @dataclass(frozen=True)
@@ -117,10 +133,12 @@ def export_runs(
     redactor: Redactor | None = None,
     progress: Callable[[int], None] | None = None,
     commit: bool = True,
+    workers: int | None = None,
 ) -> ExportResult:
     """Write the runs changed since the watermark (or all, or since a time) to ``out``.
     ``commit=False`` leaves the watermark where it was: the caller saves ``result.watermark``
-    (``commit_watermark``) once what it does with the file has succeeded."""
+    (``commit_watermark``) once what it does with the file has succeeded. ``workers``: the
+    processes that may redact marked COPY lines (None: one per core, up to 4; 0: none)."""
     out = Path(out)
     kind = FORMATS.get(out.suffix.lower())
     if kind is None:
@@ -145,23 +163,39 @@ def export_runs(
     handle, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     rows, last = 0, None
     quarantined: list[Quarantined] = []
+    redaction = _Redaction(redactor, _default_workers() if workers is None else workers)
+    # Batches handed to the redaction and not yet written, in order (several only while
+    # worker processes redact them: the reader and the writer keep going meanwhile).
+    pending: deque[tuple[_Job, Watermark | None]] = deque()
     try:
         with os.fdopen(handle, "wb") as sink:
             writer = _JsonlWriter(sink) if kind == "jsonl" else _ParquetWriter(sink)
-            for batch, mark, reread in batches:
-                good = _redact_batch(batch, redactor, quarantined, reread)
+
+            def write_oldest() -> None:
+                nonlocal rows, last
+                job, mark = pending.popleft()
+                good = job.result(quarantined)
                 writer.write(good)
                 rows += len(good)
                 if mark is not None:
                     last = mark  # past the quarantined rows too
                 if progress:
                     progress(rows + len(quarantined))
+
+            for batch, mark, reread in batches:
+                pending.append((redaction.submit(batch, reread), mark))
+                while pending and (len(pending) > redaction.depth or pending[0][0].ready()):
+                    write_oldest()
+            while pending:
+                write_oldest()
             writer.close()
         os.replace(temp, out)
     except BaseException:
+        redaction.close(failed=True)  # the worker processes, if any were started
         Path(temp).unlink(missing_ok=True)
         raise
     finally:
+        redaction.close()
         batches.close()  # stops the COPY reader when the export failed half-way
     watermark = previous
     if since is None and last is not None:
@@ -173,17 +207,115 @@ def export_runs(
     )
 
 
-def _redact_batch(
-    batch: list[Any],
-    redactor: Redactor,
-    quarantined: list[Quarantined],
-    reread: Callable[[str], dict[str, Any] | Quarantined] | None = None,
-) -> list[dict[str, Any] | str]:
-    """The batch as it will be written: quarantined rows left out, each record the redactor
-    could change redacted (``redaction_batch.may_redact`` picks them over the whole batch),
-    the others as they are (the redactor would return them unchanged). Items are records
-    (dicts) and Quarantined, or, from COPY, JSON lines (str): a marked line is decoded, and
-    one that does not decode cleanly is read again the reference way (``reread``)."""
+def _default_workers() -> int:
+    cores = os.cpu_count() or 1
+    return min(cores, MAX_WORKERS) if cores > 1 else 0
+
+
+class _Job:
+    """One batch on its way through the redaction: ``result`` gives what will be written."""
+
+    def __init__(
+        self,
+        finish: Callable[[list[Quarantined]], list[dict[str, Any] | str]],
+        worker: _Worker | None = None,
+    ) -> None:
+        self._finish, self._worker = finish, worker
+
+    def ready(self) -> bool:
+        return self._worker is None  # a worker's answer is read when its turn comes
+
+    def result(self, quarantined: list[Quarantined]) -> list[dict[str, Any] | str]:
+        return self._finish(quarantined)
+
+
+class _Worker:
+    """A redaction worker process (``python -m neuralops.etl_lines``): tasks in, answers out,
+    in order."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "neuralops.etl_lines"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.tasks, self.answers = self.process.stdin, self.process.stdout
+        for pipe in (self.tasks, self.answers):  # a task (~1 MiB) in one go, not 64 KiB steps
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        # the hash key goes through the pipe, never the command line (visible in ps)
+        send(self.tasks, (dict(redactor.field_rules), redactor._key))
+
+    def submit(self, lines: list[str]) -> None:
+        send(self.tasks, lines)
+
+    def answer(self) -> tuple[list[str | Quarantined | None], dict[str, int]]:
+        try:
+            status, value = receive(self.answers)
+        except EOFError:
+            code = self.process.wait()
+            raise RuntimeError(f"an export redaction worker exited (code {code})") from None
+        if status == "error":
+            raise value
+        return value
+
+    def close(self, *, kill: bool) -> None:
+        if kill:
+            self.process.kill()
+        with contextlib.suppress(OSError):
+            self.tasks.close()
+        self.process.wait()
+        self.answers.close()
+
+
+class _Redaction:
+    """Redacts batches as ``_redact_batch`` does, in order. The COPY lines the pre-filter
+    marks (a stock ``Redactor`` only) go to worker processes once an export has had
+    ``POOL_MIN_MARKED`` of them, so that the redaction, the most costly step, runs on the
+    other cores while this process reads, pre-filters and writes. Each worker has a redactor
+    with the same field rules and hash key and runs the same code on each line
+    (``etl_lines.redact_lines``); its counts are added to ``redactor.stats``."""
+
+    def __init__(self, redactor: Redactor, workers: int) -> None:
+        self.redactor = redactor
+        self.workers = workers if type(redactor) is Redactor else 0
+        self.pool: list[_Worker] = []
+        self.turn = 0
+        self.marked_seen = 0
+        self.depth = 0  # batches that may wait for their workers before the oldest is written
+
+    def submit(
+        self, batch: list[Any], reread: Callable[[str], dict[str, Any] | Quarantined] | None
+    ) -> _Job:
+        marked = _marks(batch, self.redactor)
+        lines = [i for i, item in enumerate(batch) if marked[i] and isinstance(item, str)]
+        self.marked_seen += len(lines)
+        if not self.pool and self.workers and self.marked_seen >= POOL_MIN_MARKED:
+            self.pool = [_Worker(self.redactor) for _ in range(self.workers)]
+            self.depth = self.workers + 1  # each has one to start when it is done
+        if not self.pool or not lines:
+            return _Job(lambda q: _redact_batch(batch, self.redactor, q, reread, marked))
+        worker = self.pool[self.turn % len(self.pool)]  # in turn: answers come back in order
+        self.turn += 1
+        worker.submit([batch[i] for i in lines])
+
+        def finish(quarantined: list[Quarantined]) -> list[dict[str, Any] | str]:
+            results, stats = worker.answer()
+            self.redactor.stats.update(stats)
+            done: dict[int, str | Quarantined | None] = dict(zip(lines, results, strict=True))
+            return _redact_batch(batch, self.redactor, quarantined, reread, marked, done)
+
+        return _Job(finish, worker)
+
+    def close(self, *, failed: bool = False) -> None:
+        for worker in self.pool:
+            worker.close(kill=failed)
+        self.pool = []
+
+
+def _marks(batch: list[Any], redactor: Redactor) -> list[bool]:
+    """For each item: whether the redactor could change it (Quarantined: False)."""
     texts: list[str] = []
     for item in batch:
         if isinstance(item, str):
@@ -191,15 +323,42 @@ def _redact_batch(
         elif not isinstance(item, Quarantined):
             public = {k: v for k, v in item.items() if k not in UNREDACTED}
             texts.append(json.dumps(public, ensure_ascii=False))
-    marked = iter(may_redact(texts, redactor))
+    found = iter(may_redact(texts, redactor))
+    return [False if isinstance(item, Quarantined) else next(found) for item in batch]
+
+
+def _redact_batch(
+    batch: list[Any],
+    redactor: Redactor,
+    quarantined: list[Quarantined],
+    reread: Callable[[str], dict[str, Any] | Quarantined] | None = None,
+    marked: list[bool] | None = None,
+    done: Mapping[int, str | Quarantined | None] | None = None,
+) -> list[dict[str, Any] | str]:
+    """The batch as it will be written: quarantined rows left out, each record the redactor
+    could change redacted (``redaction_batch.may_redact`` picks them over the whole batch),
+    the others as they are (the redactor would return them unchanged). Items are records
+    (dicts) and Quarantined, or, from COPY, JSON lines (str): a marked line is decoded, and
+    one that does not decode cleanly is read again the reference way (``reread``). ``done``:
+    marked lines a worker already redacted (``etl_lines.redact_lines``), by position."""
+    if marked is None:
+        marked = _marks(batch, redactor)
     good: list[dict[str, Any] | str] = []
-    for item in batch:
+    for i, item in enumerate(batch):
         if isinstance(item, Quarantined):
             quarantined.append(item)
             continue
-        if not next(marked):
+        if not marked[i]:
             good.append(item)
             continue
+        if done is not None and i in done:
+            verdict = done[i]
+            if isinstance(verdict, Quarantined):
+                quarantined.append(verdict)
+                continue
+            if verdict is not None:
+                good.append(verdict)
+                continue
         record = item
         if isinstance(item, str):
             record = _decoded(item)
@@ -208,27 +367,9 @@ def _redact_batch(
                 record = reread(_line_run_id(item))
         if isinstance(record, Quarantined):
             quarantined.append(record)
-        elif (done := _redacted(record, redactor, quarantined)) is not None:
-            good.append(done)
+        elif (redacted := _redacted(record, redactor, quarantined)) is not None:
+            good.append(redacted)
     return good
-
-
-def _decoded(line: str) -> dict[str, Any] | None:
-    """A COPY line as ``_record`` would have built the record, or None when it does not
-    decode cleanly (the row is then read again and judged the reference way)."""
-    try:
-        record = json.loads(line, parse_constant=_no_constant, parse_float=_finite)
-    except (ValueError, RecursionError):  # _BadRow is a ValueError
-        return None
-    if not isinstance(record, dict):
-        return None
-    # Lone surrogates come only from backslash-u escapes or undecodable bytes: walk only then.
-    if ("\\u" in line or _SURROGATE.search(line)) and unencodable(record) is not None:
-        return None
-    return record
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 _RUN_ID = re.compile(r'^\{"run_id":("(?:[^"\\]|\\.)*")')
@@ -239,21 +380,6 @@ def _line_run_id(line: str) -> str:
     if found is None:
         raise ValueError("a COPY line without its run_id")  # the query puts it first
     return json.loads(found.group(1))
-
-
-def _redacted(
-    record: dict[str, Any], redactor: Redactor, quarantined: list[Quarantined]
-) -> dict[str, Any] | None:
-    """The record redacted, or None (and the reason in ``quarantined``) when it cannot be."""
-    try:
-        done = redactor.record({k: v for k, v in _public(record).items() if k not in UNREDACTED})
-        # What the writers will do with it: text that cannot be encoded fails here, not there.
-        json.dumps(done, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (ValueError, TypeError, RecursionError) as exc:
-        reason = unencodable(record) or f"could not be redacted ({type(exc).__name__})"
-        quarantined.append(Quarantined(record["run_id"], reason))
-        return None
-    return done | {k: record[k] for k in UNREDACTED}
 
 
 def commit_watermark(
@@ -460,10 +586,6 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-class _BadRow(ValueError):
-    pass
-
-
 def _record(row: Any) -> dict[str, Any] | Quarantined:
     try:
         record = {
@@ -522,17 +644,6 @@ def _json(value: Any, name: str) -> Any:
     return parsed
 
 
-def _no_constant(name: str) -> Any:
-    raise _BadRow(f"{name} is not JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise _BadRow("a number out of range")
-    return value
-
-
 class _JsonlWriter:
     def __init__(self, sink: IO[bytes]) -> None:
         self.sink = sink
@@ -554,7 +665,9 @@ class _ParquetWriter:
     """One row group per batch, through polars and pyarrow's streaming writer."""
 
     def __init__(self, sink: IO[bytes]) -> None:
-        self.sink = sink
+        import pyarrow.parquet as pq  # here: about 75 MiB that a JSONL export does without
+
+        self.sink, self.pq = sink, pq
         self.writer: pq.ParquetWriter | None = None
 
     def write(self, records: list[dict[str, Any] | str]) -> None:
@@ -564,13 +677,13 @@ class _ParquetWriter:
                 row[name] = json.dumps(row[name], ensure_ascii=False, separators=(",", ":"))
         frame = pl.DataFrame(rows, schema=_PARQUET_SCHEMA).to_arrow()
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.sink, frame.schema, compression="zstd")
+            self.writer = self.pq.ParquetWriter(self.sink, frame.schema, compression="zstd")
         self.writer.write_table(frame)
 
     def close(self) -> None:
         if self.writer is None:  # no rows: still a valid (empty) Parquet file
             empty = pl.DataFrame(schema=_PARQUET_SCHEMA).to_arrow()
-            self.writer = pq.ParquetWriter(self.sink, empty.schema, compression="zstd")
+            self.writer = self.pq.ParquetWriter(self.sink, empty.schema, compression="zstd")
         self.writer.close()
 
 
@@ -589,7 +702,3 @@ _PARQUET_SCHEMA = {
     "provenance": pl.String,
     "verified": pl.Boolean,
 }
-
-
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if not k.startswith("_")}

@@ -241,3 +241,115 @@ def test_a_failed_copy_export_leaves_nothing_and_stops_its_reader(
     assert etl.read_watermark() is None
     assert not [t for t in threading.enumerate() if t.name == "neuralops-export-copy"]
     assert etl.export_runs(tmp_path / "runs.jsonl").rows == 12  # and it runs again
+
+
+# --- the worker processes (etl._Redaction): the same lines, verdicts and counts ---------------
+
+
+def _copy_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Records as COPY lines (run_id first, provenance and verified last)."""
+    return [
+        json.dumps(
+            {"run_id": f"r-{n}", **r, "provenance": "seed", "verified": False},
+            separators=(",", ":"),
+        )
+        for n, r in enumerate(records)
+    ]
+
+
+def _pooled(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Workers from the first marked line; the list of those started, to check they ran."""
+    started: list[Any] = []
+    real = etl._Worker
+
+    def worker(redactor: Redactor) -> Any:
+        started.append(real(redactor))
+        return started[-1]
+
+    monkeypatch.setattr(etl, "POOL_MIN_MARKED", 0)
+    monkeypatch.setattr(etl, "_Worker", worker)
+    return started
+
+
+def test_worker_processes_equal_the_reference_line_by_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = [r for text in CORPUS + TRICKY for r in _records_around(text)]
+    records += [r.model_dump(mode="json") for r in synthetic_runs(3 * PLANT_EVERY, seed=4)]
+    records += [{"inputs": {"n": 4111111111111111}}, {"inputs": {"api_key": None}}]
+    lines = _copy_lines(records)
+    lines.insert(5, lines[5].replace('"seed"', "NaN"))  # does not decode: read again
+    batches = [lines[i : i + 97] for i in range(0, len(lines), 97)]
+
+    def reread(run_id: str) -> Any:
+        return etl.Quarantined(run_id, "read again")
+
+    inline, theirs, q_inline = Redactor(), [], []
+    for batch in batches:
+        theirs += etl._redact_batch(batch, inline, q_inline, reread)
+
+    started = _pooled(monkeypatch)
+    ours, pooled, q_pooled = Redactor(), [], []
+    redaction = etl._Redaction(ours, workers=2)
+    try:
+        jobs = [redaction.submit(batch, reread) for batch in batches]
+        for job in jobs:
+            pooled += job.result(q_pooled)
+    finally:
+        redaction.close()
+    assert len(started) == 2  # the lines went through the workers
+    as_records = lambda items: [json.loads(x) if isinstance(x, str) else x for x in items]  # noqa: E731
+    assert as_records(pooled) == as_records(theirs)
+    assert len(theirs) + len(q_inline) == len(lines)
+    assert q_pooled == q_inline  # the NaN line, and the corpus's lone surrogates
+    assert etl.Quarantined("r-5", "read again") in q_inline
+    assert ours.stats == inline.stats and sum(ours.stats.values()) > 0
+
+
+def test_workers_take_the_field_rules_and_the_hash_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = {"inputs.customer": "hash", "inputs.debug": "drop"}
+    record = {"inputs": {"customer": "c-1", "debug": "x", "note": "mail a@example.com"}}
+    lines = _copy_lines([record] * 3)
+    expected = Redactor(field_rules=rules, hash_key=b"k2").record(record)
+    _pooled(monkeypatch)
+    redactor = Redactor(field_rules=rules, hash_key=b"k2")
+    redaction = etl._Redaction(redactor, workers=1)
+    try:
+        out = redaction.submit(lines, None).result([])
+    finally:
+        redaction.close()
+    assert [json.loads(x)["inputs"] for x in out] == [expected["inputs"]] * 3
+    assert expected["inputs"]["customer"].startswith("<HASH:") and "debug" not in expected["inputs"]
+    assert redactor.stats["<HASH>"] == 3 and redactor.stats["<DROPPED>"] == 3
+
+
+def test_a_failing_worker_fails_the_export_and_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    started = _pooled(monkeypatch)
+    redaction = etl._Redaction(Redactor(), workers=1)
+    bad = '{"run_id": "r-1", "inputs": {"note": "a@example.com"}}'  # no provenance: KeyError
+    try:
+        with pytest.raises(KeyError, match="provenance"):
+            redaction.submit([bad], None).result([])
+    finally:
+        redaction.close(failed=True)
+    assert started and all(w.process.poll() is not None for w in started)
+
+
+def test_the_pooled_copy_export_equals_the_inline_one(
+    postgresql_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs.log_runs(synthetic_runs(3 * PLANT_EVERY, seed=5))
+    deep = "[" * 3000 + "]" * 3000  # PostgreSQL stores it; Python cannot parse it
+    from neuralops.db import get_engine
+
+    with get_engine(postgresql_url).begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE workflow_runs SET outputs = %s::jsonb WHERE run_id = 'syn-5-0000008'",
+            (f'{{"deep": {deep}, "n": 1e400}}',),
+        )
+    inline = etl.export_runs(tmp_path / "inline.jsonl", full=True, batch_rows=9, workers=0)
+    started = _pooled(monkeypatch)
+    pooled = etl.export_runs(tmp_path / "pooled.jsonl", full=True, batch_rows=9, workers=2)
+    assert len(started) == 2
+    read = lambda name: [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]  # noqa: E731
+    assert read("pooled.jsonl") == read("inline.jsonl") == _reference_export(postgresql_url)
+    assert pooled.quarantined == inline.quarantined and len(inline.quarantined) == 1
+    assert pooled.redactions == inline.redactions and pooled.rows == inline.rows
