@@ -234,10 +234,15 @@ class _Worker:
     in order."""
 
     def __init__(self, redactor: Redactor) -> None:
+        # The worker imports neuralops from where this process did (a sys.path entry of its
+        # own, such as a script's, is not inherited).
+        root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "neuralops.etl_lines"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path},
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self.tasks, self.answers = self.process.stdin, self.process.stdout
