@@ -13,6 +13,7 @@ from sqlalchemy.engine import URL
 
 from neuralops import registry, signals
 from neuralops.runbooks import import_runbooks
+from neuralops.settings import get_settings
 
 RUNBOOKS = Path(__file__).parent / "data" / "runbooks"
 CRASH_LOOP = {
@@ -62,6 +63,7 @@ def alerts_api(
     database_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[str, dict[str, str]]]:
     monkeypatch.setenv("NEURALOPS_EMBEDDER", "hashing")  # not the subject; MiniLM loads slowly
+    get_settings.cache_clear()  # sqlite_url read the settings before: read them again
     registry.add_playbooks(registry.load_manifests([registry.catalogue_dir()]))
     assert import_runbooks(RUNBOOKS, "https://runbooks.example.com").results
     from neuralops.api import create_app

@@ -15,6 +15,7 @@ from neuralops.cli import app
 from neuralops.errors import Conflict, InvalidInput
 from neuralops.manifest import Manifest, parse_manifest
 from neuralops.runbooks import import_runbooks, load_runbooks, page_url, slug
+from neuralops.settings import get_settings
 
 RUNBOOKS = Path(__file__).parent / "data" / "runbooks"
 URL_BASE = "https://runbooks.example.com/runbooks"
@@ -245,6 +246,7 @@ def test_cli_recommend_marks_runbooks_as_guidance(
     sqlite_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NEURALOPS_EMBEDDER", "hashing")  # not the subject; MiniLM loads slowly
+    get_settings.cache_clear()  # sqlite_url read the settings before: read them again
     import_runbooks(RUNBOOKS, URL_BASE)
     text = "KubePodCrashLooping: pod payments-api in CrashLoopBackOff, restarting"
     result = runner.invoke(app, ["recommend", "--text", text, "--top", "4"])
