@@ -516,6 +516,37 @@ def api_server(database_url: URL) -> Iterator[str]:
         yield base
 
 
+# --- the real embedding model, shared -------------------------------------------------------
+
+
+class SharedMiniLM:
+    """The real MiniLM, each distinct text embedded once per test process: tests that build
+    their own stores over the same catalogue (a few hundred chunks) would embed it again each
+    time. Same name, version and vectors as ``MiniLMEmbedder``; only the repeats are skipped."""
+
+    def __init__(self) -> None:
+        from neuralops.embedding import MiniLMEmbedder
+
+        self._model = MiniLMEmbedder()
+        self.name, self.version, self.dim = self._model.name, self._model.version, self._model.dim
+        self._seen: dict[str, Any] = {}
+
+    def embed(self, texts: Any) -> Any:
+        import numpy as np
+
+        new = [t for t in dict.fromkeys(texts) if t not in self._seen]
+        if new:
+            self._seen.update(zip(new, self._model.embed(new), strict=True))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._seen[t] for t in texts])
+
+
+@pytest.fixture(scope="session")
+def minilm() -> SharedMiniLM:
+    return SharedMiniLM()
+
+
 # --- scheduling: `make test` runs the suite on several processes (pytest-xdist) ---------------
 
 # The longest tests (about 40-250 s each on 2 cores with 4 workers), put first in this order, so

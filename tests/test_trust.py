@@ -418,8 +418,8 @@ NODE = "ip-10-6-6-6.attacker.internal"
 
 
 @pytest.fixture(scope="module")
-def embedder() -> MiniLMEmbedder:
-    return MiniLMEmbedder()
+def embedder(minilm: MiniLMEmbedder) -> MiniLMEmbedder:
+    return minilm
 
 
 def execution_like(
