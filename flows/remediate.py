@@ -193,9 +193,11 @@ def refusal_markdown(current: incidents.IncidentOut, refusal: str, *, via: str) 
             f"**{current.expires_at:%Y-%m-%d %H:%M} UTC**; after that the incident expires.",
             "",
             "To retry: press **Resume** on this run with a token from the identity provider "
-            "for this incident (org-admin role, your id as its subject), or from a terminal:",
+            "for this incident (org-admin role, your id as its subject), or from a terminal "
+            "(in the NeuralOps checkout, or with `neuralops` on PATH where it is installed):",
             "",
             "```",
+            f".venv/bin/neuralops approve {current.id} --approver <your id> --token <JWT>",
             f"neuralops approve {current.id} --approver <your id> --token <JWT>",
             "```",
         ]

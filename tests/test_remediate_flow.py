@@ -454,7 +454,7 @@ def _refused_ui_then_cli_then_approved_by_cli(world, flow_run_id: uuid.UUID, cur
     assert incidents.count_notes(current.id, "approval.refused") == 1
     assert _form_there(flow_run_id)  # the Resume form is usable again, with the same plan
     refused = artifacts(flow_run_id)["approval-refused"]["data"]
-    assert "org-admin" in refused and f"neuralops approve {current.id}" in refused
+    assert "org-admin" in refused and f".venv/bin/neuralops approve {current.id}" in refused
     assert f"{incidents.get(current.id).expires_at:%Y-%m-%d %H:%M} UTC" in refused
     wait_until(  # the run's log line, at WARNING (logs reach the API in batches)
         lambda: any("refused" in ln and "org-admin" in ln for ln in _warnings(flow_run_id)),
