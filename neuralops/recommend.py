@@ -95,6 +95,9 @@ KEYWORD_MIN_TERMS = 2
 KEYWORD_TOP = 3
 COSINE_SPREAD = 0.1  # calibration floor: at least this far below the best cosine
 QUERY_CACHE = 4096  # query embeddings kept per process (recent texts)
+# Reported runs: up to this many unvouched runs of the shown playbooks are searched exactly
+# in one query; more (a flood) take one filtered ANN search per playbook.
+REPORTED_EXACT_MAX = 2000
 
 FEATURES = ("relevance", "similarity", "treats", "success", "recency")
 Retrieval = Literal["hybrid", "bm25", "embedding"]
@@ -551,24 +554,39 @@ class Recommender:
         *,
         before: datetime | None = None,
         k: int = EVIDENCE_SHOWN,
+        bound: int | None = None,
     ) -> dict[str, list[dict[str, Any]]]:
         """playbook id -> its ``k`` runs nearest the incident that nobody vouches for (not
-        verified, writer not trusted): shown in the evidence as reported, never scored."""
+        verified, writer not trusted): shown in the evidence as reported, never scored.
+        ``bound``: at least as many as such runs of these playbooks (``recommend`` counts the
+        unvouched runs of every playbook while it searches the history)."""
+        ids = list(dict.fromkeys(playbook_ids))
+        out: dict[str, list[dict[str, Any]]] = {pid: [] for pid in ids}
+        if not ids or k < 1 or bound == 0:
+            return out
         unvouched = reported_filter(self.trusted) + _earlier(before)
+        mine = f"{unvouched} AND wpk_id IN ({', '.join(sql_str(pid) for pid in ids)})"
+        if bound is None or bound > REPORTED_EXACT_MAX:
+            bound = self.store.count(mine)  # scalar indexes: a few ms
+        if bound == 0:
+            return out
+        if bound <= REPORTED_EXACT_MAX:
+            # Few (the usual case): one exact search over all of them, nearest first, ties by
+            # run id, instead of walking the ANN index once per playbook for rare matches.
+            hits = self.store.search(vector, bound, mine, exact=True)
+            for hit in sorted(hits, key=lambda h: (float(h["_distance"]), h["run_id"])):
+                runs = out.get(hit["wpk_id"])
+                if runs is not None and len(runs) < k:
+                    runs.append(_reported_run(hit))
+            return out
+        # A flood: the index, one filtered search per playbook (together).
         jobs = {
             pid: self._pool.submit(
                 self.store.search, vector, k, f"{unvouched} AND wpk_id = {sql_str(pid)}"
             )
-            for pid in playbook_ids
+            for pid in ids
         }
-        return {
-            pid: [
-                {f: hit.get(f) for f in _EVIDENCE_FIELDS}
-                | {"similarity": 1.0 - float(hit["_distance"])}
-                for hit in job.result()
-            ]
-            for pid, job in jobs.items()
-        }
+        return {pid: [_reported_run(hit) for hit in job.result()] for pid, job in jobs.items()}
 
     def _recent_failures(self, resource: str | None, now: datetime) -> dict[int, list[dict]]:
         if not resource:
@@ -601,6 +619,11 @@ class Recommender:
         top = max(1, min(top, MAX_TOP))
         now = before or now or datetime.now(UTC)
         vector, catalogue_vector = self.query_vectors(incident)
+        # How many runs could be reported, counted while the history is searched: none (the
+        # usual case) saves the reported-runs search altogether.
+        unvouched = self._pool.submit(
+            self.store.count, reported_filter(self.trusted) + _earlier(before)
+        )
         candidates = self.candidates(
             incident,
             before=before,
@@ -626,7 +649,7 @@ class Recommender:
         key = ranking_key(candidates, scores)
         ranked = [p for p in np.lexsort((np.arange(len(manifests)), -key)) if scores[p] >= 0]
         shown = [manifests[p].id for p in ranked[:top]]
-        reported = self.reported(shown, vector, before=before)
+        reported = self.reported(shown, vector, before=before, bound=unvouched.result())
         recommendations = [
             self._recommendation(
                 p, candidates, features, scores, incident, now, reported[manifests[p].id]
@@ -732,6 +755,10 @@ class Recommender:
 
 
 _EVIDENCE_FIELDS = ("run_id", "status", "created_at", "resource", "provenance")
+
+
+def _reported_run(hit: dict[str, Any]) -> dict[str, Any]:
+    return {f: hit.get(f) for f in _EVIDENCE_FIELDS} | {"similarity": 1.0 - float(hit["_distance"])}
 
 
 def _earlier(before: datetime | None) -> str:

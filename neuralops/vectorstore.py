@@ -205,12 +205,14 @@ class VectorStore:
         self._table = table
         return table
 
-    def count(self) -> int:
+    def count(self, where: str | None = None) -> int:
+        """Rows stored, or rows matching ``where`` (answered from the scalar indexes where
+        the filter's columns have one)."""
         table = self._open()
         if table is None:
             return 0
         with self._remote_errors("read"):
-            return table.count_rows()
+            return table.count_rows(where)
 
     def upsert(self, rows: Sequence[Mapping[str, Any]] | pa.Table) -> int:
         """Insert new runs and replace stored ones (``merge_insert`` on run_id)."""
@@ -283,8 +285,11 @@ class VectorStore:
         k: int = 10,
         where: str | None = None,
         with_vectors: bool = False,
+        exact: bool = False,
     ) -> list[dict]:
-        """The ``k`` nearest runs by cosine distance, each with ``_distance`` (0 = same)."""
+        """The ``k`` nearest runs by cosine distance, each with ``_distance`` (0 = same).
+        ``exact`` skips the ANN index: for a filter that leaves few rows, scanning them is
+        exact and cheaper than walking the index for matches."""
         query_vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         if query_vector.shape != (self.dim,):
             raise InvalidInput(f"query vector has {query_vector.size} dims, expected {self.dim}")
@@ -299,7 +304,9 @@ class VectorStore:
         )
         if where:
             query = query.where(where, prefilter=True)
-        if self._indexed(table, "vector"):
+        if exact:
+            query = query.bypass_vector_index()
+        elif self._indexed(table, "vector"):
             query = search_params(query, k)
         with self._remote_errors("query"):
             return query.to_list()

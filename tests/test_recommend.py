@@ -10,13 +10,14 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
+from neuralops import recommend as recommend_module
 from neuralops.embedding import MiniLMEmbedder
 from neuralops.incident_model import Incident, infer_symptoms, resource_of, run_resource
 from neuralops.playbook_index import chunk_texts
 from neuralops.recommend import DEFAULT_WEIGHTS, MIN_SIMILARITY, Recommender, incident_from_signal
 from neuralops.registry import catalogue_dir, load_manifests
 from neuralops.vectorize import vectorize_records
-from neuralops.vectorstore import VectorStore
+from neuralops.vectorstore import VectorStore, reported_filter, sql_str, sql_timestamp
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
@@ -345,6 +346,68 @@ def test_unvouched_runs_are_reported_and_weigh_nothing(tmp_path, embedder, manif
     everything = poisoned.reported(["adjust-hpa-limits"], vector, k=100)["adjust-hpa-limits"]
     assert {r["provenance"] for r in everything} == {"api:mallory", "local", "unknown"}
     assert len(everything) == 62
+
+
+def test_reported_runs_of_several_playbooks_come_from_one_exact_search(
+    tmp_path, embedder, manifests, monkeypatch
+):
+    """The shown playbooks' reported runs, found in one exact search over the unvouched runs,
+    are what one filtered search per playbook finds: each one's nearest k, nearest first."""
+    history = [run(i, "scale-up-deployment", "succeeded") for i in range(3)]
+    writers = ["api:mallory", "local", "unknown"]
+    playbooks = ["adjust-hpa-limits", "scale-up-deployment", "rollback-rollout"]
+    flood = [
+        reported(
+            run(
+                100 + i,
+                playbooks[i % 3],
+                "succeeded" if i % 2 else "failed",
+                # distinct texts: no two runs tie on distance
+                summary=f"p99 latency of checkout-web above {i + 2}s for {5 + i}m in checkout",
+                age=timedelta(days=1 + i),
+            ),
+            writers[i // 3 % 3],
+        )
+        for i in range(24)
+    ]
+    recommender = build(tmp_path, embedder, manifests, history + flood)
+    vector = embedder.embed([latency_incident().text()])[0]
+    shown = ["adjust-hpa-limits", "scale-up-deployment", "rollback-rollout", "uncordon-node"]
+
+    def one_per_playbook(k: int, before: datetime | None = None) -> dict[str, list[str]]:
+        where = reported_filter(recommender.trusted)
+        if before is not None:
+            where += f" AND created_at < {sql_timestamp(before)}"
+        return {
+            pid: [
+                h["run_id"]
+                for h in recommender.store.search(vector, k, f"{where} AND wpk_id = {sql_str(pid)}")
+            ]
+            for pid in shown
+        }
+
+    def run_ids(found: dict[str, list[dict]]) -> dict[str, list[str]]:
+        return {pid: [r["run_id"] for r in runs] for pid, runs in found.items()}
+
+    expected = one_per_playbook(5)
+    assert [len(expected[pid]) for pid in shown] == [5, 5, 5, 0]
+    assert run_ids(recommender.reported(shown, vector)) == expected
+    assert run_ids(recommender.reported(shown, vector, bound=len(flood))) == expected
+    everything = recommender.reported(shown, vector, k=100)
+    assert run_ids(everything) == one_per_playbook(100)
+    assert all(
+        not r["provenance"].startswith("neuralops") for r in everything["scale-up-deployment"]
+    )
+    # History before a moment: only the runs from before it.
+    before = NOW - timedelta(days=10)
+    assert run_ids(recommender.reported(shown, vector, before=before)) == one_per_playbook(
+        5, before
+    )
+    # Nothing to report: no search at all.
+    assert recommender.reported(shown, vector, bound=0) == {pid: [] for pid in shown}
+    # A flood past REPORTED_EXACT_MAX takes one filtered search per playbook: the same runs.
+    monkeypatch.setattr(recommend_module, "REPORTED_EXACT_MAX", 3)
+    assert run_ids(recommender.reported(shown, vector)) == expected
 
 
 def test_a_trusted_writer_counts(tmp_path, embedder, manifests):
