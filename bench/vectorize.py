@@ -143,8 +143,9 @@ with psycopg.connect(sys.argv[1]) as conn, open(sys.argv[2], "wb") as sink:
             n += 1
 print(n, time.perf_counter() - t, HWM)
 """
-# The export's redaction workers are its child processes: a thread reads their peak (VmHWM)
-# every 0.2 s while they live. Prints a line before the usual one: workers, the largest
+# The export's redaction workers are its child processes: a thread reads their peak (VmHWM;
+# spelt "VmH" in the code, which _child rewrites where it says H-W-M) every 0.2 s while they
+# live. Prints a line before the usual one: workers, the largest
 # worker's peak KiB, the sum of their peaks KiB, this process's CPU s, the workers' CPU s.
 _EXPORT_CHILD = """
 import os, resource, sys, threading, time
@@ -160,7 +161,7 @@ def watch():
                 continue
             for pid in kids:
                 try:
-                    hwm = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM")]
+                    hwm = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmH")]
                 except OSError:
                     continue
                 if hwm:

@@ -76,7 +76,8 @@ if TYPE_CHECKING:
 
 BATCH_ROWS = 5_000  # rows per keyset batch (SQLite)
 SLICE_ROWS = 50_000  # rows per keyset slice of COPY (PostgreSQL)
-CHUNK_ROWS = 5_000  # COPY lines handed to the redaction at a time
+CHUNK_ROWS = 2_000  # COPY lines handed to the redaction at a time
+QUEUE_CHUNKS = 2  # chunks the COPY reader may have read ahead
 MAX_WORKERS = 4  # redaction worker processes at most (one per core by default)
 PIPE_BYTES = 1 << 20  # Linux's default limit for an unprivileged process
 POOL_MIN_MARKED = 500  # marked lines an export has before it starts its workers
@@ -494,7 +495,7 @@ def _copy_batches(
     its upper bound found first) and queues chunks of lines, so PostgreSQL keeps sending
     while this thread redacts; a few chunks at most are in memory."""
     engine = get_engine(url)
-    chunks: queue.Queue[Any] = queue.Queue(maxsize=4)
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_CHUNKS)
     stop = threading.Event()
 
     def put(item: Any) -> None:
