@@ -168,7 +168,8 @@ def watch():
                     peaks[pid] = max(peaks.get(pid, 0), int(hwm[0].split()[1]))
 threading.Thread(target=watch, daemon=True).start()
 t, cpu = time.perf_counter(), time.process_time()
-r = etl.export_runs(sys.argv[1], full=sys.argv[2] == "full")
+workers = int(sys.argv[3]) if len(sys.argv) > 3 else None
+r = etl.export_runs(sys.argv[1], full=sys.argv[2] == "full", workers=workers)
 seconds = time.perf_counter() - t
 stop.set()
 kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -244,6 +245,10 @@ def export_section(rows: int, report: Path, pandas: bool = True, plant_every: in
         copies.append(_child(_COPY_CHILD, libpq, str(work / "copy.jsonl")))
         copy_rows, copy_file_s, copy_peak = min(copies, key=lambda c: c[1])
         again_rows, again_s, _ = _child(_EXPORT_CHILD, str(work / "again.jsonl"), "", env=env)
+        # the same export in one process (no workers), for the workers' gain in the same run
+        single_rows, single_s, single_mb, single_extra = _child_more(
+            _EXPORT_CHILD, str(work / "single.jsonl"), "full", "0", env=env
+        )
         parquet_rows, parquet_s, parquet_main, parquet_extra = _child_more(
             _EXPORT_CHILD, str(work / "runs.parquet"), "full", env=env
         )
@@ -288,6 +293,9 @@ then the same to Parquet. Peak memory is the export process's plus each of its w
 **{copy_rate:,.0f}** | 1.00x | {copy_peak:,.0f} MiB |
 | `etl.export_runs` → JSONL (read, redact, write; {file_mb:,.0f} MiB) | {exported:,} | \
 {export_s:.1f} s | **{export_rate:,.0f}** | **{ratio:.2f}x** | {peak_mb:,.0f} MiB |
+| the same in one process (`workers=0`: redaction in the export process) | {single_rows:,} | \
+{single_s:.1f} s | {single_rows / single_s:,.0f} | {(single_rows / single_s) / copy_rate:.2f}x | \
+{single_mb:,.0f} MiB |
 | `etl.export_runs` → Parquet ({parquet_mb:,.0f} MiB) | {parquet_rows:,} | {parquet_s:.1f} s | \
 {parquet_rows / parquet_s:,.0f} | {(parquet_rows / parquet_s) / copy_rate:.2f}x | \
 {parquet_peak:,.0f} MiB |
@@ -306,7 +314,8 @@ lines), which decode and redact them with the same `Redactor` code, field rules 
 and send them back in order: output, quarantine verdicts and counts are those of the
 per-record path (tests/test_redaction_batch.py). CPU during the JSONL export: the export
 process {main_cpu:,.1f} s, its workers {workers_cpu:,.1f} s, that is
-{(main_cpu + workers_cpu) / exported * 1e6:,.0f} µs a row, beside PostgreSQL's backend
+{(main_cpu + workers_cpu) / exported * 1e6:,.0f} µs a row (in one process: \
+{single_extra[3]:,.1f} s), beside PostgreSQL's backend
 (load average {load_before:.1f} before the export, {load_after:.1f} after: other work ran on
 the machine too when either is above 2). With one run in eight carrying a dozen
 planted secrets, about one line in seven is marked, and redacting those runs (the rules over
