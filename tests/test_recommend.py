@@ -410,6 +410,63 @@ def test_reported_runs_of_several_playbooks_come_from_one_exact_search(
     assert run_ids(recommender.reported(shown, vector)) == expected
 
 
+def test_a_store_of_vouched_runs_is_searched_without_the_filter_to_the_same_runs(
+    tmp_path, embedder, manifests, monkeypatch
+):
+    """With no unvouched run stored the vouched filter keeps every run, so the searches go
+    without it: the same candidates as with it. A run written between the count and the
+    searches cannot slip in: the searches are redone with the filter."""
+    history = [run(i, "scale-up-deployment", "succeeded") for i in range(3)]
+    history += [run(10 + i, "adjust-hpa-limits", "failed", age=timedelta(days=2)) for i in range(3)]
+    recommender = build(tmp_path, embedder, manifests, history)
+    store = recommender.store
+    vector, catalogue_vector = recommender.query_vectors(latency_incident())
+    wheres: list[str | None] = []
+    search = store.search
+    monkeypatch.setattr(store, "search", lambda *a, **kw: wheres.append(a[2]) or search(*a, **kw))
+
+    def runs(found) -> dict[str, float]:  # runs of one text tie: their order may differ
+        return {
+            r["run_id"]: round(float(similarity), 5)
+            for r, similarity in zip(found.runs, found.run_similarity, strict=True)
+        }
+
+    plain = recommender.candidates(latency_incident(), now=NOW, vector=vector)
+    assert plain.unvouched == 0 and wheres == [None]
+    before = NOW - timedelta(days=10)
+    earlier = recommender.candidates(latency_incident(), before=before, vector=vector)
+    assert earlier.unvouched == 0 and wheres[-1] == f"created_at < {sql_timestamp(before)}"
+    assert {r["run_id"] for r in earlier.runs} == {h["run_id"] for h in history[:3]}
+    # The same runs as the filtered searches find.
+    monkeypatch.setattr(store, "count", lambda where=None: 1)
+    filtered = recommender.candidates(latency_incident(), now=NOW, vector=vector)
+    assert "verified = true" in wheres[-1] and runs(filtered) == runs(plain)
+    assert len(plain.runs) == 6
+    monkeypatch.undo()
+
+    # A flood written right after the count (0): redone with the filter, none of it counts.
+    count = store.count
+    flood = [reported(run(100 + i, "adjust-hpa-limits", "succeeded")) for i in range(5)]
+
+    def count_then_write(where=None):
+        counted = count(where)
+        if where and "verified IS NULL" in where and not flood_written:
+            flood_written.append(True)
+            vectorize_records(flood, store, embedder)
+        return counted
+
+    flood_written: list[bool] = []
+    monkeypatch.setattr(store, "count", count_then_write)
+    raced = recommender.candidates(
+        latency_incident(), now=NOW, vector=vector, catalogue_vector=catalogue_vector
+    )
+    assert flood_written and store.count() == 11
+    assert raced.unvouched is None and runs(raced) == runs(plain)
+    result = recommender.recommend(latency_incident(), now=NOW, top=10)
+    hpa = next(r for r in result.recommendations if r.playbook_id == "adjust-hpa-limits")
+    assert [e.counted for e in hpa.evidence] == [True] * 3 + [False] * 5
+
+
 def test_a_trusted_writer_counts(tmp_path, embedder, manifests):
     history = [reported(run(i, "adjust-hpa-limits", "succeeded"), "api:ci-bot") for i in range(4)]
     store = VectorStore(str(tmp_path / "store"))

@@ -81,6 +81,29 @@ def test_search_returns_nearest_first_and_filters(store):
     assert only and all(h["status"] == "failed" for h in only)
 
 
+def test_count_with_a_filter_columns_exact_search_and_version(store):
+    assert store.version() is None and store.count("status = 'failed'") == 0
+    store.upsert(
+        [
+            row(f"r{i}", i, summary="disk full", status="failed" if i % 2 else "succeeded")
+            for i in range(20)
+        ]
+    )
+    first = store.version()
+    assert store.count() == 20 and store.count("status = 'failed'") == 10
+    hits = store.search(unit(7), k=3, columns=["run_id", "status"])
+    assert set(hits[0]) == {"run_id", "status", "_distance"} and hits[0]["run_id"] == "r7"
+    with_vector = store.text_search("disk", k=1, with_vectors=True, columns=["run_id"])
+    assert set(with_vector[0]) == {"run_id", "vector", "_score"}
+    # Exact: every row the filter keeps, nearest first, whether or not an index exists.
+    store.ensure_index(min_rows=1)
+    exact = store.search(unit(7), k=10, where="status = 'failed'", exact=True)
+    assert [h["run_id"] for h in exact][:1] == ["r7"] and len(exact) == 10
+    assert [h["_distance"] for h in exact] == sorted(h["_distance"] for h in exact)
+    store.upsert([row("r20", 20)])
+    assert store.version() != first
+
+
 def test_bad_rows_are_refused(store):
     with pytest.raises(InvalidInput, match="shape"):
         store.upsert([{**row("r", 1), "vector": [0.1, 0.2]}])
