@@ -320,10 +320,13 @@ process {main_cpu:,.1f} s, its workers {workers_cpu:,.1f} s, that is
 the machine too when either is above 2). With one run in eight carrying a dozen
 planted secrets, about one line in seven is marked, and redacting those runs (the rules over
 secret-laden text: a few hundred µs of CPU a run) is most of the work. The workers take it
-off the process that reads and writes, so the export is now bound by the CPU it needs in
-all: at {0.7:.1f}x of COPY a row could take {(os.cpu_count() or 1) / (0.7 * copy_rate) * 1e6:,.0f}
-µs of CPU on these cores, PostgreSQL's serialisation included (COPY alone: about
-{1e6 / copy_rate:,.0f} µs a row of wall time, one core). With secrets in one run in 800
+off the process that reads and writes, so the export is bound by the CPU it needs in all:
+at {0.7:.1f}x of COPY a row could take {(os.cpu_count() or 1) / (0.7 * copy_rate) * 1e6:,.0f} µs of
+CPU on these cores, PostgreSQL's serialisation included (COPY alone: about
+{1e6 / copy_rate:,.0f} µs a row of wall time, one core), far less than the redaction needs.
+The workers gain only as much as a core would otherwise be idle: on a machine busy with
+other work they gain little or nothing, and they cost about a tenth more CPU than one
+process (handing the lines over, their start). With secrets in one run in 800
 (`--plant-every 800`) there is little to redact, and the export process's own work on every
 line (reading, pre-filter, writing) is what is left. Parquet decodes every line to build its
 columns, hence slower. Memory stays flat: a few chunks of lines are in flight at a time.
