@@ -754,7 +754,10 @@ def write_latency(args, env, title, latency_rows, embed_ms) -> None:
         "vectors, jittered, under new run ids; from 20,000 rows the runs table has its "
         "IVF_HNSW_SQ vector index, BTREE indexes on `resource` and `created_at` and bitmap "
         "indexes on `verified`, `provenance` and `wpk_id`; the summaries' BM25 index exists "
-        "at every size. Embedding a new query (not cached) adds "
+        "at every size. Every stored run is from the trusted `seed` writer, so none is "
+        "unvouched: the run searches go without the vouched filter and no reported runs are "
+        "searched (a store holding unvouched runs pays for both: reports/recommend.md, where "
+        "the time goes). Embedding a new query (not cached) adds "
         f"{embed_ms:.1f} ms (median). Command: `{_command()}`; {env}.",
         "",
         "| stored runs | p50 | p99 | store written | indexes built | load average (2 cores) |",
