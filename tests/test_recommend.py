@@ -23,8 +23,8 @@ NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def embedder() -> MiniLMEmbedder:
-    return MiniLMEmbedder()
+def embedder(minilm: MiniLMEmbedder) -> MiniLMEmbedder:
+    return minilm  # each test's new store holds the same catalogue: embedded once
 
 
 @pytest.fixture(scope="module")
