@@ -324,12 +324,18 @@ off the process that reads and writes, so the export is bound by the CPU it need
 at {0.7:.1f}x of COPY a row could take {(os.cpu_count() or 1) / (0.7 * copy_rate) * 1e6:,.0f} µs of
 CPU on these cores, PostgreSQL's serialisation included (COPY alone: about
 {1e6 / copy_rate:,.0f} µs a row of wall time, one core), far less than the redaction needs.
+By hand (40k runs, 2026-12-07): a planted run costs a worker about 360 µs of CPU, 210 of
+them in the rules on the five or so strings a trigger matches, the rest decoding it, walking
+its ~65 strings and encoding it; so even a path that redacted only those strings in the raw
+line would stay under half of COPY on two cores: 0.7x needs the rules themselves several
+times cheaper.
 The workers gain only as much as a core would otherwise be idle: on a machine busy with
-other work they gain little or nothing, and they cost about a tenth more CPU than one
-process (handing the lines over, their start). With secrets in one run in 800
-(`--plant-every 800`) there is little to redact, and the export process's own work on every
-line (reading, pre-filter, writing) is what is left. Parquet decodes every line to build its
-columns, hence slower. Memory stays flat: a few chunks of lines are in flight at a time.
+other work they gain little or nothing (in all they use about the CPU one process does,
+within a tenth either way across runs: handing the lines over and their start).
+With secrets in one run in 800 (`--plant-every 800`) there is little to redact, and the
+export process's own work on every line (reading, pre-filter, writing) is what is left.
+Parquet decodes every line to build its columns, hence slower. Memory stays flat: a few
+chunks of lines are in flight at a time.
 """
     section = "export" if plant_every == 8 else f"export_plant{plant_every}"
     if plant_every != 8:
