@@ -549,7 +549,7 @@ def minilm() -> SharedMiniLM:
 
 # --- scheduling: `make test` runs the suite on several processes (pytest-xdist) ---------------
 
-# The longest tests (about 40-250 s each on 2 cores with 4 workers), put first in this order, so
+# The longest tests (about 40-320 s each on 2 cores with 3 workers), put first in this order, so
 # that each starts as early as it can and none is left running alone at the end; then every
 # other test marked slow, then the rest, each in the order collected.
 LONGEST_FIRST = (
