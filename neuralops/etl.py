@@ -58,15 +58,11 @@ import polars as pl
 from sqlalchemy import LargeBinary, Text, cast, func, select, tuple_
 from sqlalchemy.engine import URL
 
+from neuralops import etl_lines
 from neuralops.db import get_engine, session_scope
 from neuralops.db.models import EtlWatermark, WorkflowRun, utcnow
 from neuralops.errors import InvalidInput
 from neuralops.etl_lines import UNREDACTED, receive, send
-from neuralops.etl_lines import BadRow as _BadRow
-from neuralops.etl_lines import decoded as _decoded
-from neuralops.etl_lines import finite as _finite
-from neuralops.etl_lines import no_constant as _no_constant
-from neuralops.etl_lines import redacted as _redacted
 from neuralops.quarantine import Quarantined, unencodable
 from neuralops.redaction import Redactor, default_redactor
 from neuralops.redaction_batch import may_redact
@@ -367,13 +363,13 @@ def _redact_batch(
                 continue
         record = item
         if isinstance(item, str):
-            record = _decoded(item)
+            record = etl_lines.decoded(item)
             if record is None:
                 assert reread is not None
                 record = reread(_line_run_id(item))
         if isinstance(record, Quarantined):
             quarantined.append(record)
-        elif (redacted := _redacted(record, redactor, quarantined)) is not None:
+        elif (redacted := etl_lines.redacted(record, redactor, quarantined)) is not None:
             good.append(redacted)
     return good
 
@@ -609,7 +605,7 @@ def _record(row: Any) -> dict[str, Any] | Quarantined:
             "provenance": _text(row.provenance, "provenance"),
             "verified": bool(row.verified),
         }
-    except _BadRow as exc:
+    except etl_lines.BadRow as exc:
         run_id = (
             row.run_id.decode("utf-8", "backslashreplace")
             if isinstance(row.run_id, bytes)
@@ -624,9 +620,9 @@ def _text(value: Any, name: str) -> Any:
         try:
             value = bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            raise _BadRow(f"{name}: not valid UTF-8") from None
+            raise etl_lines.BadRow(f"{name}: not valid UTF-8") from None
     if isinstance(value, str) and (problem := unencodable(value, name)):
-        raise _BadRow(problem)
+        raise etl_lines.BadRow(problem)
     return value
 
 
@@ -638,15 +634,17 @@ def _json(value: Any, name: str) -> Any:
         parsed = text
     else:
         try:
-            parsed = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+            parsed = json.loads(
+                text, parse_constant=etl_lines.no_constant, parse_float=etl_lines.finite
+            )
         except RecursionError:
-            raise _BadRow(f"{name}: nested too deeply") from None
-        except _BadRow as exc:
-            raise _BadRow(f"{name}: {exc}") from None
+            raise etl_lines.BadRow(f"{name}: nested too deeply") from None
+        except etl_lines.BadRow as exc:
+            raise etl_lines.BadRow(f"{name}: {exc}") from None
         except ValueError:
-            raise _BadRow(f"{name}: not valid JSON") from None
+            raise etl_lines.BadRow(f"{name}: not valid JSON") from None
     if problem := unencodable(parsed, name):
-        raise _BadRow(problem)
+        raise etl_lines.BadRow(problem)
     return parsed
 
 

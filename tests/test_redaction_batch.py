@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import URL
 from test_redaction import BENIGN_JSON, benign_text, secrets
 
-from neuralops import etl, runs
+from neuralops import etl, etl_lines, runs
 from neuralops.redaction import DEFAULT_FIELD_RULES, Redactor, SecretRedactor
 from neuralops.redaction_batch import MAX_BRACKETS, may_redact, trigger_pattern
 from neuralops.synthetic import PLANT_EVERY, synthetic_runs
@@ -182,7 +182,7 @@ def _reference_export(url: URL) -> list[dict[str, Any]]:
     for batch, _, _ in etl._batches(url, None, inclusive=False, batch_rows=7):
         for record in batch:
             if not isinstance(record, etl.Quarantined):
-                done = etl._redacted(record, redactor, quarantined)
+                done = etl_lines.redacted(record, redactor, quarantined)
                 if done is not None:
                     out.append(done)
     return out
