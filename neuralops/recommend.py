@@ -479,10 +479,10 @@ class Recommender:
         declared = set(incident.declared_symptoms())
         symptoms = set(incident.known_symptoms())
         # Read from the text: the fixed patterns and the catalogue's own symptom tags.
-        guessed = (symptoms | self.catalogue.symptom_terms(search_text(incident))) - declared
+        guessed = (symptoms | self.catalogue.symptom_terms(words)) - declared
         treats_declared = np.array([bool(declared & set(m.symptoms)) for m in manifests])
         treats_guessed = np.array([bool(guessed & set(m.symptoms)) for m in manifests])
-        shared = self.catalogue.shared_terms(search_text(incident))
+        shared = self.catalogue.shared_terms(words)
         top_text = set(np.lexsort((np.arange(count), -text_scores))[:KEYWORD_TOP].tolist())
         keyword = np.array(
             [
