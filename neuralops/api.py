@@ -195,6 +195,9 @@ class _Recommenders:
                 if warning:
                     logger.warning(warning)
                 getattr(built.embedder, "model", None)  # MiniLM loads lazily: here, once
+                # The indexes into the process's LanceDB cache, which every later request's
+                # store shares (vectorstore._SESSION): no request pays for loading them.
+                built.store.prewarm()
                 self._embedder = built.embedder
                 return built
         manifests = registered_manifests(url=self.url)

@@ -58,6 +58,12 @@ BITMAP_COLUMNS = ("verified", "provenance", "wpk_id")
 _PRIMARY_KEY_META = b"lance-schema:unenforced-primary-key"
 _IN_CHUNK = 1000
 INDEX_CHECK_S = 60.0
+# One LanceDB session (its cache of index partitions and table metadata) for every connection
+# this process opens. The API opens the store anew per request, to see other writers' rows;
+# with a session per connection each request read the vector index from disk again (1M rows,
+# by hand: a vector search 93 ms p50 with a new session per query, 18 ms sharing one).
+# LanceDB's default bounds: 6 GiB of index, 1 GiB of metadata (1M runs' indexes: ~0.5 GiB).
+_SESSION = lancedb.Session()
 
 
 def schema(dim: int = 384) -> pa.Schema:
@@ -165,7 +171,7 @@ class VectorStore:
         if self._db is None:
             with self._remote_errors("open"):
                 options = self._storage_options or None
-                self._db = lancedb.connect(self.uri, storage_options=options)
+                self._db = lancedb.connect(self.uri, storage_options=options, session=_SESSION)
         return self._db
 
     def _open(self, create: bool = False) -> Any:
@@ -354,6 +360,23 @@ class VectorStore:
             return []
         with self._remote_errors("query"):
             return table.search().where(where).select(list(columns)).limit(limit).to_list()
+
+    def prewarm(self) -> list[str]:
+        """Load the vector and full-text indexes into the process's cache (``_SESSION``), so
+        the first searches do not each read index partitions from disk (1M rows: ~0.8 s once,
+        and a cold vector search's p99 ~160 ms -> ~17 ms). For long-lived processes; returns
+        the indexes warmed."""
+        table = self._open()
+        if table is None:
+            return []
+        warmed = []
+        with self._remote_errors("read"):
+            for kind in ("vector", "FTS"):
+                name = self._index_name(table, kind)
+                if name is not None:
+                    table.prewarm_index(name)
+                    warmed.append(name)
+        return warmed
 
     def _indexed(self, table: Any, kind: str) -> bool:
         """Whether ``table`` has that index, looked up at most every INDEX_CHECK_S seconds

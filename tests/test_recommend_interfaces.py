@@ -30,7 +30,7 @@ from neuralops.recommend import MAX_TOP
 from neuralops.settings import get_settings
 from neuralops.synthetic import synthetic_runs
 from neuralops.vectorize import read_jsonl, vectorize_records
-from neuralops.vectorstore import store_from_settings
+from neuralops.vectorstore import VectorStore, store_from_settings
 
 runner = CliRunner()
 HISTORY_RUNS = 200
@@ -326,6 +326,9 @@ def test_api_sees_history_vectorized_after_its_first_request(
 ) -> None:
     use_embedder(monkeypatch, "hashing")
     register_catalogue()
+    warmed = []
+    prewarm = VectorStore.prewarm
+    monkeypatch.setattr(VectorStore, "prewarm", lambda store: warmed.append(prewarm(store)))
     client = TestClient(create_app(sqlite_url), headers=api_headers())
     body = {"incident": {"summary": OOM_TEXT}}
     before = client.post("/recommend", json=body).json()["recommendations"][0]
@@ -334,6 +337,9 @@ def test_api_sees_history_vectorized_after_its_first_request(
     build_history(tmp_path, monkeypatch)  # the hourly vectorize, while the API keeps running
     after = client.post("/recommend", json=body).json()["recommendations"][0]
     assert after["similar_runs"] > 0 and "run syn-" in after["justification"]
+    # The indexes were loaded into the process's LanceDB cache once, before the first
+    # request (none existed yet); the cache shared since then did not hide the new runs.
+    assert warmed == [[]]
 
 
 def test_api_documents_the_request(sqlite_url: URL) -> None:

@@ -173,3 +173,27 @@ def test_indexed_search_returns_more_neighbours_than_the_graph_walk_default(stor
     assert store.ensure_index(min_rows=300) is True
     hits = store.search(unit(5), k=vectorstore.EF + 36)
     assert len(hits) == vectorstore.EF + 36 and hits[0]["run_id"] == "r5"
+
+
+def test_prewarm_fills_a_cache_every_store_of_the_process_shares(tmp_path, monkeypatch):
+    sessions = []
+    connect = vectorstore.lancedb.connect
+
+    def recording(*args, **kwargs):
+        sessions.append(kwargs.get("session"))
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(vectorstore.lancedb, "connect", recording)
+    first = VectorStore(str(tmp_path / "lancedb"))
+    assert first.prewarm() == []  # no table yet
+    first.upsert([row(f"r{i}", i, summary=f"disk pressure on node {i}") for i in range(300)])
+    assert first.ensure_index(min_rows=300) is True
+    cache = vectorstore._SESSION
+    before = cache.size_bytes
+    assert sorted(first.prewarm()) == ["summary_idx", "vector_idx"]
+    assert cache.size_bytes > before
+    # A store opened anew (as the API does per request) reads through that same cache.
+    again = VectorStore(str(tmp_path / "lancedb"))
+    assert again.search(unit(5), k=1)[0]["run_id"] == "r5"
+    assert again.text_search("node 7", k=1)[0]["run_id"] == "r7"
+    assert sessions == [cache, cache]
