@@ -14,7 +14,14 @@ from neuralops import recommend as recommend_module
 from neuralops.embedding import MiniLMEmbedder
 from neuralops.incident_model import Incident, infer_symptoms, resource_of, run_resource
 from neuralops.playbook_index import chunk_texts
-from neuralops.recommend import DEFAULT_WEIGHTS, MIN_SIMILARITY, Recommender, incident_from_signal
+from neuralops.recommend import (
+    DEFAULT_WEIGHTS,
+    MIN_SIMILARITY,
+    Recommender,
+    distinct_words,
+    incident_from_signal,
+    search_text,
+)
 from neuralops.registry import catalogue_dir, load_manifests
 from neuralops.vectorize import vectorize_records
 from neuralops.vectorstore import VectorStore, reported_filter, sql_str, sql_timestamp
@@ -498,3 +505,25 @@ def test_trusted_writers_default_to_the_setting(tmp_path, embedder, manifests, m
         }
     finally:
         get_settings.cache_clear()
+
+
+def test_the_run_search_asks_bm25_each_word_once(tmp_path, embedder, manifests, monkeypatch):
+    assert distinct_words("KubeLatencyHigh Kube Latency High latency of checkout LATENCY") == (
+        "KubeLatencyHigh Kube Latency High of checkout"
+    )
+    history = [run(i, "scale-up-deployment", "succeeded") for i in range(3)]
+    recommender = build(tmp_path, embedder, manifests, history)
+    asked = []
+    search = recommender.store.text_search
+
+    def recording(text, *args, **kwargs):
+        asked.append(text)
+        return search(text, *args, **kwargs)
+
+    monkeypatch.setattr(recommender.store, "text_search", recording)
+    result = recommender.recommend(latency_incident(), now=NOW, top=3)
+    words = search_text(latency_incident())
+    assert words.lower().split().count("latency") > 1  # alert name split, summary
+    assert asked == [distinct_words(words)]
+    assert ids(result)[0] == "scale-up-deployment"
+    assert result.recommendations[0].similar_runs == 3
