@@ -865,12 +865,12 @@ def _empty_reason(
 
 
 def recommender_from_settings(
-    settings: Any = None, *, url: Any = None, embedder: str | None = None
+    settings: Any = None, *, url: Any = None, embedder: str | None = None, read_latest: bool = False
 ) -> tuple[Recommender, str | None]:
     """(recommender over the registered playbooks and the configured vector store, a warning
     when the embedder fell back to hashing). Loading MiniLM takes seconds: a long-lived
-    process keeps the embedder and builds a Recommender per request (~10 ms), so it sees
-    runs and playbooks added since."""
+    process holds the recommender, its store opened with ``read_latest`` so it sees runs
+    added since, and builds another when the registered playbooks change (the API)."""
     from neuralops.embedding import load_embedder
     from neuralops.errors import ConfigError
     from neuralops.registry import registered_manifests
@@ -885,7 +885,7 @@ def recommender_from_settings(
             "(`neuralops run` registers the shipped catalogue)"
         )
     model, warning = load_embedder(embedder or settings.embedder)
-    store = store_from_settings(settings)
+    store = store_from_settings(settings, read_latest=read_latest)
     return Recommender(store, model, manifests, trusted=settings.trusted), warning
 
 

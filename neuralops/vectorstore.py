@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import lancedb
@@ -146,8 +146,14 @@ class VectorStore:
         table: str = "runs",
         dim: int = 384,
         storage_options: Mapping[str, str] | None = None,
+        read_latest: bool = False,
     ) -> None:
+        """``read_latest``: every read sees the latest committed version, other processes'
+        writes included (LanceDB checks at each read, ~1 ms at 1M rows), so a long-lived
+        process can hold the store; otherwise a store reads the version it first opened,
+        plus its own writes."""
         self.uri = _check_uri(uri)
+        self.read_latest = read_latest
         self.table_name = table
         self.dim = dim
         self.schema = schema(dim)
@@ -171,7 +177,12 @@ class VectorStore:
         if self._db is None:
             with self._remote_errors("open"):
                 options = self._storage_options or None
-                self._db = lancedb.connect(self.uri, storage_options=options, session=_SESSION)
+                self._db = lancedb.connect(
+                    self.uri,
+                    storage_options=options,
+                    session=_SESSION,
+                    read_consistency_interval=timedelta(0) if self.read_latest else None,
+                )
         return self._db
 
     def _open(self, create: bool = False) -> Any:
@@ -480,7 +491,9 @@ def _timestamp(value: Any) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def store_from_settings(settings: Any, table: str = "runs", dim: int = 384) -> VectorStore:
+def store_from_settings(
+    settings: Any, table: str = "runs", dim: int = 384, read_latest: bool = False
+) -> VectorStore:
     """The store at ``settings.vector_uri``; an S3 endpoint URL (MinIO, moto) is passed on."""
     options: dict[str, str] = {}
     endpoint = getattr(settings, "s3_endpoint_url", None)
@@ -489,4 +502,6 @@ def store_from_settings(settings: Any, table: str = "runs", dim: int = 384) -> V
         options["aws_endpoint"] = endpoint
         if endpoint.startswith("http://"):
             options["allow_http"] = "true"
-    return VectorStore(uri, table=table, dim=dim, storage_options=options or None)
+    return VectorStore(
+        uri, table=table, dim=dim, storage_options=options or None, read_latest=read_latest
+    )

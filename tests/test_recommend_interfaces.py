@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 from typer.testing import CliRunner
 
 from neuralops import etl, registry, runs, signals
-from neuralops.api import create_app
+from neuralops.api import _Recommenders, create_app
 from neuralops.cli import MAX_TOP as CLI_MAX_TOP
 from neuralops.cli import app
 from neuralops.embedding import load_embedder
@@ -340,6 +340,37 @@ def test_api_sees_history_vectorized_after_its_first_request(
     # The indexes were loaded into the process's LanceDB cache once, before the first
     # request (none existed yet); the cache shared since then did not hide the new runs.
     assert warmed == [[]]
+
+
+def test_api_holds_its_recommender_until_the_playbooks_or_trusted_writers_change(
+    sqlite_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_embedder(monkeypatch, "hashing")
+    register_catalogue()
+    recommenders = _Recommenders(get_settings(), sqlite_url)
+    first = recommenders.get()
+    assert first.store.read_latest  # sees the runs other processes add (test above)
+    assert recommenders.get() is first
+    # A new version of one playbook: a recommender over the new catalogue, same model/store.
+    manifest = next(m for m in registry.registered_manifests() if m.id == "raise-memory-limit")
+    major, minor, patch = (int(part) for part in manifest.version.split("."))
+    changed = manifest.model_copy(
+        update={
+            "version": f"{major}.{minor}.{patch + 1}",
+            "description": "Raise the memory limit, reviewed again.",
+        }
+    )
+    registry.add_playbooks([changed])
+    second = recommenders.get()
+    assert second is not first
+    assert (second.store, second.embedder) == (first.store, first.embedder)
+    assert changed in second.catalogue.manifests
+    assert recommenders.get() is second
+    monkeypatch.setenv("NEURALOPS_TRUSTED_WRITERS", "seed")
+    get_settings.cache_clear()
+    third = recommenders.get()
+    assert third is not second and third.trusted == {"seed"}
+    assert recommenders.get() is third
 
 
 def test_api_documents_the_request(sqlite_url: URL) -> None:
