@@ -682,15 +682,19 @@ def write_report(args, quality: Quality | None, latency_rows: list, embed_ms: fl
 
 
 def write_quality(args, env: str, title: str, q: Quality) -> None:
+    embedded = (
+        f"{q.vectorized.embedded_texts:,} distinct incident texts embedded in {q.vectorize_s:.0f} s"
+        if q.vectorized.embedded_texts
+        else "their store reused from `--cache`, every run unchanged"
+    )
     quality = [
         "## Accuracy on the held-out split",
         "",
         f"Command: `{_command()}`; {env}.",
         "",
         f"Synthetic history (`neuralops.synthetic`, seed {SEED}, 365 days, redacted as the "
-        f"vectorize flow does): the oldest {q.n_history:,} runs are the history "
-        f"({q.vectorized.embedded_texts:,} distinct incident texts embedded in "
-        f"{q.vectorize_s:.0f} s); the succeeded runs among the next {args.queries:,} are the "
+        f"vectorize flow does): the oldest {q.n_history:,} runs are the history ({embedded}); "
+        f"the succeeded runs among the next {args.queries:,} are the "
         f"tuning split ({q.n_tune}), and among the {args.queries:,} after those the test split "
         f"({q.n_test}), which nothing was "
         "tuned on. Each query is a run's incident (alert, labels, summary); the label is the "
