@@ -20,6 +20,14 @@ END = datetime(2026, 11, 23, 12, 10, tzinfo=UTC).timestamp()
 rng = np.random.default_rng(3)
 
 
+@pytest.fixture(autouse=True)
+def _same_draws_whatever_ran_before() -> None:
+    """Each test draws from a fresh generator: with one shared by the module, a test's data
+    depended on which tests ran before it in its process (xdist, ordering)."""
+    global rng
+    rng = np.random.default_rng(3)
+
+
 def batch(values: np.ndarray, labels: list[dict[str, str]], query: str = "q") -> SeriesBatch:
     n = values.shape[1]
     return SeriesBatch(
