@@ -474,6 +474,41 @@ def test_a_store_of_vouched_runs_is_searched_without_the_filter_to_the_same_runs
     assert [e.counted for e in hpa.evidence] == [True] * 3 + [False] * 5
 
 
+def test_a_flood_from_another_writer_after_the_count_never_counts_in_a_held_store(
+    tmp_path, embedder, manifests, monkeypatch
+):
+    """The API holds its recommender over a store that reads the latest version
+    (``read_latest``): a flood of unvouched runs committed by another process between the
+    count (0: the searches go without the filter) and the searches shows in the version, so
+    the searches are redone with the filter and none of it counts."""
+    history = [run(i, "scale-up-deployment", "succeeded") for i in range(3)]
+    vectorize_records(history, VectorStore(str(tmp_path / "store")), embedder)
+    held = VectorStore(str(tmp_path / "store"), read_latest=True)
+    recommender = Recommender(held, embedder, manifests)
+    other_process = VectorStore(str(tmp_path / "store"))
+    flood = [reported(run(100 + i, "adjust-hpa-limits", "succeeded")) for i in range(20)]
+    count = held.count
+    written: list[bool] = []
+
+    def count_then_another_writer(where=None):
+        counted = count(where)
+        if where and "verified IS NULL" in where and not written:
+            written.append(True)
+            vectorize_records(flood, other_process, embedder)
+        return counted
+
+    monkeypatch.setattr(held, "count", count_then_another_writer)
+    raced = recommender.candidates(latency_incident(), now=NOW)
+    assert written and held.count() == 23
+    assert raced.unvouched is None  # the version moved: searched again with the filter
+    assert {r["run_id"] for r in raced.runs} == {h["run_id"] for h in history}
+    monkeypatch.undo()
+    result = recommender.recommend(latency_incident(), now=NOW, top=10)
+    hpa = next(r for r in result.recommendations if r.playbook_id == "adjust-hpa-limits")
+    assert hpa.similar_runs == 0 and not any(e.counted for e in hpa.evidence)
+    assert ids(result)[0] == "scale-up-deployment"
+
+
 def test_a_trusted_writer_counts(tmp_path, embedder, manifests):
     history = [reported(run(i, "adjust-hpa-limits", "succeeded"), "api:ci-bot") for i in range(4)]
     store = VectorStore(str(tmp_path / "store"))
