@@ -450,7 +450,8 @@ class Recommender:
         run_words = distinct_words(words)
         searched = self._search_runs(query, run_words, where, use_vectors, use_text)
         if not unvouched and self.store.version() != version:
-            # Written to meanwhile (through this store): the filter may keep runs out now.
+            # Written to meanwhile (through this store, or by any writer where the store reads
+            # the latest version, as the API's does): the filter may keep runs out now.
             unvouched = None
             where = vouched_filter(self.trusted) + _earlier(before)
             searched = self._search_runs(query, run_words, where, use_vectors, use_text)
