@@ -4,7 +4,9 @@ input → execute, and the paths that must end safely."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
+import traceback
 import uuid
 from pathlib import Path
 
@@ -46,6 +48,22 @@ def start(**parameters) -> tuple[threading.Thread, dict]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, box
+
+
+# The flow ends seconds after it is resumed; under a loaded CI machine one Prefect API call
+# once took the client's whole 60 s timeout, so wait well past that before calling it stuck.
+FLOW_END_S = 240
+
+
+def finished(thread: threading.Thread, box: dict) -> dict:
+    """The flow's result once its thread ends; a flow still running names where it waits."""
+    thread.join(FLOW_END_S)
+    if thread.is_alive():
+        frame = sys._current_frames().get(thread.ident)
+        where = "".join(traceback.format_stack(frame)) if frame else "(no frame)"
+        raise AssertionError(f"the flow did not end within {FLOW_END_S} s; it waits at:\n{where}")
+    assert "error" not in box, box.get("error")
+    return box["result"]
 
 
 def paused_incident() -> incidents.IncidentOut:
@@ -115,9 +133,7 @@ def test_approval_in_the_ui_form_resumes_and_executes(world):
     assert "org-admin" in artifacts(current.flow_run_id)["approval-refused"]["data"]
 
     resume(current.flow_run_id, decision(world, current.id))
-    thread.join(60)
-    assert "error" not in box, box.get("error")
-    result = box["result"]
+    result = finished(thread, box)
     assert result["state"] == "succeeded" and result["outcome"] == "unverified"
     final = incidents.get(current.id)
     assert final.approver == "ana" and final.post_state
@@ -159,9 +175,8 @@ def test_the_form_shows_the_plan_and_an_approval_for_another_plan_keeps_the_run_
     resume(
         current.flow_run_id, decision(world, current.id).model_copy(update={"plan_digest": digest})
     )
-    thread.join(60)
-    assert "error" not in box, box.get("error")
-    assert box["result"]["state"] == "succeeded"
+    result = finished(thread, box)
+    assert result["state"] == "succeeded"
     approved = [
         e
         for e in audit.recent(subject=incidents.subject(current.id))
@@ -174,17 +189,17 @@ def test_rejection_in_the_form_ends_the_incident_without_executing(world):
     thread, box = start(signal_id=str(world["signals"]["oom-kills"].id), parameters=OOM_PARAMETERS)
     current = paused_incident()
     resume(current.flow_run_id, decision(world, current.id, verdict="reject"))
-    thread.join(60)
-    assert box["result"]["state"] == "rejected" and box["result"]["run_id"] is None
+    result = finished(thread, box)
+    assert result["state"] == "rejected" and result["run_id"] is None
     assert not (get_settings().data_dir / "mock-cluster.json").exists()
 
 
 def test_failed_dry_run_ends_the_run_without_pausing(world):
     # No parameters for the container and the memory limit: nothing is guessed.
     thread, box = start(signal_id=str(world["signals"]["oom-kills"].id))
-    thread.join(60)
-    assert box["result"]["state"] == "dry_run_failed"
-    incident = incidents.get(box["result"]["incident_id"])
+    result = finished(thread, box)
+    assert result["state"] == "dry_run_failed"
+    incident = incidents.get(result["incident_id"])
     assert "container" in incident.dry_run["reason"]
 
 
@@ -192,11 +207,9 @@ def test_unanswered_approval_expires(world, monkeypatch):
     monkeypatch.setenv("NEURALOPS_APPROVAL_TIMEOUT_S", "3")
     get_settings.cache_clear()
     thread, box = start(signal_id=str(world["signals"]["oom-kills"].id), parameters=OOM_PARAMETERS)
-    thread.join(60)
-    assert box["result"]["state"] == "expired"
-    trail = [
-        e.action for e in audit.recent(subject=incidents.subject(box["result"]["incident_id"]))
-    ]
+    result = finished(thread, box)
+    assert result["state"] == "expired"
+    trail = [e.action for e in audit.recent(subject=incidents.subject(result["incident_id"]))]
     assert trail[0] == "incident.expired"
 
 
@@ -258,8 +271,8 @@ def test_an_approval_keys_block_chosen_in_the_ui_decides_which_tokens_count(worl
         extra_claims={"realm_access": {"roles": ["org-admin"]}},
     )
     resume(current.flow_run_id, ApprovalDecision(decision="approve", approver="ana", token=token))
-    thread.join(60)
-    assert box["result"]["state"] == "succeeded"
+    result = finished(thread, box)
+    assert result["state"] == "succeeded"
 
 
 def test_from_a_deployment_the_run_suspends_and_resumes_where_it_stopped(world):
@@ -345,8 +358,8 @@ def test_neuralops_approve_checks_the_token_then_resumes_the_waiting_run(world):
     )
     assert approved.exit_code == 0, approved.output
     assert f"resumed flow run {current.flow_run_id}" in approved.output
-    thread.join(60)
-    assert box["result"]["state"] == "succeeded"
+    result = finished(thread, box)
+    assert result["state"] == "succeeded"
 
 
 def test_a_safe_playbook_goes_through_the_whole_sequence_with_the_kill_switch_on(
@@ -372,9 +385,8 @@ def test_a_safe_playbook_goes_through_the_whole_sequence_with_the_kill_switch_on
     current = paused_incident()
     assert current.mode == "manual" and "kill switch" in current.mode_reason
     resume(current.flow_run_id, decision(world, current.id))
-    thread.join(60)
-    assert "error" not in box, box.get("error")
-    assert box["result"]["state"] == "succeeded"
+    result = finished(thread, box)
+    assert result["state"] == "succeeded"
     final = incidents.get(current.id)
     [job] = [key for key in final.post_state if key.startswith("Job/data/")]
     assert final.post_state[job]["kind"] == "Job"
@@ -542,9 +554,8 @@ def test_a_valid_cli_approval_after_refusals_in_the_ui_and_the_cli_is_not_lost_i
     thread, box = start(signal_id=str(world["signals"]["oom-kills"].id), parameters=OOM_PARAMETERS)
     current = paused_incident()
     _refused_ui_then_cli_then_approved_by_cli(world, current.flow_run_id, current)
-    thread.join(60)
-    assert "error" not in box, box.get("error")
-    assert box["result"]["state"] == "succeeded"
+    result = finished(thread, box)
+    assert result["state"] == "succeeded"
     _approved_once(current.flow_run_id, current)
 
 
@@ -614,5 +625,5 @@ def test_the_paused_run_shows_the_evidence_an_approver_decides_from(world, tmp_p
     assert schema["properties"]["decision"]["enum"] == ["approve", "reject"]
 
     resume(current.flow_run_id, decision(world, current.id, verdict="reject"))
-    thread.join(60)
-    assert box["result"]["state"] == "rejected"
+    result = finished(thread, box)
+    assert result["state"] == "rejected"
