@@ -54,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 from sqlalchemy import LargeBinary, Text, cast, func, select, tuple_
 from sqlalchemy.engine import URL
@@ -65,7 +66,7 @@ from neuralops.errors import InvalidInput
 from neuralops.etl_lines import UNREDACTED, receive, send
 from neuralops.quarantine import Quarantined, unencodable
 from neuralops.redaction import Redactor, default_redactor
-from neuralops.redaction_batch import may_redact
+from neuralops.redaction_batch import line_ends, marked_lines, may_redact
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -173,7 +174,7 @@ def export_runs(
                 job, mark = pending.popleft()
                 good = job.result(quarantined)
                 writer.write(good)
-                rows += len(good)
+                rows += sum(p.count if isinstance(p, _Lines) else 1 for p in good)
                 if mark is not None:
                     last = mark  # past the quarantined rows too
                 if progress:
@@ -214,7 +215,7 @@ class _Job:
 
     def __init__(
         self,
-        finish: Callable[[list[Quarantined]], list[dict[str, Any] | str]],
+        finish: Callable[[list[Quarantined]], list[Piece]],
         worker: _Worker | None = None,
     ) -> None:
         self._finish, self._worker = finish, worker
@@ -222,7 +223,7 @@ class _Job:
     def ready(self) -> bool:
         return self._worker is None  # a worker's answer is read when its turn comes
 
-    def result(self, quarantined: list[Quarantined]) -> list[dict[str, Any] | str]:
+    def result(self, quarantined: list[Quarantined]) -> list[Piece]:
         return self._finish(quarantined)
 
 
@@ -288,25 +289,26 @@ class _Redaction:
         self.depth = 0  # batches that may wait for their workers before the oldest is written
 
     def submit(
-        self, batch: list[Any], reread: Callable[[str], dict[str, Any] | Quarantined] | None
+        self, batch: Batch, reread: Callable[[str], dict[str, Any] | Quarantined] | None
     ) -> _Job:
-        marked = _marks(batch, self.redactor)
-        lines = [i for i, item in enumerate(batch) if marked[i] and isinstance(item, str)]
-        self.marked_seen += len(lines)
+        marks = _marks(batch, self.redactor)
+        if not isinstance(batch, bytes):  # records (SQLite): redacted here
+            return _Job(lambda q: _redact_batch(batch, self.redactor, q, reread, marks))
+        self.marked_seen += len(marks.lines)
         if not self.pool and self.workers and self.marked_seen >= POOL_MIN_MARKED:
             self.pool = [_Worker(self.redactor) for _ in range(self.workers)]
             self.depth = self.workers + 1  # each has one to start when it is done
-        if not self.pool or not lines:
-            return _Job(lambda q: _redact_batch(batch, self.redactor, q, reread, marked))
+        if not self.pool or not marks.lines:
+            return _Job(lambda q: _redact_batch(batch, self.redactor, q, reread, marks))
         worker = self.pool[self.turn % len(self.pool)]  # in turn: answers come back in order
         self.turn += 1
-        worker.submit([batch[i] for i in lines])
+        worker.submit(list(marks.lines.values()))
 
-        def finish(quarantined: list[Quarantined]) -> list[dict[str, Any] | str]:
+        def finish(quarantined: list[Quarantined]) -> list[Piece]:
             results, stats = worker.answer()
             self.redactor.stats.update(stats)
-            done: dict[int, str | Quarantined | None] = dict(zip(lines, results, strict=True))
-            return _redact_batch(batch, self.redactor, quarantined, reread, marked, done)
+            done = dict(zip(marks.lines, results, strict=True))
+            return _redact_batch(batch, self.redactor, quarantined, reread, marks, done)
 
         return _Job(finish, worker)
 
@@ -316,60 +318,95 @@ class _Redaction:
         self.pool = []
 
 
-def _marks(batch: list[Any], redactor: Redactor) -> list[bool]:
-    """For each item: whether the redactor could change it (Quarantined: False)."""
+@dataclass(frozen=True)
+class _Lines:
+    """Lines written as COPY sent them (each ended by a newline): none needed redacting."""
+
+    data: bytes
+    count: int
+
+
+# A batch: records and Quarantined (SQLite), or COPY's JSON lines (PostgreSQL). What is
+# written: records, redacted lines (compact JSON) and runs of lines written as they came.
+Batch = list[dict[str, Any] | Quarantined] | bytes
+Piece = dict[str, Any] | str | _Lines
+
+
+@dataclass(frozen=True)
+class _Marks:
+    """Which items of a batch the redactor could change. For COPY lines: each line's end
+    (its newline's offset) and the marked lines, decoded, by position."""
+
+    marked: list[bool] | None = None
+    ends: Any = None  # numpy array of offsets
+    lines: dict[int, str] = field(default_factory=dict)
+
+
+def _marks(batch: Batch, redactor: Redactor) -> _Marks:
+    if isinstance(batch, bytes):
+        ends = line_ends(batch)
+        lines: dict[int, str] = {}
+        for i in np.flatnonzero(marked_lines(batch, redactor, ends)).tolist():
+            start = int(ends[i - 1]) + 1 if i else 0
+            lines[i] = batch[start : int(ends[i])].decode("utf-8", "surrogateescape")
+        return _Marks(ends=ends, lines=lines)
     texts: list[str] = []
     for item in batch:
-        if isinstance(item, str):
-            texts.append(item)
-        elif not isinstance(item, Quarantined):
+        if not isinstance(item, Quarantined):
             public = {k: v for k, v in item.items() if k not in UNREDACTED}
             texts.append(json.dumps(public, ensure_ascii=False))
     found = iter(may_redact(texts, redactor))
-    return [False if isinstance(item, Quarantined) else next(found) for item in batch]
+    return _Marks([False if isinstance(item, Quarantined) else next(found) for item in batch])
 
 
 def _redact_batch(
-    batch: list[Any],
+    batch: Batch,
     redactor: Redactor,
     quarantined: list[Quarantined],
     reread: Callable[[str], dict[str, Any] | Quarantined] | None = None,
-    marked: list[bool] | None = None,
+    marks: _Marks | None = None,
     done: Mapping[int, str | Quarantined | None] | None = None,
-) -> list[dict[str, Any] | str]:
+) -> list[Piece]:
     """The batch as it will be written: quarantined rows left out, each record the redactor
-    could change redacted (``redaction_batch.may_redact`` picks them over the whole batch),
-    the others as they are (the redactor would return them unchanged). Items are records
-    (dicts) and Quarantined, or, from COPY, JSON lines (str): a marked line is decoded, and
-    one that does not decode cleanly is read again the reference way (``reread``). ``done``:
-    marked lines a worker already redacted (``etl_lines.redact_lines``), by position."""
-    if marked is None:
-        marked = _marks(batch, redactor)
-    good: list[dict[str, Any] | str] = []
-    for i, item in enumerate(batch):
-        if isinstance(item, Quarantined):
-            quarantined.append(item)
-            continue
-        if not marked[i]:
-            good.append(item)
-            continue
-        if done is not None and i in done:
-            verdict = done[i]
+    could change redacted (``redaction_batch`` marks them over the whole batch), the others
+    as they are (the redactor would return them unchanged). COPY lines: a marked line is
+    decoded (one that does not decode cleanly is read again the reference way, ``reread``);
+    the unmarked ones are written as they came. ``done``: marked lines a worker already
+    redacted (``etl_lines.redact_lines``), by position."""
+    marks = marks or _marks(batch, redactor)
+    good: list[Piece] = []
+    if isinstance(batch, bytes):
+        start, first = 0, 0  # the first byte and line not written yet
+        for i, line in marks.lines.items():
+            begin = int(marks.ends[i - 1]) + 1 if i else 0
+            if i > first:
+                good.append(_Lines(batch[start:begin], i - first))
+            start, first = int(marks.ends[i]) + 1, i + 1
+            verdict = done.get(i) if done is not None else None
+            if verdict is None:
+                verdict = etl_lines.redact_line(line, redactor)
+            if verdict is None:  # it does not decode cleanly: read it the reference way
+                assert reread is not None
+                record = reread(_line_run_id(line))
+                verdict = (
+                    record
+                    if isinstance(record, Quarantined)
+                    else etl_lines.redacted(record, redactor, quarantined)
+                )
             if isinstance(verdict, Quarantined):
                 quarantined.append(verdict)
-                continue
-            if verdict is not None:
+            elif verdict is not None:
                 good.append(verdict)
-                continue
-        record = item
-        if isinstance(item, str):
-            record = etl_lines.decoded(item)
-            if record is None:
-                assert reread is not None
-                record = reread(_line_run_id(item))
-        if isinstance(record, Quarantined):
-            quarantined.append(record)
-        elif (redacted := etl_lines.redacted(record, redactor, quarantined)) is not None:
+        if len(marks.ends) > first:
+            good.append(_Lines(batch[start:], len(marks.ends) - first))
+        return good
+    assert marks.marked is not None
+    for item, marked in zip(batch, marks.marked, strict=True):
+        if isinstance(item, Quarantined):
+            quarantined.append(item)
+        elif not marked:
+            good.append(item)
+        elif (redacted := etl_lines.redacted(item, redactor, quarantined)) is not None:
             good.append(redacted)
     return good
 
@@ -485,8 +522,9 @@ _DONE = object()
 
 def _copy_batches(
     url: URL | None, start: Watermark | None, *, inclusive: bool, slice_rows: int
-) -> Iterator[tuple[list[str], Watermark | None, Callable[[str], Any]]]:
-    """(JSON lines, the keyset position reached or None inside a slice, ``reread``), up to the
+) -> Iterator[tuple[bytes, Watermark | None, Callable[[str], Any]]]:
+    """(JSON lines as COPY sent them, each ended by a newline; the keyset position reached or
+    None inside a slice; ``reread``), up to the
     newest row at the start. A thread runs the COPYs (one per slice of ``slice_rows`` rows,
     its upper bound found first) and queues chunks of lines, so PostgreSQL keeps sending
     while this thread redacts; a few chunks at most are in memory."""
@@ -544,9 +582,7 @@ def _copy_batches(
             if isinstance(item, BaseException):
                 raise item
             data, mark = item
-            lines = data.decode("utf-8", "surrogateescape").split("\n")
-            lines.pop()  # after the last newline
-            yield lines, mark, lambda run_id: _reread(url, run_id)
+            yield data, mark, lambda run_id: _reread(url, run_id)
     finally:
         stop.set()
         thread.join()
@@ -648,18 +684,23 @@ def _json(value: Any, name: str) -> Any:
     return parsed
 
 
+def _compact(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
 class _JsonlWriter:
     def __init__(self, sink: IO[bytes]) -> None:
         self.sink = sink
 
-    def write(self, records: list[dict[str, Any] | str]) -> None:
-        if not records:
-            return
-        lines = (
-            r if isinstance(r, str) else json.dumps(r, ensure_ascii=False, separators=(",", ":"))
-            for r in records
-        )
-        self.sink.write(("\n".join(lines) + "\n").encode())
+    def write(self, pieces: list[Piece]) -> None:
+        out: list[bytes] = []
+        for piece in pieces:
+            if isinstance(piece, _Lines):
+                out.append(piece.data)
+            else:
+                line = piece if isinstance(piece, str) else _compact(piece)
+                out.append(line.encode() + b"\n")
+        self.sink.write(b"".join(out))
 
     def close(self) -> None:
         self.sink.flush()
@@ -674,8 +715,13 @@ class _ParquetWriter:
         self.sink, self.pq = sink, pq
         self.writer: pq.ParquetWriter | None = None
 
-    def write(self, records: list[dict[str, Any] | str]) -> None:
-        rows = [json.loads(r) if isinstance(r, str) else dict(r) for r in records]
+    def write(self, pieces: list[Piece]) -> None:
+        rows: list[dict[str, Any]] = []
+        for piece in pieces:
+            if isinstance(piece, _Lines):
+                rows += map(json.loads, piece.data.decode().splitlines())
+            else:
+                rows.append(json.loads(piece) if isinstance(piece, str) else dict(piece))
         for row in rows:
             for name in NESTED:
                 row[name] = json.dumps(row[name], ensure_ascii=False, separators=(",", ":"))

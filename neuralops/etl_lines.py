@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 from neuralops.quarantine import Quarantined, unencodable
 from neuralops.redaction import FieldAction, Redactor
+from neuralops.redaction_batch import redact_strings
 
 __all__ = [
     "UNREDACTED",
@@ -31,6 +32,7 @@ __all__ = [
     "no_constant",
     "public",
     "receive",
+    "redact_line",
     "redact_lines",
     "redacted",
     "redacted_line",
@@ -69,7 +71,8 @@ def decoded(line: str) -> dict[str, Any] | None:
     if not isinstance(record, dict):
         return None
     # Lone surrogates come only from backslash-u escapes or undecodable bytes: walk only then.
-    if ("\\u" in line or _SURROGATE.search(line)) and unencodable(record) is not None:
+    suspect = "\\u" in line or (not line.isascii() and _SURROGATE.search(line) is not None)
+    if suspect and unencodable(record) is not None:
         return None
     return record
 
@@ -119,23 +122,27 @@ def init_worker(field_rules: Mapping[str, FieldAction], hash_key: bytes) -> None
     _redactor = Redactor(field_rules=field_rules, hash_key=hash_key)
 
 
+def redact_line(line: str, redactor: Redactor) -> str | Quarantined | None:
+    """A marked COPY line as the export writes it, its Quarantined verdict, or None (read it
+    again). Where only string values change, they are redacted in the line itself
+    (``redaction_batch.redact_strings``); else the record is, written as compact JSON."""
+    record = decoded(line)
+    if record is None:
+        return None
+    if (in_place := redact_strings(line, redactor)) is not None:
+        return in_place
+    quarantined: list[Quarantined] = []
+    done = redacted_line(record, redactor, quarantined)
+    return quarantined[0] if done is None else done[1]
+
+
 def redact_lines(lines: list[str]) -> tuple[list[str | Quarantined | None], dict[str, int]]:
-    """Each marked COPY line as the JSONL writer writes it (compact JSON of the redacted
-    record), its Quarantined verdict, or None (read it again); and the replacements made
+    """``redact_line`` for each marked COPY line, and the replacements made
     (``Redactor.stats``), which the exporter adds to its own."""
     redactor = _redactor
     assert redactor is not None, "init_worker first"
     redactor.stats.clear()
-    out: list[str | Quarantined | None] = []
-    for line in lines:
-        record = decoded(line)
-        if record is None:
-            out.append(None)
-            continue
-        quarantined: list[Quarantined] = []
-        done = redacted_line(record, redactor, quarantined)
-        out.append(quarantined[0] if done is None else done[1])
-    return out, dict(redactor.stats)
+    return [redact_line(line, redactor) for line in lines], dict(redactor.stats)
 
 
 def send(stream: BinaryIO, message: Any) -> None:

@@ -1,23 +1,30 @@
 """Batch redaction: find, over a whole batch at once, the records the redactor could change.
 
 Most run records hold nothing to redact, yet ``Redactor.record`` walks every string of every
-record through a dozen rules (about 11k records/s on one core). ``may_redact`` runs one
-combined pattern over a batch's serialised records (polars, compiled once, all lines in one
-call) and marks only the records where some rule *could* fire; the rest are already what
-the redactor would return. The full redactor still decides every marked record, so what is
-caught cannot change: each trigger below is a necessary condition of one rule of
+record through a dozen rules (about 11k records/s on one core). ``marked_lines`` runs every
+rule's trigger over a whole chunk of serialised records in one pass (Hyperscan: all the
+triggers compiled into one automaton, scanned over the chunk's bytes as they came from the
+database) and marks only the records where some rule *could* fire; the rest are already
+what the redactor would return. The full redactor still decides every marked record, so
+what is caught cannot change: each trigger below is a necessary condition of one rule of
 ``neuralops.redaction`` (a rule's pattern with its lookarounds dropped, or the literal its
 gate needs), so a record none of them matches is left unchanged by every rule, field rule
 and secret-named key. ``tests/test_redaction_batch.py`` checks that property against the
 reference over the redaction tests' corpus and with hypothesis.
 
-The input is JSON text (a record serialised, or a COPY line), scanned as it is. Escapes would
-hide text from the triggers, so any escape but ``\\"`` marks its record (line breaks, tabs,
-backslashes and ``\\uXXXX`` in run text are rare); ``\\"`` only adds a backslash before a
-quote, which the one trigger that spans a quote allows. Any non-ASCII character also marks
-its record, so the triggers only ever meet ASCII (where Rust's and Python's regex classes and
-case folding agree; Python folds a few non-ASCII letters onto ASCII ones, such as the Kelvin
-sign or the long s, which the redactor's case-insensitive rules would match).
+The input is JSON text, one record a line (a record serialised, or a COPY line), scanned as
+it is. Escapes would hide text from the triggers, so any escape but ``\\"`` marks its record
+(line breaks, tabs, backslashes and ``\\uXXXX`` in run text are rare); ``\\"`` only adds a
+backslash before a quote, which the one trigger that spans a quote allows. Any non-ASCII
+byte also marks its record, so the triggers only ever meet ASCII (where Hyperscan's and
+Python's classes and case folding agree; Python folds a few non-ASCII letters onto ASCII
+ones, such as the Kelvin sign or the long s, which the redactor's case-insensitive rules
+would match).
+
+The lines are scanned as one block: a match is counted for the line it ends in. A match
+inside a line is found as it would be in that line alone; the few triggers that start with
+"the start of the line or a separator" see the newline before the line as that separator;
+a match that spans lines only marks a line more, never one less.
 
 Only the stock ``Redactor`` is pre-filtered: for a subclass (other rules) every record is
 marked.
@@ -25,81 +32,258 @@ marked.
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+from collections import Counter
 from collections.abc import Sequence
+from functools import lru_cache
 
-import polars as pl
+import hyperscan
+import numpy as np
 
-from neuralops.redaction import _SECRET_WORDS, Redactor
+from neuralops.redaction import _KEYWORD_DENYLIST, _OWN_SECRET_WORDS, _PLACEHOLDER, Redactor
 
-__all__ = ["MAX_BRACKETS", "TRIGGERS", "may_redact", "trigger_pattern"]
+__all__ = [
+    "MAX_BRACKETS",
+    "TRIGGERS",
+    "line_ends",
+    "marked_lines",
+    "may_redact",
+    "redact_strings",
+    "triggers",
+]
 
 # More opening brackets than this (an upper bound of the nesting depth) goes the full way:
 # the reference path refuses deep nesting (quarantine) and must be the one to decide.
 MAX_BRACKETS = 200
-_MARK = "\x80"  # stands for a lone surrogate, which polars cannot hold (non-ASCII: marks)
 
-# One per rule of neuralops.redaction (in its order); each is implied by that rule firing.
-TRIGGERS: tuple[str, ...] = (
-    r"[^\x00-\x7f]",  # non-ASCII (and _MARK): the full redactor decides
-    r'\\[^"]',  # a JSON escape but \" (see the module docstring)
-    "PRIVATE KEY",  # _private_keys
-    "eyJ",  # _jwts
-    r"(?i:authorization)",  # _AUTH_HEADER; secret-named key "(proxy-)authorization"
-    r"(?i:bearer[ \t])",  # _BEARER
-    r"(?i:aws_?secret|secret_?access)",  # _AWS_SECRET_CONTEXT
-    "AKIA|ASIA|<AWS_ACCESS_KEY>",  # _AWS_ACCESS_KEY, _AWS_SECRET_NEAR_ID (after a key id)
-    # _api_tokens: the literals of _TOKEN_HINT (case-insensitive where a plugin is), with
-    # "sk-" narrowed to the one pattern that needs no other literal
-    r"(?i:xox|hooks\.slack)|gh[pousr]_|github_pat_|gl(?:pat|dt|ft|soat|rt|cbt|imt|ptt|agent"
-    r"|oas)-|GR1348941|T3BlbkFJ|k_live_|SG\.|pypi-|sq0csp-|AccountKey=|hv[sbr]\.",
-    r"sk-[A-Za-z0-9_-]*[A-Za-z0-9]{20}",
-    r"AC[a-z0-9]{32}|SK[a-z0-9]{32}",  # Twilio
-    r"[0-9a-z]{32}-us[0-9]",  # Mailchimp
-    r"[0-9]{8}:[0-9A-Za-z_-]{35}",  # Telegram (8-10 digits: the last 8 are enough)
-    r"\.[a-zA-Z0-9_-]{6}\.",  # Discord (its middle part)
-    "://",  # _url_passwords
-    rf"(?i:-[A-Za-z0-9_-]*(?:{_SECRET_WORDS}|store[_-]?pass)[ \t])",  # _SECRET_FLAG
-    r"(?:^|[^0-9A-Za-z_-])-p",  # _SHORT_P
-    rf"(?i:{_SECRET_WORDS})\\?[\"']?[ \t]*[:=]",  # _KEY_VALUE; a secret-named key ("k":)
-    r"(?i:(?:passw(?:or)?d|pass(?:phrase|code)|pwd|pin|secret|api[ _-]?key|token)s?[ \t]+"
-    r"(?:is|was|set|changed|reset))",  # _SECRET_PHRASE
-    "@",  # _emails
-    r"[0-9](?:[ -]?[0-9]){12}",  # _cards; a card stored as a JSON number
-    r"(?:^|[^0-9A-Za-z_:.])(?:[0-9A-Fa-f]{0,4}:){2}",  # _ipv6
-    r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}",  # _ipv4
-    r"\+(?:[ .()-]*[0-9]){8}",  # _PHONE_INTL (8 digits at least)
-    r"(?:\([0-9]{3}\)[ .-]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}",  # _PHONE_NANP
-    r"(?:^|[^0-9A-Za-z_.+/:-])0[0-9]{1,4}[ .-][0-9]{2,4}[ .-][0-9]{2,4}",  # _PHONE_TRUNK
+# The secret words of neuralops.redaction (_SECRET_WORDS) that can occur in ASCII text: a
+# line holding the others (contraseña) is marked for its non-ASCII byte.
+_WORDS = "(?:{})".format(
+    "|".join([w.replace("_?", "[_-]?") for w in _KEYWORD_DENYLIST if w.isascii()])
+    + "|"
+    + _OWN_SECRET_WORDS
 )
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# One per rule of neuralops.redaction (in its order), each implied by that rule firing:
+# (pattern, case-insensitive).
+TRIGGERS: tuple[tuple[str, bool], ...] = (
+    (r"[^\x00-\x7f]", False),  # non-ASCII: the full redactor decides
+    (r'\\[^"]', False),  # a JSON escape but \" (see the module docstring)
+    ("PRIVATE KEY", False),  # _private_keys
+    ("eyJ", False),  # _jwts
+    ("authorization", True),  # _AUTH_HEADER; secret-named key "(proxy-)authorization"
+    ("bearer[ \t]", True),  # _BEARER
+    ("aws_?secret|secret_?access", True),  # _AWS_SECRET_CONTEXT
+    ("AKIA|ASIA|<AWS_ACCESS_KEY>", False),  # _AWS_ACCESS_KEY, _AWS_SECRET_NEAR_ID
+    # _api_tokens: the literals of _TOKEN_HINT (case-insensitive where a plugin is), with
+    # "sk-" narrowed to the one pattern that needs no other literal
+    (r"xox|hooks\.slack", True),
+    (
+        r"gh[pousr]_|github_pat_|gl(?:pat|dt|ft|soat|rt|cbt|imt|ptt|agent|oas)-|GR1348941"
+        r"|T3BlbkFJ|k_live_|SG\.|pypi-|sq0csp-|AccountKey=|hv[sbr]\.",
+        False,
+    ),
+    ("sk-[A-Za-z0-9_-]*[A-Za-z0-9]{20}", False),
+    ("AC[a-z0-9]{32}|SK[a-z0-9]{32}", False),  # Twilio
+    ("[0-9a-z]{32}-us[0-9]", False),  # Mailchimp
+    ("[0-9]{8}:[0-9A-Za-z_-]{35}", False),  # Telegram (8-10 digits: the last 8 are enough)
+    (r"\.[a-zA-Z0-9_-]{6}\.", False),  # Discord (its middle part)
+    ("://", False),  # _url_passwords
+    (rf"-[A-Za-z0-9_-]*(?:{_WORDS}|store[_-]?pass)[ \t]", True),  # _SECRET_FLAG
+    ("(?:^|[^0-9A-Za-z_-])-p", False),  # _SHORT_P
+    (rf"{_WORDS}\\?[\"']?[ \t]*[:=]", True),  # _KEY_VALUE; a secret-named key ("k":)
+    (
+        r"(?:passw(?:or)?d|pass(?:phrase|code)|pwd|pin|secret|api[ _-]?key|token)s?[ \t]+"
+        r"(?:is|was|set|changed|reset)",
+        True,
+    ),  # _SECRET_PHRASE
+    ("@", False),  # _emails
+    ("[0-9](?:[ -]?[0-9]){12}", False),  # _cards; a card stored as a JSON number
+    ("(?:^|[^0-9A-Za-z_:.])(?:[0-9A-Fa-f]{0,4}:){2}", False),  # _ipv6
+    (r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", False),  # _ipv4
+    (r"\+(?:[ .()-]*[0-9]){8}", False),  # _PHONE_INTL (8 digits at least)
+    (r"(?:\([0-9]{3}\)[ .-]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}", False),  # _PHONE_NANP
+    ("(?:^|[^0-9A-Za-z_.+/:-])0[0-9]{1,4}[ .-][0-9]{2,4}[ .-][0-9]{2,4}", False),  # _PHONE_TRUNK
+)
 
 
-def trigger_pattern(redactor: Redactor) -> str | None:
-    """The combined trigger for ``redactor``'s rules, or None when it cannot be
-    pre-filtered (a subclass, or a field rule ending in ``*``)."""
+def triggers(redactor: Redactor) -> tuple[tuple[str, bool], ...] | None:
+    """The triggers for ``redactor``'s rules, or None when it cannot be pre-filtered (a
+    subclass, or a field rule ending in ``*``)."""
     if type(redactor) is not Redactor:
         return None
-    leaves = {path.split(".")[-1] for path in redactor.field_rules}
+    return _triggers(frozenset(path.split(".")[-1] for path in redactor.field_rules))
+
+
+@lru_cache(maxsize=16)
+def _triggers(leaves: frozenset[str]) -> tuple[tuple[str, bool], ...] | None:
     if "*" in leaves or not all(
         leaf.isascii() and '"' not in leaf and "\\" not in leaf for leaf in leaves
     ):
         return None  # a leaf that may match any key, or one written with escapes
-    keys = "|".join(sorted(re.escape(leaf) for leaf in leaves))
+    if not leaves:
+        return TRIGGERS
     # a field rule acts only on its leaf key, which appears in the text as "leaf"
-    return "|".join((*TRIGGERS, *([f'"(?:{keys})"'] if keys else ())))
+    keys = "|".join(sorted(re.escape(leaf) for leaf in leaves))
+    return (*TRIGGERS, (f'"(?:{keys})"', False))
+
+
+class _Scanner:
+    """The triggers compiled once into one Hyperscan database (a scan needs its own scratch
+    space, hence the lock: exports scan from one thread, but nothing here assumes it)."""
+
+    def __init__(self, patterns: tuple[tuple[str, bool], ...]) -> None:
+        self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        self.database.compile(
+            expressions=[pattern.encode("ascii") for pattern, _ in patterns],
+            ids=list(range(len(patterns))),
+            elements=len(patterns),
+            flags=[hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in patterns],
+        )
+        self.lock = threading.Lock()
+
+    def match_ends(self, data: bytes) -> list[int]:
+        """The end offset of every match of every trigger in ``data``."""
+        ends: list[int] = []
+
+        def found(_id: int, _start: int, end: int, _flags: int, _context: object) -> None:
+            ends.append(end)
+
+        with self.lock:
+            self.database.scan(data, match_event_handler=found)
+        return ends
+
+    def matches(self, data: bytes) -> list[tuple[int, int]]:
+        """(trigger, end offset) of every match in ``data``."""
+        out: list[tuple[int, int]] = []
+
+        def found(pattern: int, _start: int, end: int, _flags: int, _context: object) -> None:
+            out.append((pattern, end))
+
+        with self.lock:
+            self.database.scan(data, match_event_handler=found)
+        return out
+
+
+@lru_cache(maxsize=16)
+def _scanner(patterns: tuple[tuple[str, bool], ...]) -> _Scanner:
+    return _Scanner(patterns)
+
+
+def line_ends(data: bytes) -> np.ndarray:
+    """The offset of each line's newline in ``data`` (lines each ended by a newline)."""
+    if data[-1:] not in (b"", b"\n"):
+        raise ValueError("the last line has no newline")
+    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+
+
+def marked_lines(data: bytes, redactor: Redactor, ends: np.ndarray | None = None) -> np.ndarray:
+    """For each line of ``data`` (JSON texts, each ended by a newline, as COPY sends them;
+    ``ends``: ``line_ends(data)`` if already known): True where the redactor could change
+    the record (or refuse it), False where it certainly returns it unchanged."""
+    if ends is None:
+        ends = line_ends(data)
+    view = np.frombuffer(data, dtype=np.uint8)
+    patterns = triggers(redactor)
+    if patterns is None:
+        return np.ones(len(ends), dtype=bool)
+    marked = np.zeros(len(ends), dtype=bool)
+    if found := _scanner(patterns).match_ends(data):
+        # a match ending at offset e (exclusive) lies in the line holding byte e - 1
+        marked[np.searchsorted(ends, np.asarray(found) - 1)] = True
+    if len(ends):
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        opening = (view == 91) | (view == 123)  # [ and {
+        marked |= np.add.reduceat(opening, starts, dtype=np.int64) > MAX_BRACKETS
+    return marked
 
 
 def may_redact(texts: Sequence[str], redactor: Redactor) -> list[bool]:
-    """For each JSON text: True where the redactor could change the record (or refuse it),
-    False where it certainly returns it unchanged."""
-    pattern = trigger_pattern(redactor)
-    if pattern is None or not texts:
-        return [True] * len(texts)
-    try:
-        column = pl.Series("t", texts, dtype=pl.String)
-    except UnicodeEncodeError:  # lone surrogates (undecodable input): always marked
-        column = pl.Series("t", [_SURROGATE.sub(_MARK, t) for t in texts], dtype=pl.String)
-    marked = column.str.contains(pattern) | (column.str.count_matches(r"[\[{]") > MAX_BRACKETS)
-    return marked.to_list()
+    """``marked_lines`` for JSON texts given one by one (a text holding a newline, which
+    serialised JSON never does, is marked)."""
+    if not texts:
+        return []
+    # lone surrogates (undecodable input) come out as non-ASCII bytes: marked
+    data = "".join(t.replace("\n", "\x80") + "\n" for t in texts).encode("utf-8", "surrogatepass")
+    return marked_lines(data, redactor).tolist()
+
+
+# --- one marked line, string by string --------------------------------------------------------
+
+_ESCAPE = 1  # the trigger for an escape but \" (TRIGGERS[1])
+_KEY_AFTER = re.compile(r"[ \t]*:")
+
+
+def _string_around(line: str, at: int) -> tuple[int, int] | None:
+    """(start, end) of the JSON string whose content holds ``line[at]``, quotes included; None
+    when ``line[at]`` is outside every string or a quote. The line's only escapes are \"
+    (its other escapes sent it the whole way), so the quotes before ``at`` that no backslash
+    precedes tell whether it is inside a string."""
+    if line[at] == '"' or (line.count('"', 0, at) - line.count('\\"', 0, at)) % 2 == 0:
+        return None
+    start = line.rfind('"', 0, at)
+    while line[start - 1] == "\\":
+        start = line.rfind('"', 0, start - 1)
+    stop = line.find('"', at)
+    while line[stop - 1] == "\\":
+        stop = line.find('"', stop + 1)
+    return start, stop + 1
+
+
+def redact_strings(line: str, redactor: Redactor) -> str | None:
+    """A marked COPY line with its string values redacted in place, when that is all the
+    redactor would do to it; None when the whole record must go through ``Redactor.record``.
+
+    The triggers are scanned again over the line alone. A string value none of them ends in
+    is one ``Redactor.text`` returns unchanged (the property the pre-filter rests on), so only
+    the values a match ends in are decoded and redacted; the rest of the line, keys, numbers
+    and spacing included, is written as PostgreSQL serialised it. A match that ends anywhere
+    else (in a key, on a quote: a field rule's key, a secret-named key; in a number: a card
+    stored as one), an escape, a non-ASCII character or deep nesting sends the record the whole way,
+    which knows the record's shape. ``provenance`` and ``verified`` (last in a COPY line)
+    are never redacted."""
+    patterns = triggers(redactor)
+    if patterns is None or not line.isascii():
+        return None
+    if line.count("[") + line.count("{") > MAX_BRACKETS:
+        return None
+    kept = line.rfind(',"provenance":')
+    if kept < 0:
+        return None
+    found = _scanner(patterns).matches(line.encode())
+    if any(pattern == _ESCAPE for pattern, _ in found):
+        return None  # what an escape decodes to (a lone surrogate?) is the whole way's to judge
+    ends = sorted({end for _, end in found if end <= kept})
+    if not ends:
+        return line
+    pieces: list[str] = []
+    memo: dict[str, tuple[str, Counter[str]]] = {}
+    done, seen = 0, -1  # the offset up to which the line is in ``pieces``; the last string
+    for end in ends:  # a match ending at ``end`` (exclusive) holds the character end - 1
+        if end - 1 < seen:
+            continue  # in the string just redacted
+        span = _string_around(line, end - 1)
+        if span is None:
+            return None  # outside every string's content
+        start, stop = span
+        if _KEY_AFTER.match(line, stop):
+            return None  # a key
+        seen = stop
+        token = line[start:stop]
+        text = json.loads(token)
+        if text in memo:  # the same text twice (an error in outputs and in its step's log)
+            redacted, counted = memo[text]
+            redactor.stats.update(counted)
+        elif _PLACEHOLDER.fullmatch(text):  # as Redactor._walk
+            redacted = text
+        else:
+            before = redactor.stats.copy()
+            redacted = redactor.text(text)
+            memo[text] = (redacted, redactor.stats - before)
+        if redacted != text:
+            pieces += (line[done:start], json.dumps(redacted, ensure_ascii=False))
+            done = stop
+    pieces.append(line[done:])
+    return "".join(pieces)

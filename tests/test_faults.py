@@ -273,7 +273,8 @@ def fault_between_export_batches(
             for batch in batches:  # (records or lines, keyset position reached, reread)
                 yield batch
                 if not fired:
-                    fired.append(len(batch[0]))
+                    rows = batch[0]  # records, or COPY's lines (bytes)
+                    fired.append(rows.count(b"\n") if isinstance(rows, bytes) else len(rows))
                     try:
                         action()
                     finally:

@@ -17,7 +17,7 @@ from test_redaction import BENIGN_JSON, benign_text, secrets
 
 from neuralops import etl, etl_lines, runs
 from neuralops.redaction import DEFAULT_FIELD_RULES, Redactor, SecretRedactor
-from neuralops.redaction_batch import MAX_BRACKETS, may_redact, trigger_pattern
+from neuralops.redaction_batch import MAX_BRACKETS, may_redact, redact_strings, triggers
 from neuralops.synthetic import PLANT_EVERY, synthetic_runs
 
 HERE = Path(__file__).parent
@@ -126,10 +126,10 @@ def test_other_redactors_are_not_prefiltered() -> None:
     class Custom(Redactor):
         pass
 
-    assert trigger_pattern(Custom()) is None and trigger_pattern(SecretRedactor()) is None
+    assert triggers(Custom()) is None and triggers(SecretRedactor()) is None
     assert may_redact(["{}", "{}"], Custom()) == [True, True]
-    assert trigger_pattern(Redactor(field_rules={"inputs.*": "drop"})) is None
-    assert "|kubeconfig|" in (trigger_pattern(Redactor(DEFAULT_FIELD_RULES)) or "")
+    assert triggers(Redactor(field_rules={"inputs.*": "drop"})) is None
+    assert '"(?:api_key|' in triggers(Redactor(DEFAULT_FIELD_RULES))[-1][0]
 
 
 # --- hypothesis: the same properties as the reference, and equality with it ------------------
@@ -171,6 +171,77 @@ def test_batch_equals_reference_idempotent_and_benign_unchanged(
     assert batched(Redactor(), out) == out  # idempotent
     for record, done in zip(records[::2], out[::2], strict=True):
         assert done == record
+
+
+# --- one marked line, string by string (redact_strings) --------------------------------------
+
+
+def _line(record: dict[str, Any], provenance: str = "seed") -> str:
+    """A COPY line as PostgreSQL writes it: jsonb's spacing, provenance and verified last."""
+    body = json.dumps({"run_id": "r-1", **record})[:-1]
+    return f'{body},"provenance":{json.dumps(provenance)},"verified":false}}'
+
+
+def _full_path(line: str, redactor: Redactor) -> dict[str, Any]:
+    record = json.loads(line)
+    return etl_lines.redacted(record, redactor, []) or {}
+
+
+def _check_in_place(record: dict[str, Any]) -> bool:
+    """The line redacted in place equals the record redacted whole, counts included; True
+    when the in-place path took it."""
+    line = _line(record)
+    ours, theirs = Redactor(), Redactor()
+    in_place = redact_strings(line, ours)
+    expected = _full_path(line, theirs)
+    if in_place is None:
+        return False
+    assert json.loads(in_place) == expected, line
+    assert ours.stats == theirs.stats, line
+    return True
+
+
+def test_in_place_equals_the_whole_record_on_the_redaction_corpus() -> None:
+    records = [r for text in CORPUS + TRICKY for r in _records_around(text)]
+    taken = [_check_in_place(r) for r in records]
+    assert sum(taken) > len(taken) / 4  # the common case takes the cheap way
+
+
+def test_what_needs_the_record_is_not_done_in_place() -> None:
+    redactor = Redactor()
+    needs_the_record = [
+        {"inputs": {"user_email": "a@example.com"}},  # a field rule
+        {"inputs": {"db_password": 1234}},  # a secret-named key, a number
+        {"inputs": {"card": 4111111111111111}},  # a card stored as a number
+        {"inputs": {"ops@example.com": "on call"}},  # a key the text rules change
+        {"inputs": {"note": "caf\u00e9 at 10.0.0.1"}},  # non-ASCII
+        {"inputs": {"note": "line\nand 10.0.0.1"}},  # an escape
+    ]
+    for record in needs_the_record:
+        assert redact_strings(_line(record), redactor) is None, record
+    deep = {"inputs": {"x": [[]] * MAX_BRACKETS, "ip": "10.0.0.1"}}  # over MAX_BRACKETS
+    assert redact_strings(_line(deep), redactor) is None
+
+
+def test_in_place_keeps_the_line_and_leaves_provenance_alone() -> None:
+    record = {"inputs": {"n": 3}, "outputs": {"error": "dial tcp 10.96.0.1:443: i/o timeout"}}
+    line = _line(record, provenance="api:alice@example.com")
+    done = redact_strings(line, Redactor())
+    assert done == line.replace("10.96.0.1", "<IPV4>")  # PostgreSQL's spacing kept
+    assert json.loads(done)["provenance"] == "api:alice@example.com"  # never redacted
+    plain = _line({"outputs": {"message": "rollout finished"}})
+    assert redact_strings(plain, Redactor()) == plain
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["note", "error", "msg"]), TEXT), max_size=4), TEXT)
+def test_in_place_equals_the_whole_record(fields: list[tuple[str, str]], log: str) -> None:
+    record = {
+        "inputs": dict(fields),
+        "outputs": {"lines": [log, "ok"]},
+        "node_logs": [{"name": "step", "message": log, "n": 7}],
+    }
+    _check_in_place(record)
 
 
 # --- through the PostgreSQL COPY export ------------------------------------------------------
@@ -257,6 +328,22 @@ def _copy_lines(records: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _as_records(pieces: list[Any]) -> list[dict[str, Any]]:
+    """What the export writes, as records: redacted lines, records, lines written as they came."""
+    out: list[dict[str, Any]] = []
+    for piece in pieces:
+        if isinstance(piece, etl._Lines):
+            out += [json.loads(line) for line in piece.data.decode().splitlines()]
+        else:
+            out.append(json.loads(piece) if isinstance(piece, str) else piece)
+    return out
+
+
+def _chunk(lines: list[str]) -> bytes:
+    """COPY lines as the export reads them: one chunk of bytes, each line ended by a newline."""
+    return "".join(line + "\n" for line in lines).encode()
+
+
 def _pooled(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Workers from the first marked line; the list of those started, to check they ran."""
     started: list[Any] = []
@@ -277,7 +364,7 @@ def test_worker_processes_equal_the_reference_line_by_line(monkeypatch: pytest.M
     records += [{"inputs": {"n": 4111111111111111}}, {"inputs": {"api_key": None}}]
     lines = _copy_lines(records)
     lines.insert(5, lines[5].replace('"seed"', "NaN"))  # does not decode: read again
-    batches = [lines[i : i + 97] for i in range(0, len(lines), 97)]
+    batches = [_chunk(lines[i : i + 97]) for i in range(0, len(lines), 97)]
 
     def reread(run_id: str) -> Any:
         return etl.Quarantined(run_id, "read again")
@@ -296,9 +383,8 @@ def test_worker_processes_equal_the_reference_line_by_line(monkeypatch: pytest.M
     finally:
         redaction.close()
     assert len(started) == 2  # the lines went through the workers
-    as_records = lambda items: [json.loads(x) if isinstance(x, str) else x for x in items]  # noqa: E731
-    assert as_records(pooled) == as_records(theirs)
-    assert len(theirs) + len(q_inline) == len(lines)
+    assert _as_records(pooled) == _as_records(theirs)
+    assert len(_as_records(theirs)) + len(q_inline) == len(lines)
     assert q_pooled == q_inline  # the NaN line, and the corpus's lone surrogates
     assert etl.Quarantined("r-5", "read again") in q_inline
     assert ours.stats == inline.stats and sum(ours.stats.values()) > 0
@@ -313,7 +399,7 @@ def test_workers_take_the_field_rules_and_the_hash_key(monkeypatch: pytest.Monke
     redactor = Redactor(field_rules=rules, hash_key=b"k2")
     redaction = etl._Redaction(redactor, workers=1)
     try:
-        out = redaction.submit(lines, None).result([])
+        out = redaction.submit(_chunk(lines), None).result([])
     finally:
         redaction.close()
     assert [json.loads(x)["inputs"] for x in out] == [expected["inputs"]] * 3
@@ -327,7 +413,7 @@ def test_a_failing_worker_fails_the_export_and_is_stopped(monkeypatch: pytest.Mo
     bad = '{"run_id": "r-1", "inputs": {"note": "a@example.com"}}'  # no provenance: KeyError
     try:
         with pytest.raises(KeyError, match="provenance"):
-            redaction.submit([bad], None).result([])
+            redaction.submit(_chunk([bad]), None).result([])
     finally:
         redaction.close(failed=True)
     assert started and all(w.process.poll() is not None for w in started)
