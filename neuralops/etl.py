@@ -10,13 +10,14 @@ failed export is simply done again.
 On PostgreSQL the rows come through ``COPY (SELECT row_to_json(...)) TO STDOUT`` in keyset
 slices (``(updated_at, id)`` bounds found first, so each slice is a plain range), read by a
 background thread while the main thread redacts, so the database and the redaction overlap.
-Each line is already the exported JSON; ``neuralops.redaction_batch.may_redact`` marks, over
-a whole chunk at once, the lines some redaction rule could touch, and only those are decoded
-and run through the redactor (the rest are written as PostgreSQL serialised them: the same
-values, JSON spacing aside). In a large export the marked lines are redacted by worker
-processes (``_Redaction``, one per core, running ``neuralops.etl_lines``), in order, while
-this process goes on reading and writing. SQLite reads keyset batches and pre-filters the
-same way, in one process.
+Each line is already the exported JSON; ``neuralops.redaction_batch.marked_lines`` marks,
+over a whole chunk of the bytes COPY sent, the lines some redaction rule could touch, and
+only those are decoded and redacted (in place where only string values change, else the
+whole record; ``etl_lines.redact_line``); the rest are written as the bytes PostgreSQL sent
+(the same values as the redactor's output, JSON spacing aside). In a large export the marked
+lines are redacted by worker processes (``_Redaction``, one per core, running
+``neuralops.etl_lines``), in order, while this process goes on reading and writing. SQLite
+reads keyset batches and pre-filters the same way, in one process.
 
 Incremental: without ``full`` or ``since``, an export starts after the stored watermark and
 ends at the newest row that existed when it started. ``full`` re-exports everything and

@@ -38,11 +38,14 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import hyperscan
-import numpy as np
 
 from neuralops.redaction import _KEYWORD_DENYLIST, _OWN_SECRET_WORDS, _PLACEHOLDER, Redactor
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "MAX_BRACKETS",
@@ -172,8 +175,14 @@ def _scanner(patterns: tuple[tuple[str, bool], ...]) -> _Scanner:
     return _Scanner(patterns)
 
 
+# numpy is imported where it is used: the export's worker processes import this module for
+# redact_strings only, and do without numpy's 16 MiB each.
+
+
 def line_ends(data: bytes) -> np.ndarray:
     """The offset of each line's newline in ``data`` (lines each ended by a newline)."""
+    import numpy as np
+
     if data[-1:] not in (b"", b"\n"):
         raise ValueError("the last line has no newline")
     return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
@@ -183,6 +192,8 @@ def marked_lines(data: bytes, redactor: Redactor, ends: np.ndarray | None = None
     """For each line of ``data`` (JSON texts, each ended by a newline, as COPY sends them;
     ``ends``: ``line_ends(data)`` if already known): True where the redactor could change
     the record (or refuse it), False where it certainly returns it unchanged."""
+    import numpy as np
+
     if ends is None:
         ends = line_ends(data)
     view = np.frombuffer(data, dtype=np.uint8)

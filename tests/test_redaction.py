@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 import string
 from typing import Any
 
@@ -18,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from neuralops.redaction import (
+    _KEY_VALUE,
+    _KEY_VALUE_AHEAD,
     DEFAULT_FIELD_RULES,
     DEV_HASH_KEY,
     PLACEHOLDERS,
@@ -814,3 +817,33 @@ def test_record_is_idempotent(case: tuple[dict[str, Any], list[str]]) -> None:
     r = Redactor()
     once = r.record(case[0])
     assert r.record(once) == once
+
+
+# The key=value rule's look ahead is only a shortcut: the same matches as the pattern without it.
+_KV_PLAIN = re.compile(_KEY_VALUE.pattern.replace(_KEY_VALUE_AHEAD, "", 1))
+KEY_VALUE_TEXT = st.lists(
+    MIXED
+    | st.sampled_from(
+        ["password", "pass", "contraseña", "CONTRASEÑA", "api_key", "\u212aey",
+         "pa\u017f\u017fword", "=", ":", '\\"', '"', "'", " ", "\t", "-", ".", "token", "x"]
+    ),
+    max_size=10,
+).map("".join)  # fmt: skip
+
+
+def _matches(pattern: re.Pattern[str], text: str) -> list[tuple]:
+    return [(m.span(), m.groups()) for m in pattern.finditer(text)]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(KEY_VALUE_TEXT)
+def test_the_key_value_look_ahead_changes_no_match(text: str) -> None:
+    assert _matches(_KEY_VALUE, text) == _matches(_KV_PLAIN, text)
+
+
+def test_the_key_value_look_ahead_on_known_pairs() -> None:
+    texts = ["db_password=hunter2", 'x "contraseña": "s3cr3t"', "aws_secret_access_key = abc"]
+    texts += ['{\\"api_key\\": \\"v\\"}', "token:'t0k'", "\u212aey: x", "password_file=/etc/p"]
+    for text in texts:
+        assert _matches(_KEY_VALUE, text) == _matches(_KV_PLAIN, text), text
+    assert _KEY_VALUE.search("db_password=hunter2") is not None
