@@ -112,16 +112,13 @@ TRIGGERS: tuple[tuple[str, bool], ...] = (
 )
 
 
+@lru_cache(maxsize=16)  # asked once per marked line; a Redactor's field rules never change
 def triggers(redactor: Redactor) -> tuple[tuple[str, bool], ...] | None:
     """The triggers for ``redactor``'s rules, or None when it cannot be pre-filtered (a
     subclass, or a field rule ending in ``*``)."""
     if type(redactor) is not Redactor:
         return None
-    return _triggers(frozenset(path.split(".")[-1] for path in redactor.field_rules))
-
-
-@lru_cache(maxsize=16)
-def _triggers(leaves: frozenset[str]) -> tuple[tuple[str, bool], ...] | None:
+    leaves = {path.split(".")[-1] for path in redactor.field_rules}
     if "*" in leaves or not all(
         leaf.isascii() and '"' not in leaf and "\\" not in leaf for leaf in leaves
     ):
@@ -146,17 +143,6 @@ class _Scanner:
             flags=[hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in patterns],
         )
         self.lock = threading.Lock()
-
-    def match_ends(self, data: bytes) -> list[int]:
-        """The end offset of every match of every trigger in ``data``."""
-        ends: list[int] = []
-
-        def found(_id: int, _start: int, end: int, _flags: int, _context: object) -> None:
-            ends.append(end)
-
-        with self.lock:
-            self.database.scan(data, match_event_handler=found)
-        return ends
 
     def matches(self, data: bytes) -> list[tuple[int, int]]:
         """(trigger, end offset) of every match in ``data``."""
@@ -196,16 +182,16 @@ def marked_lines(data: bytes, redactor: Redactor, ends: np.ndarray | None = None
 
     if ends is None:
         ends = line_ends(data)
-    view = np.frombuffer(data, dtype=np.uint8)
     patterns = triggers(redactor)
     if patterns is None:
         return np.ones(len(ends), dtype=bool)
     marked = np.zeros(len(ends), dtype=bool)
-    if found := _scanner(patterns).match_ends(data):
+    if found := _scanner(patterns).matches(data):
         # a match ending at offset e (exclusive) lies in the line holding byte e - 1
-        marked[np.searchsorted(ends, np.asarray(found) - 1)] = True
+        marked[np.searchsorted(ends, np.asarray([end for _, end in found]) - 1)] = True
     if len(ends):
         starts = np.concatenate(([0], ends[:-1] + 1))
+        view = np.frombuffer(data, dtype=np.uint8)
         opening = (view == 91) | (view == 123)  # [ and {
         marked |= np.add.reduceat(opening, starts, dtype=np.int64) > MAX_BRACKETS
     return marked
