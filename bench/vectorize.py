@@ -313,11 +313,15 @@ transaction) at {logger_n / logger_s:,.0f} runs/s, the rest by COPY at \
 {(rows - logger_n) / copy_s if copy_s else 0:,.0f} runs/s.
 
 Where the time goes: PostgreSQL's backend serialises each run to its JSON line
-(`row_to_json`, about 10 µs a row of one core, the same for the export's query and the
-baseline's). The export process reads the COPY (a thread; psycopg hands over one row at a
-time, about 3 µs a row), scans each chunk (`neuralops.redaction_batch.marked_lines`: about
-3 µs a line, some 650 MB/s for the 27 triggers) and writes the unmarked lines as the bytes
-they came in. A marked line goes to a worker (`python -m neuralops.etl_lines`, one per core,
+(`row_to_json`): COPY alone takes 11 to 15 s for 1M runs here while its psycopg client uses
+2 to 3.5 s of CPU, so the backend sets its pace (the export's query and the baseline's ran
+equally fast by hand, 11.4 and 11.0 s). The export process reads the COPY (a thread;
+psycopg hands over one row at a time, 2 to 3.5 µs a row), scans each chunk
+(`neuralops.redaction_batch.marked_lines`, lines of about 1 KB: about 4 µs a line in all,
+the Hyperscan scan of the 28 triggers about 3 µs of it, some 350 MB/s, the rest numpy
+finding newlines and counting brackets; about 6 µs with secrets in one run in eight, where
+every match calls back into Python) and writes the unmarked lines as the bytes they came
+in. A marked line goes to a worker (`python -m neuralops.etl_lines`, one per core,
 started once an export has {POOL_MIN_MARKED:,} marked lines): when every trigger match in it
 ends inside a string value, only those values are decoded, redacted and put back
 (`redact_strings`; an IP address in an error message: about 60 µs), else the whole record is
@@ -331,8 +335,8 @@ Output, quarantine verdicts and counts are those of the per-record path
 the machine too when either is above 2). At {0.7:.1f}x of COPY a row may take
 {(os.cpu_count() or 1) / (0.7 * copy_rate) * 1e6:,.0f} µs of CPU on these cores, PostgreSQL's
 serialisation included. With secrets in one run in eight, redacting the planted runs whole is
-most of the work: their rules run over secret-laden text (about 210 µs of a planted run's
-400), which no scan can skip. With secrets in one run in 800 (`--plant-every 800`) about one
+most of the work: their rules run over secret-laden text (by hand, 220 to 260 µs of a planted
+run's ~400), which no scan can skip. With secrets in one run in 800 (`--plant-every 800`) about one
 line in fifty is marked (IP addresses in error messages), and reading, scanning and writing
 every line is what is left.
 Parquet decodes every line to build its columns, hence slower. Memory stays flat: a few
