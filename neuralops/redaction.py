@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import json
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,9 +26,10 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 from uuid import UUID
 
+import hyperscan
 from detect_secrets.plugins.azure_storage_key import AzureStorageKeyDetector
 from detect_secrets.plugins.discord import DiscordBotTokenDetector
 from detect_secrets.plugins.github_token import GitHubTokenDetector
@@ -47,10 +49,14 @@ __all__ = [
     "DEFAULT_FIELD_RULES",
     "DEV_HASH_KEY",
     "PLACEHOLDERS",
+    "TRIGGERS",
     "FieldAction",
     "Redactor",
+    "Scanner",
     "SecretRedactor",
+    "Trigger",
     "default_redactor",
+    "scanner",
 ]
 
 FieldAction = Literal["drop", "hash"]
@@ -318,6 +324,123 @@ def _has_secret_word(text: str) -> bool:
     )  # fmt: skip
 
 
+# ------------------------------------------------------------------- the rules' triggers
+
+# One or more per text rule, each a necessary condition of its rule firing (the rule's
+# pattern with its lookarounds dropped, or the literal its gate needs), as Hyperscan
+# patterns: a text none of a rule's triggers matches is one that rule returns unchanged.
+# ``Redactor.text`` scans each text once for all of them and runs only the rules one of
+# whose triggers matched (scanning again after a rule changed the text); the export scans
+# whole chunks of serialised records with them (``neuralops.redaction_batch``), hence the
+# two triggers of no rule and the escaped quotes some allow. ASCII only: a text holding
+# anything else runs every rule. tests/test_redaction_batch.py holds them to the rules.
+
+
+class Trigger(NamedTuple):
+    pattern: str
+    caseless: bool
+    rule: str | None  # the Redactor method it gates; None: the export's own
+
+
+# The secret words of _SECRET_WORDS that can occur in ASCII text.
+_WORDS = "(?:{})".format(
+    "|".join([w.replace("_?", "[_-]?") for w in _KEYWORD_DENYLIST if w.isascii()])
+    + "|"
+    + _OWN_SECRET_WORDS
+)
+
+TRIGGERS: Final[tuple[Trigger, ...]] = (
+    Trigger(r"[^\x00-\x7f]", False, None),  # non-ASCII: the full redactor decides
+    Trigger(r'\\[^"]', False, None),  # a JSON escape but \" (neuralops.redaction_batch)
+    Trigger("PRIVATE KEY", False, "_private_keys"),
+    Trigger("eyJ", False, "_jwts"),
+    # _AUTH_HEADER; also the secret-named key "(proxy-)authorization"
+    Trigger("authorization", True, "_bearer_tokens"),
+    Trigger("bearer[ \t]", True, "_bearer_tokens"),  # _BEARER
+    Trigger("aws_?secret|secret_?access", True, "_aws"),  # _AWS_SECRET_CONTEXT
+    # _AWS_ACCESS_KEY, _AWS_SECRET_NEAR_ID
+    Trigger("AKIA|ASIA|<AWS_ACCESS_KEY>", False, "_aws"),
+    # _api_tokens: the literals of _TOKEN_HINT (case-insensitive where a plugin is), with
+    # "sk-" narrowed to the one pattern that needs no other literal
+    Trigger(r"xox|hooks\.slack", True, "_api_tokens"),
+    Trigger(
+        r"gh[pousr]_|github_pat_|gl(?:pat|dt|ft|soat|rt|cbt|imt|ptt|agent|oas)-|GR1348941"
+        r"|T3BlbkFJ|k_live_|SG\.|pypi-|sq0csp-|AccountKey=|hv[sbr]\.",
+        False,
+        "_api_tokens",
+    ),
+    Trigger("sk-[A-Za-z0-9_-]*[A-Za-z0-9]{20}", False, "_api_tokens"),
+    Trigger("AC[a-z0-9]{32}|SK[a-z0-9]{32}", False, "_api_tokens"),  # Twilio
+    Trigger("[0-9a-z]{32}-us[0-9]", False, "_api_tokens"),  # Mailchimp
+    # Telegram (8-10 digits: the last 8 are enough)
+    Trigger("[0-9]{8}:[0-9A-Za-z_-]{35}", False, "_api_tokens"),
+    Trigger(r"\.[a-zA-Z0-9_-]{6}\.", False, "_api_tokens"),  # Discord (its middle part)
+    Trigger("://", False, "_url_passwords"),
+    Trigger(rf"-[A-Za-z0-9_-]*(?:{_WORDS}|store[_-]?pass)[ \t]", True, "_secret_flags"),
+    Trigger("(?:^|[^0-9A-Za-z_-])-p", False, "_secret_flags"),  # _SHORT_P
+    # _KEY_VALUE; also a secret-named key ("k":)
+    Trigger(rf"{_WORDS}\\?[\"']?[ \t]*[:=]", True, "_key_values"),
+    Trigger(
+        r"(?:passw(?:or)?d|pass(?:phrase|code)|pwd|pin|secret|api[ _-]?key|token)s?[ \t]+"
+        r"(?:is|was|set|changed|reset)",
+        True,
+        "_secret_phrases",
+    ),
+    Trigger("@", False, "_emails"),
+    # also a card stored as a JSON number
+    Trigger("[0-9](?:[ -]?[0-9]){12}", False, "_cards"),
+    Trigger("(?:^|[^0-9A-Za-z_:.])(?:[0-9A-Fa-f]{0,4}:){2}", False, "_ipv6"),
+    Trigger(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", False, "_ipv4"),
+    Trigger(r"\+(?:[ .()-]*[0-9]){8}", False, "_phones"),  # _PHONE_INTL (8 digits at least)
+    Trigger(
+        r"(?:\([0-9]{3}\)[ .-]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}", False, "_phones"
+    ),  # _PHONE_NANP
+    Trigger(
+        "(?:^|[^0-9A-Za-z_.+/:-])0[0-9]{1,4}[ .-][0-9]{2,4}[ .-][0-9]{2,4}", False, "_phones"
+    ),  # _PHONE_TRUNK
+)
+_GATED: Final = frozenset(t.rule for t in TRIGGERS if t.rule)
+
+
+class Scanner:
+    """Triggers compiled once into one Hyperscan database (a scan needs its own scratch
+    space, hence the lock)."""
+
+    def __init__(self, triggers: tuple[Trigger, ...]) -> None:
+        self.triggers = triggers
+        self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        self.database.compile(
+            expressions=[t.pattern.encode("ascii") for t in triggers],
+            ids=list(range(len(triggers))),
+            elements=len(triggers),
+            flags=[hyperscan.HS_FLAG_CASELESS if t.caseless else 0 for t in triggers],
+        )
+        self.lock = threading.Lock()
+
+    def matches(self, data: bytes) -> list[tuple[int, int]]:
+        """(trigger, end offset) of every match in ``data``."""
+        out: list[tuple[int, int]] = []
+
+        def found(trigger: int, _start: int, end: int, _flags: int, _context: object) -> None:
+            out.append((trigger, end))
+
+        with self.lock:
+            self.database.scan(data, match_event_handler=found)
+        return out
+
+    def rules(self, text: str) -> frozenset[str | None] | None:
+        """The rules some trigger matches in ``text`` (None: every rule, a non-ASCII text)."""
+        if not text.isascii():
+            return None
+        triggers = self.triggers
+        return frozenset(triggers[i].rule for i, _ in self.matches(text.encode()))
+
+
+@lru_cache(maxsize=16)
+def scanner(triggers: tuple[Trigger, ...]) -> Scanner:
+    return Scanner(triggers)
+
+
 @lru_cache(maxsize=8192)
 def _is_secret_key(name: str) -> bool:
     return _SECRET_KEY_NAME.fullmatch(name) is not None
@@ -412,6 +535,8 @@ class Redactor:
         # Short strings that came back unchanged (statuses, names, keys): run records repeat
         # them endlessly. Bounded; redaction is deterministic, so the cache cannot go stale.
         self._clean: set[str] = set()
+        # The triggers gate the stock rules only: a subclass may have changed what they do.
+        self._scanner = scanner(TRIGGERS) if type(self) in (Redactor, SecretRedactor) else None
 
     def __repr__(self) -> str:  # the key stays out of reprs and logs
         key = "dev key" if self.uses_dev_key else "key set"
@@ -426,20 +551,40 @@ class Redactor:
         if len(value) < 5 or value in self._clean:  # < 5: shorter than any match ("pwd=x")
             return value
         original = value
-        for rule in self._rules:
-            value = rule(value)
+        may_fire = self._may_fire(value)
+        value, may_fire = self._apply(self._rules, value, may_fire)
         # IPv6 can be digit-free ("dead::beef"); cards, IPv4 and phones cannot. Rules only
         # ever insert digit-free placeholders, so testing the input is enough.
         if _DIGIT.search(original) is not None or "::" in value:
             for _ in range(4):  # a match can leave a neighbour that matches on its own
                 before = value
-                for rule in self._numeric_rules:
-                    value = rule(value)
+                value, may_fire = self._apply(self._numeric_rules, value, may_fire)
                 if value == before:
                     break
         if value == original and len(value) <= _CLEAN_MAX_LEN and len(self._clean) < _CLEAN_MAX:
             self._clean.add(value)
         return value
+
+    def _may_fire(self, text: str) -> frozenset[str | None] | None:
+        """The rules that could change ``text`` (None: all of them)."""
+        return None if self._scanner is None else self._scanner.rules(text)
+
+    def _apply(
+        self,
+        rules: tuple[Callable[[str], str], ...],
+        value: str,
+        may_fire: frozenset[str | None] | None,
+    ) -> tuple[str, frozenset[str | None] | None]:
+        """``rules`` in order over ``value``, skipping those none of whose triggers match it
+        (they would return it unchanged); after a change the text is scanned again."""
+        for rule in rules:
+            name = rule.__name__
+            if may_fire is not None and name in _GATED and name not in may_fire:
+                continue
+            changed = rule(value)
+            if changed != value:
+                value, may_fire = changed, self._may_fire(changed)
+        return value, may_fire
 
     def value(self, obj: Any, path: str = "") -> Any:
         """Redact JSON-like ``obj`` found at dotted ``path``; returns a new object.

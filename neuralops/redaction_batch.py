@@ -6,8 +6,9 @@ rule's trigger over a whole chunk of serialised records in one pass (Hyperscan: 
 triggers compiled into one automaton, scanned over the chunk's bytes as they came from the
 database) and marks only the records where some rule *could* fire; the rest are already
 what the redactor would return. The full redactor still decides every marked record, so
-what is caught cannot change: each trigger below is a necessary condition of one rule of
-``neuralops.redaction`` (a rule's pattern with its lookarounds dropped, or the literal its
+what is caught cannot change: each trigger (``neuralops.redaction.TRIGGERS``, beside the
+rules, which also use them to skip the rules that cannot fire on a text) is a necessary
+condition of one rule (a rule's pattern with its lookarounds dropped, or the literal its
 gate needs), so a record none of them matches is left unchanged by every rule, field rule
 and secret-named key. ``tests/test_redaction_batch.py`` checks that property against the
 reference over the redaction tests' corpus and with hypothesis.
@@ -34,15 +35,12 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-import hyperscan
-
-from neuralops.redaction import _KEYWORD_DENYLIST, _OWN_SECRET_WORDS, _PLACEHOLDER, Redactor
+from neuralops.redaction import _PLACEHOLDER, TRIGGERS, Redactor, Trigger, scanner
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,59 +59,9 @@ __all__ = [
 # the reference path refuses deep nesting (quarantine) and must be the one to decide.
 MAX_BRACKETS = 200
 
-# The secret words of neuralops.redaction (_SECRET_WORDS) that can occur in ASCII text: a
-# line holding the others (contraseña) is marked for its non-ASCII byte.
-_WORDS = "(?:{})".format(
-    "|".join([w.replace("_?", "[_-]?") for w in _KEYWORD_DENYLIST if w.isascii()])
-    + "|"
-    + _OWN_SECRET_WORDS
-)
-
-# One per rule of neuralops.redaction (in its order), each implied by that rule firing:
-# (pattern, case-insensitive).
-TRIGGERS: tuple[tuple[str, bool], ...] = (
-    (r"[^\x00-\x7f]", False),  # non-ASCII: the full redactor decides
-    (r'\\[^"]', False),  # a JSON escape but \" (see the module docstring)
-    ("PRIVATE KEY", False),  # _private_keys
-    ("eyJ", False),  # _jwts
-    ("authorization", True),  # _AUTH_HEADER; secret-named key "(proxy-)authorization"
-    ("bearer[ \t]", True),  # _BEARER
-    ("aws_?secret|secret_?access", True),  # _AWS_SECRET_CONTEXT
-    ("AKIA|ASIA|<AWS_ACCESS_KEY>", False),  # _AWS_ACCESS_KEY, _AWS_SECRET_NEAR_ID
-    # _api_tokens: the literals of _TOKEN_HINT (case-insensitive where a plugin is), with
-    # "sk-" narrowed to the one pattern that needs no other literal
-    (r"xox|hooks\.slack", True),
-    (
-        r"gh[pousr]_|github_pat_|gl(?:pat|dt|ft|soat|rt|cbt|imt|ptt|agent|oas)-|GR1348941"
-        r"|T3BlbkFJ|k_live_|SG\.|pypi-|sq0csp-|AccountKey=|hv[sbr]\.",
-        False,
-    ),
-    ("sk-[A-Za-z0-9_-]*[A-Za-z0-9]{20}", False),
-    ("AC[a-z0-9]{32}|SK[a-z0-9]{32}", False),  # Twilio
-    ("[0-9a-z]{32}-us[0-9]", False),  # Mailchimp
-    ("[0-9]{8}:[0-9A-Za-z_-]{35}", False),  # Telegram (8-10 digits: the last 8 are enough)
-    (r"\.[a-zA-Z0-9_-]{6}\.", False),  # Discord (its middle part)
-    ("://", False),  # _url_passwords
-    (rf"-[A-Za-z0-9_-]*(?:{_WORDS}|store[_-]?pass)[ \t]", True),  # _SECRET_FLAG
-    ("(?:^|[^0-9A-Za-z_-])-p", False),  # _SHORT_P
-    (rf"{_WORDS}\\?[\"']?[ \t]*[:=]", True),  # _KEY_VALUE; a secret-named key ("k":)
-    (
-        r"(?:passw(?:or)?d|pass(?:phrase|code)|pwd|pin|secret|api[ _-]?key|token)s?[ \t]+"
-        r"(?:is|was|set|changed|reset)",
-        True,
-    ),  # _SECRET_PHRASE
-    ("@", False),  # _emails
-    ("[0-9](?:[ -]?[0-9]){12}", False),  # _cards; a card stored as a JSON number
-    ("(?:^|[^0-9A-Za-z_:.])(?:[0-9A-Fa-f]{0,4}:){2}", False),  # _ipv6
-    (r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", False),  # _ipv4
-    (r"\+(?:[ .()-]*[0-9]){8}", False),  # _PHONE_INTL (8 digits at least)
-    (r"(?:\([0-9]{3}\)[ .-]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}", False),  # _PHONE_NANP
-    ("(?:^|[^0-9A-Za-z_.+/:-])0[0-9]{1,4}[ .-][0-9]{2,4}[ .-][0-9]{2,4}", False),  # _PHONE_TRUNK
-)
-
 
 @lru_cache(maxsize=16)  # asked once per marked line; a Redactor's field rules never change
-def triggers(redactor: Redactor) -> tuple[tuple[str, bool], ...] | None:
+def triggers(redactor: Redactor) -> tuple[Trigger, ...] | None:
     """The triggers for ``redactor``'s rules, or None when it cannot be pre-filtered (a
     subclass, or a field rule ending in ``*``)."""
     if type(redactor) is not Redactor:
@@ -127,38 +75,7 @@ def triggers(redactor: Redactor) -> tuple[tuple[str, bool], ...] | None:
         return TRIGGERS
     # a field rule acts only on its leaf key, which appears in the text as "leaf"
     keys = "|".join(sorted(re.escape(leaf) for leaf in leaves))
-    return (*TRIGGERS, (f'"(?:{keys})"', False))
-
-
-class _Scanner:
-    """The triggers compiled once into one Hyperscan database (a scan needs its own scratch
-    space, hence the lock: exports scan from one thread, but nothing here assumes it)."""
-
-    def __init__(self, patterns: tuple[tuple[str, bool], ...]) -> None:
-        self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        self.database.compile(
-            expressions=[pattern.encode("ascii") for pattern, _ in patterns],
-            ids=list(range(len(patterns))),
-            elements=len(patterns),
-            flags=[hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in patterns],
-        )
-        self.lock = threading.Lock()
-
-    def matches(self, data: bytes) -> list[tuple[int, int]]:
-        """(trigger, end offset) of every match in ``data``."""
-        out: list[tuple[int, int]] = []
-
-        def found(pattern: int, _start: int, end: int, _flags: int, _context: object) -> None:
-            out.append((pattern, end))
-
-        with self.lock:
-            self.database.scan(data, match_event_handler=found)
-        return out
-
-
-@lru_cache(maxsize=16)
-def _scanner(patterns: tuple[tuple[str, bool], ...]) -> _Scanner:
-    return _Scanner(patterns)
+    return (*TRIGGERS, Trigger(f'"(?:{keys})"', False, None))
 
 
 # numpy is imported where it is used: the export's worker processes import this module for
@@ -186,7 +103,7 @@ def marked_lines(data: bytes, redactor: Redactor, ends: np.ndarray | None = None
     if patterns is None:
         return np.ones(len(ends), dtype=bool)
     marked = np.zeros(len(ends), dtype=bool)
-    if found := _scanner(patterns).matches(data):
+    if found := scanner(patterns).matches(data):
         # a match ending at offset e (exclusive) lies in the line holding byte e - 1
         marked[np.searchsorted(ends, np.asarray([end for _, end in found]) - 1)] = True
     if len(ends):
@@ -209,7 +126,7 @@ def may_redact(texts: Sequence[str], redactor: Redactor) -> list[bool]:
 
 # --- one marked line, string by string --------------------------------------------------------
 
-_ESCAPE = 1  # the trigger for an escape but \" (TRIGGERS[1])
+_OTHER_ESCAPE = re.compile(TRIGGERS[1].pattern)  # an escape but \"
 _KEY_AFTER = re.compile(r"[ \t]*:")
 
 
@@ -249,27 +166,26 @@ def redact_strings(line: str, redactor: Redactor) -> str | None:
     kept = line.rfind(',"provenance":')
     if kept < 0:
         return None
-    found = _scanner(patterns).matches(line.encode())
-    if any(pattern == _ESCAPE for pattern, _ in found):
+    if _OTHER_ESCAPE.search(line) is not None:
         return None  # what an escape decodes to (a lone surrogate?) is the whole way's to judge
-    ends = sorted({end for _, end in found if end <= kept})
-    if not ends:
-        return line
+    found = scanner(patterns).matches(line.encode())
+    if any(trigger >= len(TRIGGERS) and end <= kept for trigger, end in found):
+        return None  # a field rule's key
+    # Where each match ends, first: all inside string values, or the line goes the whole way
+    # before anything is redacted (and counted).
+    spans: list[tuple[int, int]] = []  # (start, end) of each string to redact, quotes included
+    for end in sorted({end for _, end in found if end <= kept}):
+        if spans and end - 1 < spans[-1][1]:
+            continue  # in the string just found (a match ending at ``end`` holds end - 1)
+        span = _string_around(line, end - 1)
+        if span is None or _KEY_AFTER.match(line, span[1]):
+            return None  # outside every string's content, or in a key
+        spans.append(span)
     pieces: list[str] = []
     memo: dict[str, tuple[str, Counter[str]]] = {}
-    done, seen = 0, -1  # the offset up to which the line is in ``pieces``; the last string
-    for end in ends:  # a match ending at ``end`` (exclusive) holds the character end - 1
-        if end - 1 < seen:
-            continue  # in the string just redacted
-        span = _string_around(line, end - 1)
-        if span is None:
-            return None  # outside every string's content
-        start, stop = span
-        if _KEY_AFTER.match(line, stop):
-            return None  # a key
-        seen = stop
-        token = line[start:stop]
-        text = json.loads(token)
+    done = 0  # the offset up to which the line is in ``pieces``
+    for start, stop in spans:
+        text = json.loads(line[start:stop])
         if text in memo:  # the same text twice (an error in outputs and in its step's log)
             redacted, counted = memo[text]
             redactor.stats.update(counted)

@@ -5,7 +5,9 @@ on synthetic runs, through the PostgreSQL COPY export, and under hypothesis."""
 from __future__ import annotations
 
 import ast
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from sqlalchemy.engine import URL
 from test_redaction import BENIGN_JSON, benign_text, secrets
 
 from neuralops import etl, etl_lines, runs
-from neuralops.redaction import DEFAULT_FIELD_RULES, Redactor, SecretRedactor
+from neuralops.redaction import DEFAULT_FIELD_RULES, TRIGGERS, Redactor, SecretRedactor, scanner
 from neuralops.redaction_batch import MAX_BRACKETS, may_redact, redact_strings, triggers
 from neuralops.synthetic import PLANT_EVERY, synthetic_runs
 
@@ -60,6 +62,11 @@ TRICKY = [
 ]
 
 
+class Ungated(Redactor):
+    """The rules without their triggers' gate: every rule runs on every text. The reference
+    that the pre-filter, the in-place path and the gate (``Redactor.text``) are held to."""
+
+
 def reference(redactor: Redactor, record: dict[str, Any]) -> dict[str, Any]:
     return redactor.record(record)
 
@@ -88,7 +95,7 @@ def test_the_batch_path_equals_the_reference_on_the_redaction_corpus() -> None:
     records = [r for text in CORPUS + TRICKY for r in _records_around(text)]
     records += [{"inputs": {"email": "a"}}, {"inputs": {"x": {"password": "p"}}}]
     records += [{"inputs": {"n": 4111111111111111}}, {"inputs": {"api_key": None}}]
-    ours, theirs = Redactor(), Redactor()
+    ours, theirs = Redactor(), Ungated()
     assert batched(ours, records) == [reference(theirs, r) for r in records]
     assert ours.stats == theirs.stats  # the same replacements, counted the same
 
@@ -100,14 +107,14 @@ def test_every_unmarked_string_is_unchanged_by_the_reference() -> None:
     marks = may_redact([json.dumps(t) for t in texts], redactor)
     for text, marked in zip(texts, marks, strict=True):
         if not marked:
-            assert redactor.text(text) == text, text
+            assert Ungated().text(text) == text, text
     # and it does not mark everything: plain run text goes the fast way
     assert may_redact([json.dumps("rollout of payments-api finished in 42s")], redactor) == [False]
 
 
 def test_synthetic_runs_equal_and_mostly_unmarked() -> None:
     records = [r.model_dump(mode="json") for r in synthetic_runs(4 * PLANT_EVERY, seed=3)]
-    ours, theirs = Redactor(), Redactor()
+    ours, theirs = Redactor(), Ungated()
     assert batched(ours, records) == [reference(theirs, r) for r in records]
     assert ours.stats == theirs.stats and sum(ours.stats.values()) > 0
     marked = may_redact([json.dumps(r) for r in records], Redactor())
@@ -154,7 +161,7 @@ def test_unmarked_text_is_unchanged(texts: list[str]) -> None:
     marks = may_redact([json.dumps(t) for t in texts], redactor)
     for text, marked in zip(texts, marks, strict=True):
         if not marked:
-            assert redactor.text(text) == text
+            assert Ungated().text(text) == text
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -167,10 +174,92 @@ def test_batch_equals_reference_idempotent_and_benign_unchanged(
         records.append({"inputs": {"data": benign}})  # benign: unchanged
         records.append({"inputs": {"note": " ".join([text, *(s for s, _ in planted)])}})
     out = batched(Redactor(), records)
-    assert out == [reference(Redactor(), r) for r in records]
+    assert out == [reference(Ungated(), r) for r in records]
     assert batched(Redactor(), out) == out  # idempotent
     for record, done in zip(records[::2], out[::2], strict=True):
         assert done == record
+
+
+# --- the triggers as the rules' gate (Redactor.text) ------------------------------------------
+
+
+def _rule_calls(text: str) -> list[tuple[str, str, str]]:
+    """(rule, the text it was given, what it returned) for each rule the ungated redactor ran
+    on ``text``, in order: later rules are given what earlier ones left."""
+    redactor, calls = Ungated(), []
+
+    def recording(rule: Callable[[str], str]) -> Callable[[str], str]:
+        def call(value: str) -> str:
+            out = rule(value)
+            calls.append((rule.__name__, value, out))
+            return out
+
+        return call
+
+    redactor._rules = tuple(map(recording, redactor._rules))
+    redactor._numeric_rules = tuple(map(recording, redactor._numeric_rules))
+    redactor.text(text)
+    return calls
+
+
+def _check_gate(texts: list[str]) -> set[str]:
+    """Every rule that changed a text has a trigger that matches that text; the gated
+    redactor's output and counts equal the ungated one's. The rules seen changing a text."""
+    scan, changed = scanner(TRIGGERS), set()
+    for text in texts:
+        for rule, seen, out in _rule_calls(text):
+            may_fire = scan.rules(seen)
+            if out != seen:
+                changed.add(rule)
+                assert may_fire is None or rule in may_fire, (rule, seen)
+        gated, ungated = Redactor(), Ungated()
+        assert gated.text(text) == ungated.text(text), text
+        assert gated.stats == ungated.stats, text
+    return changed
+
+
+def test_the_gate_skips_no_rule_that_would_fire_on_the_corpus() -> None:
+    # every gated rule changes some text of the corpus: each one's triggers were put to it
+    assert _check_gate(CORPUS + TRICKY) == {t.rule for t in TRIGGERS if t.rule}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(TEXT, st.lists(secrets(), max_size=3)), min_size=1, max_size=4))
+def test_the_gate_skips_no_rule_that_would_fire(cases: list[tuple[str, list[Any]]]) -> None:
+    _check_gate([" ".join([text, *(s for s, _ in planted)]) for text, planted in cases])
+
+
+def test_the_gate_runs_only_the_rules_a_trigger_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    given: list[str] = []
+    phones = Redactor._phones
+
+    @functools.wraps(phones)
+    def spy(self: Redactor, text: str) -> str:
+        given.append(text)
+        return phones(self, text)
+
+    monkeypatch.setattr(Redactor, "_phones", spy)
+    redactor = Redactor()
+    assert redactor.text("retry 3 of 5 failed on node 7 at 10:42") == (
+        "retry 3 of 5 failed on node 7 at 10:42"
+    )
+    assert given == []  # digits, but nothing shaped like a phone number
+    assert redactor.text("call +44 20 7946 0958 now") == "call <PHONE> now"
+    assert given == ["call +44 20 7946 0958 now"]
+    given.clear()
+    assert Ungated().text("retry 3 of 5 failed on node 7 at 10:42")
+    assert given  # without the gate the rule runs on any text with digits
+
+
+def test_a_subclass_runs_every_rule() -> None:
+    """Its rules may not be the stock ones: the triggers say nothing about them."""
+
+    class Custom(Redactor):
+        def _emails(self, text: str) -> str:  # finds what no "@" trigger would
+            return text.replace("ana at example", "<EMAIL>")
+
+    assert Custom().text("write to ana at example dot com") == "write to <EMAIL> dot com"
+    assert Redactor().text("write to ana at example dot com") == "write to ana at example dot com"
 
 
 # --- one marked line, string by string (redact_strings) --------------------------------------
@@ -191,10 +280,11 @@ def _check_in_place(record: dict[str, Any]) -> bool:
     """The line redacted in place equals the record redacted whole, counts included; True
     when the in-place path took it."""
     line = _line(record)
-    ours, theirs = Redactor(), Redactor()
+    ours, theirs = Redactor(), Ungated()
     in_place = redact_strings(line, ours)
     expected = _full_path(line, theirs)
     if in_place is None:
+        assert not ours.stats, line  # nothing counted: the whole way will count it
         return False
     assert json.loads(in_place) == expected, line
     assert ours.stats == theirs.stats, line
@@ -221,6 +311,18 @@ def test_what_needs_the_record_is_not_done_in_place() -> None:
         assert redact_strings(_line(record), redactor) is None, record
     deep = {"inputs": {"x": [[]] * MAX_BRACKETS, "ip": "10.0.0.1"}}  # over MAX_BRACKETS
     assert redact_strings(_line(deep), redactor) is None
+
+
+def test_a_line_that_goes_the_whole_way_is_counted_once() -> None:
+    """A string redacted before the line turns out to need the record (a field rule's key,
+    a card stored as a number, after it) was once counted twice."""
+    for record in (
+        {"inputs": {"note": "mail ana@example.com", "user_email": "x@example.com"}},
+        {"inputs": {"a": "mail ana@example.com", "n": 4111111111111111}},
+    ):
+        line, ours, theirs = _line(record), Redactor(), Ungated()
+        assert json.loads(etl_lines.redact_line(line, ours)) == _full_path(line, theirs)
+        assert ours.stats == theirs.stats and ours.stats["<EMAIL>"] == 1, record
 
 
 def test_in_place_keeps_the_line_and_leaves_provenance_alone() -> None:
