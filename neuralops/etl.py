@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import queue
@@ -56,7 +57,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 from sqlalchemy import LargeBinary, Text, cast, func, select, tuple_
 from sqlalchemy.engine import URL
 
@@ -70,6 +70,7 @@ from neuralops.redaction import Redactor, default_redactor
 from neuralops.redaction_batch import line_ends, marked_lines, may_redact
 
 if TYPE_CHECKING:
+    import polars as pl
     import pyarrow.parquet as pq
 
 BATCH_ROWS = 5_000  # rows per keyset batch (SQLite)
@@ -689,67 +690,121 @@ def _compact(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
+def _json_lines(pieces: list[Piece]) -> bytes:
+    """What is written, as JSON lines: lines as they came, redacted lines, records."""
+    out: list[bytes] = []
+    for piece in pieces:
+        if isinstance(piece, _Lines):
+            out.append(piece.data)
+        else:
+            line = piece if isinstance(piece, str) else _compact(piece)
+            out.append(line.encode() + b"\n")
+    return b"".join(out)
+
+
 class _JsonlWriter:
     def __init__(self, sink: IO[bytes]) -> None:
         self.sink = sink
 
     def write(self, pieces: list[Piece]) -> None:
-        out: list[bytes] = []
-        for piece in pieces:
-            if isinstance(piece, _Lines):
-                out.append(piece.data)
-            else:
-                line = piece if isinstance(piece, str) else _compact(piece)
-                out.append(line.encode() + b"\n")
-        self.sink.write(b"".join(out))
+        self.sink.write(_json_lines(pieces))
 
     def close(self) -> None:
         self.sink.flush()
 
 
 class _ParquetWriter:
-    """One row group per batch, through polars and pyarrow's streaming writer."""
+    """One row group per batch, through pyarrow's streaming writer. Each batch's columns are
+    built by polars from its lines in a few calls (``_parquet_columns``), not row by row."""
 
     def __init__(self, sink: IO[bytes]) -> None:
-        import pyarrow.parquet as pq  # here: about 75 MiB that a JSONL export does without
+        import pyarrow.parquet as pq  # here: about 30 MiB that a JSONL export does without
 
         self.sink, self.pq = sink, pq
         self.writer: pq.ParquetWriter | None = None
 
     def write(self, pieces: list[Piece]) -> None:
-        rows: list[dict[str, Any]] = []
-        for piece in pieces:
-            if isinstance(piece, _Lines):
-                rows += map(json.loads, piece.data.decode().splitlines())
-            else:
-                rows.append(json.loads(piece) if isinstance(piece, str) else dict(piece))
-        for row in rows:
-            for name in NESTED:
-                row[name] = json.dumps(row[name], ensure_ascii=False, separators=(",", ":"))
-        frame = pl.DataFrame(rows, schema=_PARQUET_SCHEMA).to_arrow()
+        frame = _parquet_columns(_copy_shaped_lines(pieces)).to_arrow()
         if self.writer is None:
             self.writer = self.pq.ParquetWriter(self.sink, frame.schema, compression="zstd")
         self.writer.write_table(frame)
 
     def close(self) -> None:
         if self.writer is None:  # no rows: still a valid (empty) Parquet file
-            empty = pl.DataFrame(schema=_PARQUET_SCHEMA).to_arrow()
+            import polars as pl
+
+            empty = pl.DataFrame(schema=_parquet_schema()).to_arrow()
             self.writer = self.pq.ParquetWriter(self.sink, empty.schema, compression="zstd")
         self.writer.close()
 
 
-_PARQUET_SCHEMA = {
-    "run_id": pl.String,
-    "wpk_id": pl.String,
-    "status": pl.String,
-    "duration_ms": pl.Int64,
-    "inputs": pl.String,
-    "outputs": pl.String,
-    "node_logs": pl.String,
-    "cluster": pl.String,
-    "flow_run_id": pl.String,
-    "created_at": pl.String,
-    "updated_at": pl.String,
-    "provenance": pl.String,
-    "verified": pl.Boolean,
-}
+def _copy_shaped_lines(pieces: list[Piece]) -> bytes:
+    """The pieces as lines shaped like COPY's: the fields in the query's order, the top level
+    compact and nested values spaced (", ", ": ") as PostgreSQL prints jsonb. In such a line
+    each top-level key appears once as ``,"name":`` (in a nested value a comma is followed by
+    a space, and a quote inside a string is escaped)."""
+    out: list[bytes] = []
+    for piece in pieces:
+        if isinstance(piece, _Lines):
+            out.append(piece.data)
+            continue
+        record = json.loads(piece) if isinstance(piece, str) else piece
+        fields = (
+            f'"{name}":{json.dumps(record[name], ensure_ascii=False)}' for name in _PARQUET_COLUMNS
+        )
+        out.append(("{" + ",".join(fields) + "}\n").encode())
+    return b"".join(out)
+
+
+def _parquet_columns(data: bytes) -> pl.DataFrame:
+    """COPY-shaped JSON lines as the Parquet file's columns: polars parses the scalar fields,
+    and each nested field is cut out of its line as the JSON text it is (numbers as written).
+    A batch polars cannot parse (a number past its range) is decoded by Python's json."""
+    import polars as pl
+
+    if not data:
+        return pl.DataFrame(schema=_parquet_schema())
+    try:
+        scalars = pl.read_ndjson(io.BytesIO(data), schema=_parquet_schema(nested=False))
+    except pl.exceptions.PolarsError:
+        return _decoded_columns(data)
+    lines = pl.DataFrame({"line": pl.Series(data.split(b"\n")[:-1], dtype=pl.Binary)})
+    text = pl.col("line").cast(pl.String)
+    # byte offsets (str.find) into the bytes (bin.slice): the text may not be ASCII
+    bounds = [text.str.find(f',"{name}":', literal=True) for name in (*NESTED, "cluster")]
+    nested = lines.select(
+        pl.col("line")
+        .bin.slice(start + len(f',"{name}":'), end - start - len(f',"{name}":'))
+        .cast(pl.String)
+        .alias(name)
+        for name, start, end in zip(NESTED, bounds, bounds[1:], strict=False)
+    )
+    return pl.concat([scalars, nested], how="horizontal").select(_PARQUET_COLUMNS)
+
+
+def _decoded_columns(data: bytes) -> pl.DataFrame:
+    import polars as pl
+
+    rows = [json.loads(line) for line in data.splitlines()]
+    for row in rows:
+        for name in NESTED:
+            row[name] = json.dumps(row[name], ensure_ascii=False)
+    return pl.DataFrame(rows, schema=_parquet_schema())
+
+
+# The Parquet file's columns, in the COPY query's order (strings but these).
+_PARQUET_COLUMNS = (
+    "run_id", "wpk_id", "status", "duration_ms", "inputs", "outputs", "node_logs", "cluster",
+    "flow_run_id", "created_at", "updated_at", "provenance", "verified",
+)  # fmt: skip
+
+
+def _parquet_schema(*, nested: bool = True) -> dict[str, Any]:
+    import polars as pl  # here: about 25 MiB that a JSONL export does without
+
+    types = {"duration_ms": pl.Int64, "verified": pl.Boolean}
+    return {
+        name: types.get(name, pl.String)
+        for name in _PARQUET_COLUMNS
+        if nested or name not in NESTED
+    }

@@ -76,6 +76,56 @@ def test_parquet_holds_the_same_runs(sqlite_url: URL, tmp_path: Path) -> None:
     assert empty.rows == 0 and pl.read_parquet(tmp_path / "empty.parquet").height == 0
 
 
+def _copy_line(**fields: str) -> bytes:
+    """A line as the COPY export reads it: the query's order, nested values as jsonb text."""
+    values = {
+        "run_id": '"r-1"', "wpk_id": '"w"', "status": '"failed"', "duration_ms": "7",
+        "inputs": "{}", "outputs": "{}", "node_logs": "[]", "cluster": '"c"',
+        "flow_run_id": "null", "created_at": '"2026-01-05T10:00:00+00:00"',
+        "updated_at": '"2026-01-05T10:00:00+00:00"', "provenance": '"seed"', "verified": "false",
+    } | fields  # fmt: skip
+    return ("{" + ",".join(f'"{k}":{v}' for k, v in values.items()) + "}\n").encode()
+
+
+def test_parquet_columns_keep_nested_json_as_written() -> None:
+    """Nested fields are cut out of the lines, not decoded and written again: numbers keep
+    their text, a bare string its quotes; non-ASCII before them does not shift the cut."""
+    copied = [
+        _copy_line(
+            run_id='"r-\u00e9"', status='"caf\u00e9 \u20ac"', inputs='{"a": 1.50, "b": 1E+5}'
+        ),
+        _copy_line(inputs='"just text"', outputs="null", node_logs='[{"m": "x,\\"outputs\\":1"}]'),
+        _copy_line(inputs='{"n": 123456789012345678901234567890}', cluster='",\\"inputs\\":"'),
+    ]
+    redacted = '{"run_id":"r-2","wpk_id":"w","status":"ok","duration_ms":1,"inputs":{"outputs":1},'
+    redacted += '"outputs":{},"node_logs":[],"cluster":"c","flow_run_id":null,'
+    redacted += '"created_at":"t","updated_at":"t","provenance":"api:x","verified":true}'
+    record = json.loads(redacted) | {"run_id": "r-3", "inputs": {"k": ["v", 2.5]}}
+    pieces = [etl._Lines(b"".join(copied), 3), redacted, record]
+    frame = etl._parquet_columns(etl._copy_shaped_lines(pieces))
+    assert frame["inputs"].to_list() == [
+        '{"a": 1.50, "b": 1E+5}',
+        '"just text"',
+        '{"n": 123456789012345678901234567890}',
+        '{"outputs": 1}',
+        '{"k": ["v", 2.5]}',
+    ]
+    assert frame["outputs"].to_list() == ["{}", "null", "{}", "{}", "{}"]
+    assert json.loads(frame["node_logs"][1]) == [{"m": 'x,"outputs":1'}]
+    assert frame["run_id"].to_list() == ["r-é", "r-1", "r-1", "r-2", "r-3"]
+    assert frame["status"][0] == "caf\u00e9 \u20ac" and frame["cluster"][2] == ',"inputs":'
+    assert frame["verified"].to_list() == [False, False, False, True, True]
+    assert frame["duration_ms"][0] == 7 and frame["flow_run_id"][0] is None
+
+
+def test_parquet_columns_of_a_batch_polars_cannot_parse() -> None:
+    """A number past polars' range (jsonb keeps any numeric): Python's json decodes it."""
+    huge = "1" + "0" * 400
+    frame = etl._parquet_columns(_copy_line(inputs=f'{{"n": {huge}}}') + _copy_line())
+    assert [json.loads(text) for text in frame["inputs"]] == [{"n": int(huge)}, {}]
+    assert frame["run_id"].to_list() == ["r-1", "r-1"]
+
+
 def test_no_planted_secret_leaves_the_database(database_url: URL, tmp_path: Path) -> None:
     seed(3 * PLANT_EVERY)
     result = etl.export_runs(tmp_path / "runs.jsonl")

@@ -7,11 +7,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,6 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from neuralops.errors import ConfigError
 from neuralops.settings import get_settings
+
+if TYPE_CHECKING:  # alembic is imported where used: ~11 MiB a process that never migrates spares
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -71,6 +71,8 @@ def session_scope(url: URL | None = None) -> Iterator[Session]:
 
 
 def alembic_config(url: URL | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["url"] = url
@@ -80,6 +82,8 @@ def alembic_config(url: URL | None = None) -> Config:
 def upgrade(url: URL | None = None, revision: str = "head") -> tuple[str | None, str | None]:
     """Apply migrations up to ``revision``; returns (before, after). Safe to run again, and
     at the same time from several processes: they take turns (``migration_lock``)."""
+    from alembic import command
+
     url = url or get_settings().database_url
     with migration_lock(url):
         before = current_revision(url)
@@ -166,14 +170,20 @@ def ensure_local_schema(url: URL) -> None:
     if current_revision(url) is None:
         with migration_lock(url):  # another process may be creating it too
             if current_revision(url) is None:
+                from alembic import command
+
                 command.upgrade(alembic_config(url), "head")
     _LOCAL_SCHEMA_CHECKED.add(url)
 
 
 def current_revision(url: URL | None = None) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with get_engine(url).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
