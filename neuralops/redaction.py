@@ -449,7 +449,7 @@ def _is_secret_key(name: str) -> bool:
 # ------------------------------------------------------------------------ field-rule trie
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the steps taken from each are remembered
 class _Node:
     children: dict[str, _Node] = field(default_factory=dict)
     action: FieldAction | None = None
@@ -535,6 +535,7 @@ class Redactor:
         # Short strings that came back unchanged (statuses, names, keys): run records repeat
         # them endlessly. Bounded; redaction is deterministic, so the cache cannot go stale.
         self._clean: set[str] = set()
+        self._steps: dict[tuple[tuple[_Node, ...], str], Any] = {}
         # The triggers gate the stock rules only: a subclass may have changed what they do.
         self._scanner = scanner(TRIGGERS) if type(self) in (Redactor, SecretRedactor) else None
 
@@ -614,13 +615,15 @@ class Redactor:
 
     def _walk(self, obj: Any, nodes: tuple[_Node, ...], path: str) -> Any:
         if isinstance(obj, str):
+            if obj in self._clean:  # the common case first: seen before, unchanged
+                return obj
             return obj if _PLACEHOLDER.fullmatch(obj) else self.text(obj)
         if isinstance(obj, Mapping):
             out: dict[Any, Any] = {}
             for key, item in obj.items():
                 name = key if isinstance(key, str) else str(key)
                 sub = f"{path}.{name}" if path else name
-                action, below = _step(nodes, name) if nodes else (None, ())
+                action, below = self._step(nodes, name) if nodes else (None, ())
                 if action == "drop":
                     self.stats[DROPPED] += 1
                     continue
@@ -647,6 +650,18 @@ class Redactor:
             f"cannot redact {type(obj).__name__} at {path or '(root)'}: "
             "convert it to JSON types (dict, list, str, number, bool, None) first"
         )
+
+    def _step(
+        self, nodes: tuple[_Node, ...], key: str
+    ) -> tuple[FieldAction | None, tuple[_Node, ...]]:
+        """``_step``, remembered: a run's keys repeat from record to record (bounded, as the
+        keys come from the data)."""
+        found = self._steps.get((nodes, key))
+        if found is None:
+            found = _step(nodes, key)
+            if len(self._steps) < _CLEAN_MAX:
+                self._steps[nodes, key] = found
+        return found
 
     def _redact_key(self, key: Any, out: dict[Any, Any]) -> Any:
         """Keys are text too (a dict keyed by e-mail); collisions get ~2, ~3, ..."""
