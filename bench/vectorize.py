@@ -325,7 +325,7 @@ in. A marked line goes to a worker (`python -m neuralops.etl_lines`, one per cor
 started once an export has {POOL_MIN_MARKED:,} marked lines): when every trigger match in it
 ends inside a string value, only those values are decoded, redacted and put back
 (`redact_strings`; an IP address in an error message: about 60 µs), else the whole record is
-(field rules, secret-named keys, cards stored as numbers: about 400 µs for a planted run).
+(field rules, secret-named keys, cards stored as numbers).
 Output, quarantine verdicts and counts are those of the per-record path
 (tests/test_redaction_batch.py). CPU during the faster JSONL export: the export process
 {main_cpu:,.1f} s, its workers {workers_cpu:,.1f} s, that is
@@ -335,12 +335,15 @@ Output, quarantine verdicts and counts are those of the per-record path
 the machine too when either is above 2). At {0.7:.1f}x of COPY a row may take
 {(os.cpu_count() or 1) / (0.7 * copy_rate) * 1e6:,.0f} µs of CPU on these cores, PostgreSQL's
 serialisation included. With secrets in one run in eight, redacting the planted runs whole is
-most of the work: their rules run over secret-laden text (by hand, 220 to 260 µs of a planted
-run's ~400), which no scan can skip. With secrets in one run in 800 (`--plant-every 800`) about one
-line in fifty is marked (IP addresses in error messages), and reading, scanning and writing
-every line is what is left.
-Parquet decodes every line to build its columns, hence slower. Memory stays flat: a few
-chunks of lines are in flight at a time.
+most of the work: by hand, with warm caches, a planted run costs about 300 µs (decoding ~20,
+`record()` ~220, of which the walk ~50 and the rules that fire, each over secret-laden text,
+~170; writing it ~15); more in the export, where most strings of a planted run are new to
+a worker's caches. No scan can skip a rule that does fire. With secrets in one run in 800
+(`--plant-every 800`) about one line in fifty is marked (IP addresses in error messages), and
+reading, scanning and writing every line is what is left.
+Parquet: polars builds each batch's columns from its lines (scalars parsed, nested JSON cut
+out as written), about 5 µs a line; pyarrow's writer and polars add about 90 MiB to the
+export process. Memory stays flat: a few chunks of lines are in flight at a time.
 """
     section = "export" if plant_every == 8 else f"export_plant{plant_every}"
     if plant_every != 8:

@@ -6,6 +6,10 @@ keyed-hash a value by dotted path) and run the text rules on every string, dict 
 included. The rules, their order and their known misses are documented in
 ``docs/policies/data_redaction.md``; keep the two in step.
 
+Each text rule has triggers (``TRIGGERS``): Hyperscan patterns, each a necessary condition of
+its rule firing. ``Redactor.text`` runs a rule only when one of them matches, and the export
+scans whole batches with them (``neuralops.redaction_batch``).
+
 Every replacement is a typed placeholder (``<EMAIL>``, ``<CARD>``, ...). Placeholders are
 never matched by any rule, so redaction is idempotent: redacting redacted data changes
 nothing. Output depends only on the input, the field rules and the hash key.
