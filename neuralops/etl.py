@@ -53,6 +53,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -690,16 +691,17 @@ def _compact(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
-def _json_lines(pieces: list[Piece]) -> bytes:
-    """What is written, as JSON lines: lines as they came, redacted lines, records."""
+def _json_lines(pieces: list[Piece], shape: Callable[[str | dict[str, Any]], str]) -> bytes:
+    """What is written, as JSON lines: lines as they came, and the redacted lines and records
+    each as ``shape`` writes it."""
     out: list[bytes] = []
     for piece in pieces:
-        if isinstance(piece, _Lines):
-            out.append(piece.data)
-        else:
-            line = piece if isinstance(piece, str) else _compact(piece)
-            out.append(line.encode() + b"\n")
+        out.append(piece.data if isinstance(piece, _Lines) else shape(piece).encode() + b"\n")
     return b"".join(out)
+
+
+def _as_written(piece: str | dict[str, Any]) -> str:
+    return piece if isinstance(piece, str) else _compact(piece)
 
 
 class _JsonlWriter:
@@ -707,7 +709,7 @@ class _JsonlWriter:
         self.sink = sink
 
     def write(self, pieces: list[Piece]) -> None:
-        self.sink.write(_json_lines(pieces))
+        self.sink.write(_json_lines(pieces, _as_written))
 
     def close(self) -> None:
         self.sink.flush()
@@ -724,7 +726,7 @@ class _ParquetWriter:
         self.writer: pq.ParquetWriter | None = None
 
     def write(self, pieces: list[Piece]) -> None:
-        frame = _parquet_columns(_copy_shaped_lines(pieces)).to_arrow()
+        frame = _parquet_columns(_json_lines(pieces, _copy_shaped)).to_arrow()
         if self.writer is None:
             self.writer = self.pq.ParquetWriter(self.sink, frame.schema, compression="zstd")
         self.writer.write_table(frame)
@@ -738,22 +740,16 @@ class _ParquetWriter:
         self.writer.close()
 
 
-def _copy_shaped_lines(pieces: list[Piece]) -> bytes:
-    """The pieces as lines shaped like COPY's: the fields in the query's order, the top level
-    compact and nested values spaced (", ", ": ") as PostgreSQL prints jsonb. In such a line
-    each top-level key appears once as ``,"name":`` (in a nested value a comma is followed by
-    a space, and a quote inside a string is escaped)."""
-    out: list[bytes] = []
-    for piece in pieces:
-        if isinstance(piece, _Lines):
-            out.append(piece.data)
-            continue
-        record = json.loads(piece) if isinstance(piece, str) else piece
-        fields = (
-            f'"{name}":{json.dumps(record[name], ensure_ascii=False)}' for name in _PARQUET_COLUMNS
-        )
-        out.append(("{" + ",".join(fields) + "}\n").encode())
-    return b"".join(out)
+def _copy_shaped(piece: str | dict[str, Any]) -> str:
+    """A redacted line or a record as a line shaped like COPY's: the fields in the query's
+    order, the top level compact and nested values spaced (", ", ": ") as PostgreSQL prints
+    jsonb. In such a line each top-level key appears once as ``,"name":`` (in a nested value
+    a comma is followed by a space, and a quote inside a string is escaped)."""
+    record = json.loads(piece) if isinstance(piece, str) else piece
+    fields = (
+        f'"{name}":{json.dumps(record[name], ensure_ascii=False)}' for name in _PARQUET_COLUMNS
+    )
+    return "{" + ",".join(fields) + "}"
 
 
 def _parquet_columns(data: bytes) -> pl.DataFrame:
@@ -799,6 +795,7 @@ _PARQUET_COLUMNS = (
 )  # fmt: skip
 
 
+@lru_cache(maxsize=2)
 def _parquet_schema(*, nested: bool = True) -> dict[str, Any]:
     import polars as pl  # here: about 25 MiB that a JSONL export does without
 

@@ -627,7 +627,7 @@ class Redactor:
             for key, item in obj.items():
                 name = key if isinstance(key, str) else str(key)
                 sub = f"{path}.{name}" if path else name
-                action, below = self._step(nodes, name) if nodes else (None, ())
+                action, below = self._remembered_step(nodes, name) if nodes else (None, ())
                 if action == "drop":
                     self.stats[DROPPED] += 1
                     continue
@@ -655,7 +655,7 @@ class Redactor:
             "convert it to JSON types (dict, list, str, number, bool, None) first"
         )
 
-    def _step(
+    def _remembered_step(
         self, nodes: tuple[_Node, ...], key: str
     ) -> tuple[FieldAction | None, tuple[_Node, ...]]:
         """``_step``, remembered: a run's keys repeat from record to record (bounded, as the

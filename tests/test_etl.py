@@ -102,7 +102,7 @@ def test_parquet_columns_keep_nested_json_as_written() -> None:
     redacted += '"created_at":"t","updated_at":"t","provenance":"api:x","verified":true}'
     record = json.loads(redacted) | {"run_id": "r-3", "inputs": {"k": ["v", 2.5]}}
     pieces = [etl._Lines(b"".join(copied), 3), redacted, record]
-    frame = etl._parquet_columns(etl._copy_shaped_lines(pieces))
+    frame = etl._parquet_columns(etl._json_lines(pieces, etl._copy_shaped))
     assert frame["inputs"].to_list() == [
         '{"a": 1.50, "b": 1E+5}',
         '"just text"',
