@@ -67,8 +67,8 @@ from neuralops.db.models import EtlWatermark, WorkflowRun, utcnow
 from neuralops.errors import InvalidInput
 from neuralops.etl_lines import UNREDACTED, receive, send
 from neuralops.quarantine import Quarantined, unencodable
-from neuralops.redaction import Redactor, default_redactor
-from neuralops.redaction_batch import line_ends, marked_lines, may_redact
+from neuralops.redaction import TRIGGERS, Redactor, compiled_scanners, default_redactor
+from neuralops.redaction_batch import line_ends, marked_lines, may_redact, triggers
 
 if TYPE_CHECKING:
     import polars as pl
@@ -77,7 +77,7 @@ if TYPE_CHECKING:
 BATCH_ROWS = 5_000  # rows per keyset batch (SQLite)
 SLICE_ROWS = 50_000  # rows per keyset slice of COPY (PostgreSQL)
 CHUNK_ROWS = 2_000  # COPY lines handed to the redaction at a time
-QUEUE_CHUNKS = 2  # chunks the COPY reader may have read ahead
+QUEUE_CHUNKS = 8  # chunks the COPY reader may have read ahead
 MAX_WORKERS = 4  # redaction worker processes at most (one per core by default)
 PIPE_BYTES = 1 << 20  # Linux's default limit for an unprivileged process
 POOL_MIN_MARKED = 500  # marked lines an export has before it starts its workers
@@ -250,8 +250,10 @@ class _Worker:
         for pipe in (self.tasks, self.answers):  # a task (~1 MiB) in one go, not 64 KiB steps
             with contextlib.suppress(OSError, AttributeError):
                 fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        # the hash key goes through the pipe, never the command line (visible in ps)
-        send(self.tasks, (dict(redactor.field_rules), redactor._key))
+        # the hash key goes through the pipe, never the command line (visible in ps); so do
+        # the trigger scanners this process compiled, which the worker would compile again
+        wanted = [t for t in (TRIGGERS, triggers(redactor)) if t is not None]
+        send(self.tasks, (dict(redactor.field_rules), redactor._key, compiled_scanners(*wanted)))
 
     def submit(self, lines: list[str]) -> None:
         send(self.tasks, lines)
@@ -512,14 +514,21 @@ _ISO = (
 )
 # One run per line, as the JSON record ``_record`` builds (same keys, same order). CSV with a
 # quote and a delimiter that JSON text never holds unescaped: each line is the JSON verbatim.
-_COPY = (
-    "COPY (SELECT row_to_json(t)::text FROM (SELECT run_id, wpk_id, status, duration_ms, "
+# The order is the table's columns (qualified: unqualified, ORDER BY would take the text
+# aliases of the same names, which no index serves).
+_SLICE = (
+    "SELECT row_to_json(t)::text FROM (SELECT run_id, wpk_id, status, duration_ms, "
     "inputs, outputs, node_logs, cluster, flow_run_id::text AS flow_run_id, "
     f"{_ISO.format(c='created_at')} AS created_at, {_ISO.format(c='updated_at')} AS updated_at, "
     "provenance, coalesce(verified, false) AS verified FROM workflow_runs "
-    "WHERE {where} ORDER BY updated_at, id) t) "
-    "TO STDOUT (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')"
+    "WHERE {where} ORDER BY workflow_runs.updated_at, workflow_runs.id) t"
 )
+_COPY = f"COPY ({_SLICE}) TO STDOUT (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')"
+# Each slice streams in index order from its first row. Where updated_at does not follow the
+# rows' places on disk (runs updated, history imported), the planner would rather scan the
+# whole table and sort the slice on disk first: a table scan per slice, with nothing to
+# redact meanwhile. Set in the export's transaction only.
+_STREAMING = "SET LOCAL enable_sort = off"
 _DONE = object()
 
 
@@ -547,6 +556,7 @@ def _copy_batches(
     def read() -> None:
         try:
             with engine.connect() as conn:
+                conn.exec_driver_sql(_STREAMING)
                 ceiling = conn.execute(select(func.max(WorkflowRun.updated_at))).scalar()
                 raw = conn.connection.driver_connection
                 mark, first = start, ceiling is not None

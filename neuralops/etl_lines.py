@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 from neuralops.quarantine import Quarantined, unencodable
-from neuralops.redaction import FieldAction, Redactor
+from neuralops.redaction import FieldAction, Redactor, Trigger, load_scanners
 from neuralops.redaction_batch import redact_strings
 
 __all__ = [
@@ -110,15 +110,21 @@ def redacted_line(
 # ``python -m neuralops.etl_lines``, started by the exporter: no multiprocessing, so nothing of
 # the exporter's main module runs again here and no thread's lock is inherited through fork.
 # Messages both ways are pickles, each preceded by its length (8 bytes, big-endian); the
-# first one in is (field rules, hash key), then lists of lines, answered in order by
-# ("ok", (results, stats)) or ("error", exception).
+# first one in is (field rules, hash key, compiled scanners), then lists of lines, answered
+# in order by ("ok", (results, stats)) or ("error", exception).
 
 _redactor: Redactor | None = None
 
 
-def init_worker(field_rules: Mapping[str, FieldAction], hash_key: bytes) -> None:
-    """The worker's redactor: the exporter's field rules and hash key."""
+def init_worker(
+    field_rules: Mapping[str, FieldAction],
+    hash_key: bytes,
+    scanners: Mapping[tuple[Trigger, ...], bytes] | None = None,
+) -> None:
+    """The worker's redactor: the exporter's field rules and hash key; ``scanners``: the
+    exporter's compiled trigger scanners (``redaction.compiled_scanners``)."""
     global _redactor
+    load_scanners(scanners or {})
     _redactor = Redactor(field_rules=field_rules, hash_key=hash_key)
 
 

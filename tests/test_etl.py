@@ -263,3 +263,30 @@ def test_cli_names_what_it_quarantined(sqlite_url: URL, tmp_path: Path) -> None:
     assert "quarantined 2" in vectorized.output
     assert "x-1 (outputs.error: text that cannot be encoded" in vectorized.output
     assert "line 6 (not valid JSON" in vectorized.output
+
+
+def test_each_copy_slice_streams_in_index_order(postgresql_url: URL) -> None:
+    """A slice is read along the (updated_at, id) index from its first row, not sorted first:
+    even where updated_at is out of step with the rows' places on disk, as after updates."""
+    from neuralops.db import get_engine
+
+    seed(200)
+    with get_engine(postgresql_url).begin() as conn:
+        # each run's updated_at moved by a different amount: the order on disk is lost
+        conn.exec_driver_sql(
+            "UPDATE workflow_runs SET updated_at = updated_at "
+            "+ (('x' || substr(md5(run_id), 1, 6))::bit(24)::int * interval '1 second')"
+        )
+        conn.exec_driver_sql("ANALYZE workflow_runs")
+        conn.exec_driver_sql(etl._STREAMING)
+        where = "(updated_at, id) > (%s, %s) AND (updated_at, id) <= (%s, %s)"
+        low, high = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+        zero, top = "00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff"
+        plan = "\n".join(
+            row[0]
+            for row in conn.exec_driver_sql(
+                "EXPLAIN " + etl._SLICE.format(where=where), (low, zero, high, top)
+            )
+        )
+    assert "Index Scan using ix_workflow_runs_updated_at_id" in plan, plan
+    assert "Sort" not in plan, plan

@@ -17,8 +17,17 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import URL
 from test_redaction import BENIGN_JSON, benign_text, secrets
 
-from neuralops import etl, etl_lines, runs
-from neuralops.redaction import DEFAULT_FIELD_RULES, TRIGGERS, Redactor, SecretRedactor, scanner
+from neuralops import etl, etl_lines, redaction, runs
+from neuralops.redaction import (
+    DEFAULT_FIELD_RULES,
+    TRIGGERS,
+    Redactor,
+    Scanner,
+    SecretRedactor,
+    compiled_scanners,
+    load_scanners,
+    scanner,
+)
 from neuralops.redaction_batch import MAX_BRACKETS, may_redact, redact_strings, triggers
 from neuralops.synthetic import PLANT_EVERY, synthetic_runs
 
@@ -541,3 +550,21 @@ def test_the_pooled_copy_export_equals_the_inline_one(
     assert read("pooled.jsonl") == read("inline.jsonl") == _reference_export(postgresql_url)
     assert pooled.quarantined == inline.quarantined and len(inline.quarantined) == 1
     assert pooled.redactions == inline.redactions and pooled.rows == inline.rows
+
+
+def test_a_worker_loads_the_scanners_the_exporter_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export's workers take the compiled trigger databases from the exporter: loaded, a
+    database finds exactly what the one compiled here finds."""
+    patterns = triggers(Redactor())
+    assert patterns is not None
+    data = "".join(json.dumps(text) + "\n" for text in CORPUS if text.isascii()).encode()
+    compiled = compiled_scanners(TRIGGERS, patterns)
+    assert set(compiled) == {TRIGGERS, patterns}
+    expected = scanner(patterns).matches(data)
+    assert len({trigger for trigger, _ in expected}) > len(TRIGGERS) // 2
+
+    monkeypatch.setattr(redaction, "_SCANNERS", {})  # a new process: nothing compiled yet
+    load_scanners(compiled)
+    loaded = scanner(patterns)
+    assert loaded is redaction._SCANNERS[patterns] and loaded.matches(data) == expected
+    assert Scanner(TRIGGERS, compiled[TRIGGERS]).matches(data) == scanner(TRIGGERS).matches(data)
