@@ -34,7 +34,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
-from neuralops.etl import CHUNK_ROWS, POOL_MIN_MARKED, SLICE_ROWS
+from neuralops.etl import CHUNK_ROWS, POOL_MIN_REDACTION_S, POOL_MIN_SHARE, SLICE_ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "reports" / "vectorize.md"
@@ -322,7 +322,8 @@ the Hyperscan scan of the 28 triggers about 3 µs of it, some 350 MB/s, the rest
 finding newlines and counting brackets; about 6 µs with secrets in one run in eight, where
 every match calls back into Python) and writes the unmarked lines as the bytes they came
 in. A marked line goes to a worker (`python -m neuralops.etl_lines`, one per core,
-started once an export has {POOL_MIN_MARKED:,} marked lines): when every trigger match in it
+started once redacting in the export process has taken {POOL_MIN_REDACTION_S} s of its CPU
+time and {POOL_MIN_SHARE:.0%} of it): when every trigger match in it
 ends inside a string value, only those values are decoded, redacted and put back
 (`redact_strings`; an IP address in an error message: about 60 µs), else the whole record is
 (field rules, secret-named keys, cards stored as numbers).

@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -67,7 +68,13 @@ from neuralops.db.models import EtlWatermark, WorkflowRun, utcnow
 from neuralops.errors import InvalidInput
 from neuralops.etl_lines import UNREDACTED, receive, send
 from neuralops.quarantine import Quarantined, unencodable
-from neuralops.redaction import TRIGGERS, Redactor, compiled_scanners, default_redactor
+from neuralops.redaction import (
+    TRIGGERS,
+    Redactor,
+    compiled_scanners,
+    default_redactor,
+    scanner,
+)
 from neuralops.redaction_batch import line_ends, marked_lines, may_redact, triggers
 
 if TYPE_CHECKING:
@@ -80,7 +87,12 @@ CHUNK_ROWS = 2_000  # COPY lines handed to the redaction at a time
 QUEUE_CHUNKS = 8  # chunks the COPY reader may have read ahead
 MAX_WORKERS = 4  # redaction worker processes at most (one per core by default)
 PIPE_BYTES = 1 << 20  # Linux's default limit for an unprivileged process
-POOL_MIN_MARKED = 500  # marked lines an export has before it starts its workers
+# An export starts its workers once redacting here has taken this much of this thread's CPU
+# time, and at least this share of it. Where few lines need redacting (an IP address in one
+# line in fifty: a quarter of this thread's time), workers cost more CPU, on cores that
+# PostgreSQL needs, than they save (measured: reports/vectorize.md).
+POOL_MIN_REDACTION_S = 0.5
+POOL_MIN_SHARE = 0.5
 DEFAULT_STREAM = "runs"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 COLUMNS = (
@@ -279,19 +291,44 @@ class _Worker:
 
 class _Redaction:
     """Redacts batches as ``_redact_batch`` does, in order. The COPY lines the pre-filter
-    marks (a stock ``Redactor`` only) go to worker processes once an export has had
-    ``POOL_MIN_MARKED`` of them, so that the redaction, the most costly step, runs on the
-    other cores while this process reads, pre-filters and writes. Each worker has a redactor
-    with the same field rules and hash key and runs the same code on each line
-    (``etl_lines.redact_lines``); its counts are added to ``redactor.stats``."""
+    marks (a stock ``Redactor`` only) go to worker processes once redacting them here has
+    cost enough (``POOL_MIN_REDACTION_S``, ``POOL_MIN_SHARE``), so that the redaction, then
+    the most costly step, runs on the other cores while this process reads, pre-filters and
+    writes. Each worker has a redactor with the same field rules and hash key and runs the
+    same code on each line (``etl_lines.redact_lines``); its counts are added to
+    ``redactor.stats``. Where a worker redacts a line changes nothing in the output."""
 
     def __init__(self, redactor: Redactor, workers: int) -> None:
         self.redactor = redactor
         self.workers = workers if type(redactor) is Redactor else 0
         self.pool: list[_Worker] = []
         self.turn = 0
-        self.marked_seen = 0
+        if self.workers:
+            scanner(TRIGGERS)  # compiled once, before the clock starts: not redaction's cost
+        self.started = time.thread_time()
+        self.redacting_s = 0.0  # this thread's CPU time in redacting COPY lines here
         self.depth = 0  # batches that may wait for their workers before the oldest is written
+
+    def _worth_a_pool(self) -> bool:
+        spent = time.thread_time() - self.started
+        return self.redacting_s >= POOL_MIN_REDACTION_S and self.redacting_s >= (
+            POOL_MIN_SHARE * spent
+        )
+
+    def _here(
+        self,
+        batch: bytes,
+        reread: Callable[[str], dict[str, Any] | Quarantined] | None,
+        marks: _Marks,
+    ) -> _Job:
+        def finish(quarantined: list[Quarantined]) -> list[Piece]:
+            start = time.thread_time()
+            try:
+                return _redact_batch(batch, self.redactor, quarantined, reread, marks)
+            finally:
+                self.redacting_s += time.thread_time() - start
+
+        return _Job(finish)
 
     def submit(
         self, batch: Batch, reread: Callable[[str], dict[str, Any] | Quarantined] | None
@@ -299,12 +336,11 @@ class _Redaction:
         marks = _marks(batch, self.redactor)
         if not isinstance(batch, bytes):  # records (SQLite): redacted here
             return _Job(lambda q: _redact_batch(batch, self.redactor, q, reread, marks))
-        self.marked_seen += len(marks.lines)
-        if not self.pool and self.workers and self.marked_seen >= POOL_MIN_MARKED:
+        if not self.pool and self.workers and self._worth_a_pool():
             self.pool = [_Worker(self.redactor) for _ in range(self.workers)]
             self.depth = self.workers + 1  # each has one to start when it is done
         if not self.pool or not marks.lines:
-            return _Job(lambda q: _redact_batch(batch, self.redactor, q, reread, marks))
+            return self._here(batch, reread, marks)
         worker = self.pool[self.turn % len(self.pool)]  # in turn: answers come back in order
         self.turn += 1
         worker.submit(list(marks.lines.values()))

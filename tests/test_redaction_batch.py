@@ -464,7 +464,8 @@ def _pooled(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         started.append(real(redactor))
         return started[-1]
 
-    monkeypatch.setattr(etl, "POOL_MIN_MARKED", 0)
+    monkeypatch.setattr(etl, "POOL_MIN_REDACTION_S", 0)
+    monkeypatch.setattr(etl, "POOL_MIN_SHARE", 0)
     monkeypatch.setattr(etl, "_Worker", worker)
     return started
 
@@ -499,6 +500,33 @@ def test_worker_processes_equal_the_reference_line_by_line(monkeypatch: pytest.M
     assert q_pooled == q_inline  # the NaN line, and the corpus's lone surrogates
     assert etl.Quarantined("r-5", "read again") in q_inline
     assert ours.stats == inline.stats and sum(ours.stats.values()) > 0
+
+
+def test_workers_start_once_redacting_here_has_cost_enough(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Few lines to redact: the export redacts them itself. The pool starts once redacting
+    has taken POOL_MIN_REDACTION_S of the exporting thread's CPU (and POOL_MIN_SHARE of it),
+    and the output is the same either way."""
+    records = [r.model_dump(mode="json") for r in synthetic_runs(80 * PLANT_EVERY, seed=6)]
+    batches = [_chunk(_copy_lines(records[i : i + 20])) for i in range(0, len(records), 20)]
+    reference, expected = Redactor(), []
+    for batch in batches:
+        expected += etl._redact_batch(batch, reference, [])
+    started = _pooled(monkeypatch)
+    monkeypatch.setattr(etl, "POOL_MIN_REDACTION_S", 0.01)
+    redactor, out = Redactor(), []
+    redaction = etl._Redaction(redactor, workers=1)
+    costs = []
+    try:
+        for batch in batches:
+            costs.append((redaction.redacting_s, len(started)))
+            out += redaction.submit(batch, None).result([])
+    finally:
+        redaction.close()
+    assert costs[0] == (0.0, 0) and costs[-1][1] == 1  # not at once, but in the end
+    assert all(spent >= 0.01 for spent, pool in costs if pool)
+    assert _as_records(out) == _as_records(expected) and redactor.stats == reference.stats
 
 
 def test_workers_take_the_field_rules_and_the_hash_key(monkeypatch: pytest.MonkeyPatch) -> None:
