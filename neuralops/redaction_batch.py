@@ -109,8 +109,8 @@ def marked_lines(data: bytes, redactor: Redactor, ends: np.ndarray | None = None
     if len(ends):
         starts = np.concatenate(([0], ends[:-1] + 1))
         view = np.frombuffer(data, dtype=np.uint8)
-        opening = (view == 91) | (view == 123)  # [ and {
-        marked |= np.add.reduceat(opening, starts, dtype=np.int64) > MAX_BRACKETS
+        opening = (view | 32) == 123  # [ (91) and { (123): one comparison, not two
+        marked |= np.add.reduceat(opening, starts, dtype=np.int32) > MAX_BRACKETS
     return marked
 
 

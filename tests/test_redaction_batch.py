@@ -135,7 +135,16 @@ def test_escapes_but_quotes_mark_the_record() -> None:
     texts = ['say "hi" there', "multi\nline", "tab\there", "back\\slash", "bell\x07"]
     assert may_redact([json.dumps(t) for t in texts], redactor) == [False, True, True, True, True]
     deep = "[" * (MAX_BRACKETS + 1) + "]" * (MAX_BRACKETS + 1)
-    assert may_redact([deep], redactor) == [True]
+    objects = '{"a":' * (MAX_BRACKETS + 1) + "1" + "}" * (MAX_BRACKETS + 1)
+    mixed = '[{"a":' * (MAX_BRACKETS // 2) + "1" + "}]" * (MAX_BRACKETS // 2)  # just enough
+    closing = "[" + "]" * 500 + "{" * (MAX_BRACKETS - 1)  # only opening brackets count
+    assert may_redact([deep, objects, mixed, closing, "{}"], redactor) == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_other_redactors_are_not_prefiltered() -> None:
