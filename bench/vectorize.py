@@ -244,6 +244,13 @@ def export_section(rows: int, report: Path, pandas: bool = True, plant_every: in
         load_after = os.getloadavg()[0]
         exported, export_s, _, extra = min(exports, key=lambda e: e[1])
         workers, worker_kb, _, main_cpu, workers_cpu = extra
+        pool = (
+            f"by {workers:.0f} worker processes"
+            if workers
+            else "in the export process (its workers did not start: redacting took it less "
+            f"than {POOL_MIN_SHARE:.0%} of its CPU time)"
+        )
+        largest = f" (JSONL: the largest worker {worker_kb / 1024:,.0f} MiB)" if workers else ""
         peak_mb = max(e[2] + e[3][2] / 1024 for e in exports)
         copy_rows, copy_file_s, copy_peak = min(copies, key=lambda c: c[1])
         again_rows, again_s, _ = _child(_EXPORT_CHILD, str(work / "again.jsonl"), "", env=env)
@@ -281,16 +288,19 @@ loopback.
 {rows:,} synthetic runs (`neuralops.synthetic`, one in {plant_every} with planted personal data
 and credentials: a dozen kinds in each) in `workflow_runs` ({size:,.0f} MiB on disk with
 indexes), `VACUUM ANALYZE`d after seeding as autovacuum would have (the PostgreSQL here runs
-with autovacuum off; without statistics the planner sorted the table for each keyset slice,
-0.85 s a slice). Each line of the table is one child process: psycopg's
+with autovacuum off; the slice bounds are looked up along the index with its statistics).
+The synthetic runs' `updated_at` does not follow their order on disk, as after updates or an
+import: each slice streams along the `(updated_at, id)` index because the export turns
+sorting off in its transaction (before, the planner scanned the whole table and sorted each
+slice on disk before sending its first row). Each line of the table is one child process: psycopg's
 `COPY (SELECT row_to_json(t) ...) TO STDOUT` written to a file as it comes (no redaction) and
 `etl.export_runs` to JSONL, alternately, twice each, the faster of each counted; then the
 export in one process and to Parquet. The export: COPY in keyset slices of {SLICE_ROWS:,} rows
 read by a thread; each chunk of {CHUNK_ROWS:,} lines scanned as the bytes COPY sent by one
 Hyperscan database holding every redaction rule's trigger; unmarked lines written as they
-came; the marked ones redacted by {workers:.0f} worker processes (in place where only string
-values change, else the whole record). Peak memory is the export process's plus each of its
-workers' (JSONL: the largest worker {worker_kb / 1024:,.0f} MiB), the larger of the two runs.
+came; the marked ones redacted {pool} (in place where only string values change, else the
+whole record). Peak memory is the export process's plus each of its workers'{largest}, the
+larger of the two runs.
 
 | what | rows | time | rows/s | vs COPY | peak memory (max RSS) |
 | --- | ---: | ---: | ---: | ---: | ---: |
@@ -317,15 +327,16 @@ Where the time goes: PostgreSQL's backend serialises each run to its JSON line
 2 to 3.5 s of CPU, so the backend sets its pace (the export's query and the baseline's ran
 equally fast by hand, 11.4 and 11.0 s). The export process reads the COPY (a thread;
 psycopg hands over one row at a time, 2 to 3.5 µs a row), scans each chunk
-(`neuralops.redaction_batch.marked_lines`, lines of about 1 KB: about 4 µs a line in all,
-the Hyperscan scan of the 28 triggers about 3 µs of it, some 350 MB/s, the rest numpy
-finding newlines and counting brackets; about 6 µs with secrets in one run in eight, where
-every match calls back into Python) and writes the unmarked lines as the bytes they came
-in. A marked line goes to a worker (`python -m neuralops.etl_lines`, one per core,
-started once redacting in the export process has taken {POOL_MIN_REDACTION_S} s of its CPU
-time and {POOL_MIN_SHARE:.0%} of it): when every trigger match in it
-ends inside a string value, only those values are decoded, redacted and put back
-(`redact_strings`; an IP address in an error message: about 60 µs), else the whole record is
+(`neuralops.redaction_batch.marked_lines`, lines of about 1 KB: by hand about 6 µs a line
+in all, the Hyperscan scan of the 28 triggers about 5 µs of it, some 200 MB/s, most of
+which the triggers on digits and colons cost (cards, phones, IPv6); the rest numpy finding
+newlines and counting brackets; more with secrets in one run in eight, where every match
+calls back into Python) and writes the unmarked lines as the bytes they came in. A marked
+line is redacted by the export process itself, or by a worker (`python -m
+neuralops.etl_lines`, one per core) once redacting has taken the export process
+{POOL_MIN_REDACTION_S} s of CPU and {POOL_MIN_SHARE:.0%} of its CPU time: when every trigger
+match in it ends inside a string value, only those values are decoded, redacted and put back
+(`redact_strings`; an IP address in an error message: about 70 µs), else the whole record is
 (field rules, secret-named keys, cards stored as numbers).
 Output, quarantine verdicts and counts are those of the per-record path
 (tests/test_redaction_batch.py). CPU during the faster JSONL export: the export process
@@ -344,7 +355,7 @@ a worker's caches. No scan can skip a rule that does fire. With secrets in one r
 reading, scanning and writing every line is what is left.
 Parquet: polars builds each batch's columns from its lines (scalars parsed, nested JSON cut
 out as written), about 5 µs a line; pyarrow's writer and polars add about 90 MiB to the
-export process. Memory stays flat: a few chunks of lines are in flight at a time.
+export process. Memory stays flat: at most 8 chunks of lines wait for the export process.
 """
     section = "export" if plant_every == 8 else f"export_plant{plant_every}"
     if plant_every != 8:
