@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections import Counter
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from neuralops.redaction import _PLACEHOLDER, TRIGGERS, Redactor, Trigger, scanner
@@ -60,10 +60,23 @@ __all__ = [
 MAX_BRACKETS = 200
 
 
-@lru_cache(maxsize=16)  # asked once per marked line; a Redactor's field rules never change
+# Asked once per marked line; a Redactor's field rules never change. Weak keys: the cache
+# does not keep a redactor (its caches, its hash key) alive after its export.
+_TRIGGERS_OF: weakref.WeakKeyDictionary[Redactor, tuple[tuple[Trigger, ...] | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def triggers(redactor: Redactor) -> tuple[Trigger, ...] | None:
     """The triggers for ``redactor``'s rules, or None when it cannot be pre-filtered (a
     subclass, or a field rule ending in ``*``)."""
+    known = _TRIGGERS_OF.get(redactor)
+    if known is None:
+        known = _TRIGGERS_OF[redactor] = (_triggers(redactor),)
+    return known[0]
+
+
+def _triggers(redactor: Redactor) -> tuple[Trigger, ...] | None:
     if type(redactor) is not Redactor:
         return None
     leaves = {path.split(".")[-1] for path in redactor.field_rules}

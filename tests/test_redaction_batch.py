@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ast
 import functools
+import gc
 import json
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,16 @@ def test_escapes_but_quotes_mark_the_record() -> None:
         False,
         False,
     ]
+
+
+def test_the_triggers_are_worked_out_once_and_keep_no_redactor_alive() -> None:
+    redactor = Redactor(field_rules={"inputs.customer": "hash"})
+    assert triggers(redactor) is triggers(redactor)  # the same tuple: worked out once
+    assert triggers(redactor)[-1].pattern == '"(?:customer)"'
+    gone = weakref.ref(redactor)
+    del redactor
+    gc.collect()
+    assert gone() is None  # its caches and hash key go with it
 
 
 def test_other_redactors_are_not_prefiltered() -> None:
@@ -537,6 +549,19 @@ def test_workers_start_once_redacting_here_has_cost_enough(
     assert all(spent >= 0.01 for spent, pool in costs if pool)
     assert _as_records(out) == _as_records(expected) and redactor.stats == reference.stats
 
+    # Redacting is never all of the thread's time (the scans are not): a share of 1 keeps
+    # the workers off, however long redacting takes.
+    monkeypatch.setattr(etl, "POOL_MIN_REDACTION_S", 0)
+    monkeypatch.setattr(etl, "POOL_MIN_SHARE", 1.0)
+    redaction, out = etl._Redaction(Redactor(), workers=1), []
+    try:
+        for batch in batches:
+            out += redaction.submit(batch, None).result([])
+    finally:
+        redaction.close()
+    assert len(started) == 1 and redaction.redacting_s > 0.01
+    assert _as_records(out) == _as_records(expected)
+
 
 def test_workers_take_the_field_rules_and_the_hash_key(monkeypatch: pytest.MonkeyPatch) -> None:
     rules = {"inputs.customer": "hash", "inputs.debug": "drop"}
@@ -601,7 +626,12 @@ def test_a_worker_loads_the_scanners_the_exporter_compiled(monkeypatch: pytest.M
     assert len({trigger for trigger, _ in expected}) > len(TRIGGERS) // 2
 
     monkeypatch.setattr(redaction, "_SCANNERS", {})  # a new process: nothing compiled yet
+
+    def no_compiling(*_: Any, **__: Any) -> None:
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(redaction.hyperscan, "Database", no_compiling)
     load_scanners(compiled)
-    loaded = scanner(patterns)
-    assert loaded is redaction._SCANNERS[patterns] and loaded.matches(data) == expected
+    assert set(redaction._SCANNERS) == {TRIGGERS, patterns}
+    assert scanner(patterns).matches(data) == expected
     assert Scanner(TRIGGERS, compiled[TRIGGERS]).matches(data) == scanner(TRIGGERS).matches(data)
