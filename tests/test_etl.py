@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -290,3 +291,31 @@ def test_each_copy_slice_streams_in_index_order(postgresql_url: URL) -> None:
         )
     assert "Index Scan using ix_workflow_runs_updated_at_id" in plan, plan
     assert "Sort" not in plan, plan
+
+
+def test_the_export_reads_its_slices_with_sorting_off(postgresql_url: URL, tmp_path: Path) -> None:
+    """The setting the plan above rests on is the export's own: set in the transaction its
+    COPYs run in, before any of them, and gone with it."""
+    from sqlalchemy import event
+
+    from neuralops.db import get_engine
+
+    seed(5)
+    engine = get_engine(postgresql_url)
+    seen: list[tuple[int, str]] = []
+
+    def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append((id(conn.connection.dbapi_connection), statement))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert etl.export_runs(tmp_path / "runs.jsonl", full=True).rows == 5
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    ours = [connection for connection, statement in seen if statement == etl._STREAMING]
+    assert len(ours) == 1
+    on_it = [statement for connection, statement in seen if connection == ours[0]]
+    assert on_it[0] == etl._STREAMING  # first thing on the reader's connection
+    assert "max(workflow_runs.updated_at)" in on_it[1]  # then the transaction's first read
+    with engine.connect() as conn:  # SET LOCAL: no other transaction sees it
+        assert conn.exec_driver_sql("SHOW enable_sort").scalar() == "on"
