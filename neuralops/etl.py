@@ -317,7 +317,7 @@ class _Redaction:
 
     def _here(
         self,
-        batch: bytes,
+        batch: Batch,
         reread: Callable[[str], dict[str, Any] | Quarantined] | None,
         marks: _Marks,
     ) -> _Job:
@@ -335,7 +335,7 @@ class _Redaction:
     ) -> _Job:
         marks = _marks(batch, self.redactor)
         if not isinstance(batch, bytes):  # records (SQLite): redacted here
-            return _Job(lambda q: _redact_batch(batch, self.redactor, q, reread, marks))
+            return self._here(batch, reread, marks)
         if not self.pool and self.workers and self._worth_a_pool():
             self.pool = [_Worker(self.redactor) for _ in range(self.workers)]
             self.depth = self.workers + 1  # each has one to start when it is done

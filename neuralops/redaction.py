@@ -506,7 +506,10 @@ def _compile_rules(rules: Mapping[str, FieldAction]) -> _Node:
     return root
 
 
-def _step(nodes: tuple[_Node, ...], key: str) -> tuple[FieldAction | None, tuple[_Node, ...]]:
+_Step = tuple[FieldAction | None, tuple[_Node, ...]]  # the action at a key, the nodes below
+
+
+def _step(nodes: tuple[_Node, ...], key: str) -> _Step:
     """Follow ``key`` (and "*") from each active node: the action here, the nodes below."""
     found: list[_Node] = []
     for node in nodes:
@@ -566,7 +569,7 @@ class Redactor:
         # Short strings that came back unchanged (statuses, names, keys): run records repeat
         # them endlessly. Bounded; redaction is deterministic, so the cache cannot go stale.
         self._clean: set[str] = set()
-        self._steps: dict[tuple[tuple[_Node, ...], str], Any] = {}
+        self._steps: dict[tuple[tuple[_Node, ...], str], _Step] = {}
         # The triggers gate the stock rules only: a subclass may have changed what they do.
         self._gated = type(self) in (Redactor, SecretRedactor)
 
@@ -682,9 +685,7 @@ class Redactor:
             "convert it to JSON types (dict, list, str, number, bool, None) first"
         )
 
-    def _remembered_step(
-        self, nodes: tuple[_Node, ...], key: str
-    ) -> tuple[FieldAction | None, tuple[_Node, ...]]:
+    def _remembered_step(self, nodes: tuple[_Node, ...], key: str) -> _Step:
         """``_step``, remembered: a run's keys repeat from record to record (bounded, as the
         keys come from the data)."""
         found = self._steps.get((nodes, key))
