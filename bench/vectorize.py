@@ -210,6 +210,14 @@ def _child_more(
     return int(rows), float(seconds), int(peak_kb) / 1024, extra
 
 
+def _workers_said(extra: list[float]) -> str:
+    """How many workers an export's child reported starting, and their peaks' sum."""
+    workers, _, summed = extra[:3]
+    if not workers:
+        return "no workers started"
+    return f"{workers:.0f} workers started ({summed / 1024:,.0f} MiB together)"
+
+
 def export_section(rows: int, report: Path, pandas: bool = True, plant_every: int = 8) -> None:
     from neuralops import db, synthetic
 
@@ -315,6 +323,8 @@ larger of the two runs.
 {parquet_rows / parquet_s:,.0f} | {(parquet_rows / parquet_s) / copy_rate:.2f}x | \
 {parquet_peak:,.0f} MiB |
 {pandas_row}
+The Parquet export's peak: the export process {parquet_main:,.0f} MiB, \
+{_workers_said(parquet_extra)}.
 The two runs of each: COPY {copies[0][1]:.1f} s and {copies[1][1]:.1f} s, the export \
 {exports[0][1]:.1f} s and {exports[1][1]:.1f} s.
 Incremental export right after (nothing changed): {again_rows} rows in {again_s:.2f} s.
@@ -323,10 +333,10 @@ transaction) at {logger_n / logger_s:,.0f} runs/s, the rest by COPY at \
 {(rows - logger_n) / copy_s if copy_s else 0:,.0f} runs/s.
 
 Where the time goes: PostgreSQL's backend serialises each run to its JSON line
-(`row_to_json`): COPY alone takes 11 to 15 s for 1M runs here while its psycopg client uses
-2 to 3.5 s of CPU, so the backend sets its pace (the export's query and the baseline's ran
-equally fast by hand, 11.4 and 11.0 s). The export process reads the COPY (a thread;
-psycopg hands over one row at a time, 2 to 3.5 µs a row), scans each chunk
+(`row_to_json`): COPY alone takes 11 to 18 s for 1M runs here (from day to day) while
+its psycopg client uses 2 to 6.5 s of CPU, so the backend sets its pace (the export's query
+and the baseline's ran equally fast by hand, 11.4 and 11.0 s). The export process reads the
+COPY (a thread; psycopg hands over one row at a time, 2 to 6 µs a row), scans each chunk
 (`neuralops.redaction_batch.marked_lines`, lines of about 1 KB: by hand about 6 µs a line
 in all, the Hyperscan scan of the 28 triggers about 5 µs of it, some 200 MB/s, most of
 which the triggers on digits and colons cost (cards, phones, IPv6); the rest numpy finding
