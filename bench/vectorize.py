@@ -364,8 +364,10 @@ a worker's caches. No scan can skip a rule that does fire. With secrets in one r
 (`--plant-every 800`) about one line in fifty is marked (IP addresses in error messages), and
 reading, scanning and writing every line is what is left.
 Parquet: polars builds each batch's columns from its lines (scalars parsed, nested JSON cut
-out as written), about 5 µs a line; pyarrow's writer and polars add about 90 MiB to the
-export process. Memory stays flat: at most 8 chunks of lines wait for the export process.
+out as written), about 5 µs a line; pyarrow's writer and polars add about 130 MiB to the
+export process (their imports ~55 MiB, polars' first frames and pyarrow's first writes most
+of the rest; handing pyarrow's freed memory back after each write did not lower the peak).
+Memory stays flat: at most 8 chunks of lines wait for the export process.
 """
     section = "export" if plant_every == 8 else f"export_plant{plant_every}"
     if plant_every != 8:
