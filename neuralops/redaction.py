@@ -572,6 +572,7 @@ class Redactor:
         self._steps: dict[tuple[tuple[_Node, ...], str], _Step] = {}
         # The triggers gate the stock rules only: a subclass may have changed what they do.
         self._gated = type(self) in (Redactor, SecretRedactor)
+        self._scanner: Scanner | None = None  # the process's, taken on first use
 
     def __repr__(self) -> str:  # the key stays out of reprs and logs
         key = "dev key" if self.uses_dev_key else "key set"
@@ -602,7 +603,11 @@ class Redactor:
 
     def _may_fire(self, text: str) -> frozenset[str | None] | None:
         """The rules that could change ``text`` (None: all of them)."""
-        return scanner(TRIGGERS).rules(text) if self._gated else None
+        if not self._gated:
+            return None
+        if self._scanner is None:  # not per text: the lookup hashes all the triggers
+            self._scanner = scanner(TRIGGERS)
+        return self._scanner.rules(text)
 
     def _apply(
         self,
