@@ -71,7 +71,8 @@ setup:
 ## share a module's connector on one process). One file by hand: .venv/bin/pytest tests/test_x.py
 ## (one process). Three processes on the 2 cores: the tests start servers and browsers of their
 ## own, so a fourth only oversubscribed the CPU (clean clone, idle machine: 926 s wall with 4,
-## 843 s with 3).
+## 843 s with 3; again with bytecode written, in place: 568 s with 4 against 586 s with 3, within
+## the noise, for 840 against 773 s of user CPU and the browser test 241 against 171 s).
 ## The suite starts many Python processes (Prefect servers, workers, `neuralops` commands).
 ## Where the environment sets PYTHONDONTWRITEBYTECODE (these machines do), each one compiled
 ## Prefect, SQLAlchemy... from source again, as .venv is installed --no-compile. Unset for the
