@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from neuralops.redaction import _PLACEHOLDER, TRIGGERS, Redactor, Trigger, scanner
+from neuralops.redaction import _PLACEHOLDER, JSON_ESCAPE, TRIGGERS, Redactor, Trigger, scanner
 
 if TYPE_CHECKING:
     import numpy as np
@@ -122,6 +122,8 @@ def marked_lines(data: bytes, redactor: Redactor, ends: np.ndarray | None = None
     if len(ends):
         starts = np.concatenate(([0], ends[:-1] + 1))
         view = np.frombuffer(data, dtype=np.uint8)
+        if not data.isascii():  # a byte of a non-ASCII character marks the line holding it
+            marked[np.searchsorted(ends, np.flatnonzero(view >= 128))] = True
         opening = (view | 32) == 123  # [ (91) and { (123): one comparison, not two
         marked |= np.add.reduceat(opening, starts, dtype=np.int32) > MAX_BRACKETS
     return marked
@@ -139,7 +141,7 @@ def may_redact(texts: Sequence[str], redactor: Redactor) -> list[bool]:
 
 # --- one marked line, string by string --------------------------------------------------------
 
-_OTHER_ESCAPE = re.compile(TRIGGERS[1].pattern)  # an escape but \"
+_OTHER_ESCAPE = re.compile(JSON_ESCAPE.pattern)  # an escape but \"
 _KEY_AFTER = re.compile(r"[ \t]*:")
 
 

@@ -149,6 +149,16 @@ def test_escapes_but_quotes_mark_the_record() -> None:
     ]
 
 
+def test_a_non_ascii_character_marks_its_line_and_no_other() -> None:
+    """Marked by a byte test, not a trigger: each line holding a byte of a non-ASCII
+    character, wherever in the line, and only those (plain text on either side)."""
+    texts = ["plain", "caf\u00e9", "plain", "\u212aelvin", "plain", "end \U0001f525", "plain"]
+    lines = [json.dumps({"note": t}, ensure_ascii=False) for t in texts]
+    assert may_redact(lines, Redactor()) == [False, True, False, True, False, True, False]
+    assert may_redact(["\u00e9"], Redactor()) == [True]  # the chunk's first byte
+    assert may_redact(["x", "y\u00e9"], Redactor()) == [False, True]  # its last line
+
+
 def test_the_triggers_are_worked_out_once_and_keep_no_redactor_alive() -> None:
     redactor = Redactor(field_rules={"inputs.customer": "hash"})
     assert triggers(redactor) is triggers(redactor)  # the same tuple: worked out once
