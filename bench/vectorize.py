@@ -337,17 +337,19 @@ Where the time goes: PostgreSQL's backend serialises each run to its JSON line
 its psycopg client uses 2 to 6.5 s of CPU, so the backend sets its pace (the export's query
 and the baseline's ran equally fast by hand, 11.4 and 11.0 s). The export process reads the
 COPY (a thread; psycopg hands over one row at a time, 2 to 6 µs a row), scans each chunk
-(`neuralops.redaction_batch.marked_lines`, lines of about 1 KB: by hand about 6 µs a line
-in all, the Hyperscan scan of the 28 triggers about 5 µs of it, some 200 MB/s, most of
-which the triggers on digits and colons cost (cards, phones, IPv6); the rest numpy finding
-newlines and counting brackets; more with secrets in one run in eight, where every match
-calls back into Python) and writes the unmarked lines as the bytes they came in. A marked
-line is redacted by the export process itself, or by a worker (`python -m
-neuralops.etl_lines`, one per core) once redacting has taken the export process
-{POOL_MIN_REDACTION_S} s of CPU and {POOL_MIN_SHARE:.0%} of its CPU time: when every trigger
-match in it ends inside a string value, only those values are decoded, redacted and put back
-(`redact_strings`; an IP address in an error message: about 70 µs), else the whole record is
-(field rules, secret-named keys, cards stored as numbers).
+(`neuralops.redaction_batch.marked_lines`, lines of about 1 KB: by hand 2.3 µs a line in
+all on 2026-12-07, up to 6 µs on slower days, the Hyperscan scan of the 28 triggers most of
+it, about 550 MB/s, no one trigger above a twentieth of it; a non-ASCII byte is found by a
+byte test beside the scan, which as a trigger made the scan a fifth slower; the rest numpy
+finding newlines and counting brackets; more with secrets in one run in eight, where each of
+the ~35 trigger matches in a planted line calls back into Python) and writes the unmarked
+lines as the bytes they came in. A marked line is redacted by the export process itself, or
+by a worker (`python -m neuralops.etl_lines`, one per core) once redacting has taken the
+export process {POOL_MIN_REDACTION_S} s of CPU and {POOL_MIN_SHARE:.0%} of its CPU time: when
+every trigger match in it ends inside a string value, only those values are decoded,
+redacted and put back (`redact_strings`; an IP address in an error message, or a traceback's
+line breaks: 20 to 30 µs by hand on 2026-12-07), else the whole record is (field rules,
+secret-named keys, cards stored as numbers: about 60 µs for a run with a user's e-mail).
 Output, quarantine verdicts and counts are those of the per-record path
 (tests/test_redaction_batch.py). CPU during the faster JSONL export: the export process
 {main_cpu:,.1f} s, its workers {workers_cpu:,.1f} s, that is

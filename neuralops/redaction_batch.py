@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from neuralops.redaction import _PLACEHOLDER, JSON_ESCAPE, TRIGGERS, Redactor, Trigger, scanner
+from neuralops.redaction import _PLACEHOLDER, TRIGGERS, Redactor, Trigger, scanner
 
 if TYPE_CHECKING:
     import numpy as np
@@ -141,15 +141,19 @@ def may_redact(texts: Sequence[str], redactor: Redactor) -> list[bool]:
 
 # --- one marked line, string by string --------------------------------------------------------
 
-_OTHER_ESCAPE = re.compile(JSON_ESCAPE.pattern)  # an escape but \"
+# An escaped backslash, or a \u escape (which may decode to anything, a lone surrogate
+# included: the whole way's to judge). Without them every backslash in a line starts a
+# one-character escape (\" \n \t \r \b \f \/), which ``_string_around`` relies on.
+_UNSAFE_ESCAPE = re.compile(r"\\[\\u]")
 _KEY_AFTER = re.compile(r"[ \t]*:")
 
 
 def _string_around(line: str, at: int) -> tuple[int, int] | None:
     """(start, end) of the JSON string whose content holds ``line[at]``, quotes included; None
-    when ``line[at]`` is outside every string or a quote. The line's only escapes are \"
-    (its other escapes sent it the whole way), so the quotes before ``at`` that no backslash
-    precedes tell whether it is inside a string."""
+    when ``line[at]`` is outside every string or a quote. The line holds no escaped backslash
+    (``_UNSAFE_ESCAPE`` sent it the whole way), so a quote is escaped exactly when a backslash
+    precedes it, and the quotes before ``at`` that none precedes tell whether it is inside a
+    string."""
     if line[at] == '"' or (line.count('"', 0, at) - line.count('\\"', 0, at)) % 2 == 0:
         return None
     start = line.rfind('"', 0, at)
@@ -170,9 +174,12 @@ def redact_strings(line: str, redactor: Redactor) -> str | None:
     the values a match ends in are decoded and redacted; the rest of the line, keys, numbers
     and spacing included, is written as PostgreSQL serialised it. A match that ends anywhere
     else (in a key, on a quote: a field rule's key, a secret-named key; in a number: a card
-    stored as one), an escape, a non-ASCII character or deep nesting sends the record the whole way,
-    which knows the record's shape. ``provenance`` and ``verified`` (last in a COPY line)
-    are never redacted."""
+    stored as one), an escaped backslash or a \\u escape, a non-ASCII character or deep
+    nesting sends the record the whole way, which knows the record's shape. A value holding
+    any other escape (a line break, a tab: a log's traceback) is always decoded and redacted,
+    as the triggers saw its escaped form and not its text: the escape trigger
+    (``JSON_ESCAPE``) ends in it. ``provenance`` and ``verified`` (last in a COPY line) are
+    never redacted."""
     patterns = triggers(redactor)
     if patterns is None or not line.isascii():
         return None
@@ -181,8 +188,8 @@ def redact_strings(line: str, redactor: Redactor) -> str | None:
     kept = line.rfind(',"provenance":')
     if kept < 0:
         return None
-    if _OTHER_ESCAPE.search(line) is not None:
-        return None  # what an escape decodes to (a lone surrogate?) is the whole way's to judge
+    if _UNSAFE_ESCAPE.search(line) is not None:
+        return None
     found = scanner(patterns).matches(line.encode())
     if any(trigger >= len(TRIGGERS) and end <= kept for trigger, end in found):
         return None  # a field rule's key

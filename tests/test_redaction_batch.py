@@ -344,13 +344,32 @@ def test_what_needs_the_record_is_not_done_in_place() -> None:
         {"inputs": {"db_password": 1234}},  # a secret-named key, a number
         {"inputs": {"card": 4111111111111111}},  # a card stored as a number
         {"inputs": {"ops@example.com": "on call"}},  # a key the text rules change
-        {"inputs": {"note": "caf\u00e9 at 10.0.0.1"}},  # non-ASCII
-        {"inputs": {"note": "line\nand 10.0.0.1"}},  # an escape
+        {"inputs": {"note": "caf\u00e9 at 10.0.0.1"}},  # non-ASCII (a \\u escape in _line)
+        {"inputs": {"path": "C:\\temp", "note": "at 10.0.0.1"}},  # an escaped backslash
     ]
     for record in needs_the_record:
         assert redact_strings(_line(record), redactor) is None, record
     deep = {"inputs": {"x": [[]] * MAX_BRACKETS, "ip": "10.0.0.1"}}  # over MAX_BRACKETS
     assert redact_strings(_line(deep), redactor) is None
+
+
+def test_a_value_with_a_line_break_is_redacted_in_place_as_its_text() -> None:
+    """The triggers see a value's escaped form (``\\n-p``: no separator before ``-p``), so a
+    value holding an escape is always redacted, as the text it decodes to."""
+    for record in (
+        {"inputs": {"cmd": "mysql -u root\n-phunter22 db", "n": 1}},  # the flag after a break
+        {"outputs": {"error": "Traceback:\n  File x\n\tconnect(10.0.0.7)\nTimeout"}},
+        {"outputs": {"error": "Traceback:\n  File x\nTimeout"}},  # nothing to redact
+    ):
+        line, ours, theirs = _line(record), Redactor(), Ungated()
+        in_place = redact_strings(line, ours)
+        assert in_place is not None, record
+        assert json.loads(in_place) == _full_path(line, theirs) and ours.stats == theirs.stats
+    assert "hunter22" not in redact_strings(
+        _line({"inputs": {"cmd": "mysql\n-phunter22"}}), Redactor()
+    )
+    plain = _line({"outputs": {"error": "Traceback:\n  File x\nTimeout"}})
+    assert redact_strings(plain, Redactor()) == plain  # unchanged values keep their bytes
 
 
 def test_a_line_that_goes_the_whole_way_is_counted_once() -> None:
@@ -384,6 +403,30 @@ def test_in_place_equals_the_whole_record(fields: list[tuple[str, str]], log: st
         "node_logs": [{"name": "step", "message": log, "n": 7}],
     }
     _check_in_place(record)
+
+
+# Log-shaped values: line breaks, tabs and quotes (escaped in the line) around what the rules
+# catch, so that most lines hold an escape and still go the in-place way.
+LOG_PIECES = st.sampled_from(
+    ["\n", "\t", "\r", "\f", "\b", '"', "'", " ", ":", "=", "{", "}", ",", "/", "x",
+     "Traceback", "10.0.0.1", "::1", "a@b.co", "-p", "-phunter22", "mysql", "password: x",
+     "secret=", "token is abc123", "eyJhbGciOi.eyJzdWIi.sig", "4111 1111 1111 1111",
+     "+44 20 7946 0958", "AKIAABCDEFGHIJKLMNOP", "<EMAIL>"]
+)  # fmt: skip
+LOG = st.lists(LOG_PIECES, max_size=10).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["note", "error", "cmd", "a"]), LOG), max_size=4), LOG)
+def test_in_place_with_escapes_equals_the_whole_record(
+    fields: list[tuple[str, str]], log: str
+) -> None:
+    record = {
+        "inputs": dict(fields),
+        "outputs": {"lines": [log, "ok"]},
+        "node_logs": [{"name": "step", "message": log, "n": 7}],
+    }
+    assert _check_in_place(record)  # none of these needs the record
 
 
 # --- through the PostgreSQL COPY export ------------------------------------------------------
