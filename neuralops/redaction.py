@@ -52,7 +52,6 @@ from detect_secrets.plugins.twilio import TwilioKeyDetector
 __all__ = [
     "DEFAULT_FIELD_RULES",
     "DEV_HASH_KEY",
-    "JSON_ESCAPE",
     "PLACEHOLDERS",
     "TRIGGERS",
     "FieldAction",
@@ -358,11 +357,10 @@ _WORDS = "(?:{})".format(
     + _OWN_SECRET_WORDS
 )
 
-# A JSON escape but \" (what it decodes to is hidden from the triggers: neuralops.redaction_batch)
-JSON_ESCAPE: Final = Trigger(r'\\[^"]', False, None)
-
 TRIGGERS: Final[tuple[Trigger, ...]] = (
-    JSON_ESCAPE,
+    # a JSON escape but \" (what it decodes to is hidden from the triggers: the export
+    # redacts the value holding it as its text, neuralops.redaction_batch)
+    Trigger(r'\\[^"]', False, None),
     Trigger("PRIVATE KEY", False, "_private_keys"),
     Trigger("eyJ", False, "_jwts"),
     # _AUTH_HEADER; also the secret-named key "(proxy-)authorization"

@@ -177,8 +177,8 @@ def redact_strings(line: str, redactor: Redactor) -> str | None:
     stored as one), an escaped backslash or a \\u escape, a non-ASCII character or deep
     nesting sends the record the whole way, which knows the record's shape. A value holding
     any other escape (a line break, a tab: a log's traceback) is always decoded and redacted,
-    as the triggers saw its escaped form and not its text: the escape trigger
-    (``JSON_ESCAPE``) ends in it. ``provenance`` and ``verified`` (last in a COPY line) are
+    as the triggers saw its escaped form and not its text: the escape trigger (the first of
+    ``TRIGGERS``) ends in it. ``provenance`` and ``verified`` (last in a COPY line) are
     never redacted."""
     patterns = triggers(redactor)
     if patterns is None or not line.isascii():
