@@ -418,6 +418,7 @@ class Scanner:
 
     def __init__(self, triggers: tuple[Trigger, ...], serialized: bytes | None = None) -> None:
         self.triggers = triggers
+        self.names = tuple(t.rule for t in triggers)
         if serialized is not None:
             self.database = hyperscan.loadb(serialized, hyperscan.HS_MODE_BLOCK)
             self.database.scratch = hyperscan.Scratch(self.database)
@@ -445,12 +446,21 @@ class Scanner:
             self.database.scan(data, match_event_handler=found)
         return out
 
-    def rules(self, text: str) -> frozenset[str | None] | None:
+    def rules(self, text: str) -> set[str | None] | None:
         """The rules some trigger matches in ``text`` (None: every rule, a non-ASCII text)."""
         if not text.isascii():
             return None
-        triggers = self.triggers
-        return frozenset(triggers[i].rule for i, _ in self.matches(text.encode()))
+        # the names gathered as they are found: no list of matches to build and walk again
+        # (asked after every change a rule makes: ~3.5 -> ~2.7 µs on a planted run's log lines)
+        rules: set[str | None] = set()
+        add, names = rules.add, self.names
+
+        def found(trigger: int, _start: int, _end: int, _flags: int, _context: object) -> None:
+            add(names[trigger])
+
+        with self.lock:
+            self.database.scan(text.encode(), match_event_handler=found)
+        return rules
 
 
 _SCANNERS: dict[tuple[Trigger, ...], Scanner] = {}
@@ -528,6 +538,25 @@ def _step(nodes: tuple[_Node, ...], key: str) -> _Step:
 
 
 _DIGIT = re.compile(r"\d", re.ASCII)
+
+
+_KeyStep = tuple[FieldAction | None, tuple[_Node, ...], bool]  # ``_Step``, named like a secret
+
+
+def _key_step(nodes: tuple[_Node, ...], key: Any) -> _KeyStep:
+    """A key's field-rule action, the trie's nodes below it, and whether it is named like a
+    secret (``_is_secret_key``)."""
+    name = key if isinstance(key, str) else str(key)
+    action, below = _step(nodes, name) if nodes else (None, ())
+    return action, below, isinstance(key, str) and _is_secret_key(key)
+
+
+def _joined(path: str, key: Any) -> str:
+    """The dotted path of ``key`` under ``path`` (for error messages)."""
+    name = key if isinstance(key, str) else str(key)
+    return f"{path}.{name}" if path else name
+
+
 _CLEAN_MAX, _CLEAN_MAX_LEN = 50_000, 128
 _SAFE_SCALARS = (bool, float, Decimal, datetime, date, time, UUID)
 
@@ -572,7 +601,9 @@ class Redactor:
         # Short strings that came back unchanged (statuses, names, keys): run records repeat
         # them endlessly. Bounded; redaction is deterministic, so the cache cannot go stale.
         self._clean: set[str] = set()
-        self._steps: dict[tuple[tuple[_Node, ...], str], _Step] = {}
+        # Keys the walk met at a place in the rules' trie and text() left unchanged: a run's
+        # keys repeat from record to record. Bounded, as the keys come from the data.
+        self._clean_keys: dict[tuple[tuple[_Node, ...], str], _KeyStep] = {}
         # The triggers gate the stock rules only: a subclass may have changed what they do.
         self._gated = type(self) in (Redactor, SecretRedactor)
         self._scanner: Scanner | None = None  # the process's, taken on first use
@@ -604,7 +635,7 @@ class Redactor:
             self._clean.add(value)
         return value
 
-    def _may_fire(self, text: str) -> frozenset[str | None] | None:
+    def _may_fire(self, text: str) -> set[str | None] | None:
         """The rules that could change ``text`` (None: all of them)."""
         if not self._gated:
             return None
@@ -616,8 +647,8 @@ class Redactor:
         self,
         rules: tuple[Callable[[str], str], ...],
         value: str,
-        may_fire: frozenset[str | None] | None,
-    ) -> tuple[str, frozenset[str | None] | None]:
+        may_fire: set[str | None] | None,
+    ) -> tuple[str, set[str | None] | None]:
         """``rules`` in order over ``value``, skipping those none of whose triggers match it
         (they would return it unchanged); after a change the text is scanned again."""
         for rule in rules:
@@ -662,20 +693,27 @@ class Redactor:
             return obj if _PLACEHOLDER.fullmatch(obj) else self.text(obj)
         if isinstance(obj, Mapping):
             out: dict[Any, Any] = {}
+            clean_keys, clean = self._clean_keys, self._clean
             for key, item in obj.items():
-                name = key if isinstance(key, str) else str(key)
-                sub = f"{path}.{name}" if path else name
-                action, below = self._remembered_step(nodes, name) if nodes else (None, ())
-                if action == "drop":
-                    self.stats[DROPPED] += 1
-                    continue
-                new_key = self._redact_key(key, out)
-                if action == "hash":
-                    out[new_key] = self._hash_value(item)
-                elif isinstance(key, str) and _is_secret_key(key):
-                    out[new_key] = self._secret_value(item, below, sub)
+                known = clean_keys.get((nodes, key))
+                if known is not None and key not in out:  # met here before, unchanged by text()
+                    (action, below, secret), new_key = known, key
                 else:
-                    out[new_key] = self._walk(item, below, sub)
+                    action, below, secret = _key_step(nodes, key)
+                    if action == "drop":
+                        self.stats[DROPPED] += 1
+                        continue
+                    new_key = self._redact_key(key, out)
+                    if new_key == key and type(key) is str and len(clean_keys) < _CLEAN_MAX:
+                        clean_keys[nodes, key] = (action, below, secret)
+                if action is None and not secret and type(item) is str and item in clean:
+                    out[new_key] = item  # the common case, without a call: seen, unchanged
+                elif action == "hash":
+                    out[new_key] = self._hash_value(item)
+                elif secret:
+                    out[new_key] = self._secret_value(item, below, _joined(path, key))
+                else:
+                    out[new_key] = self._walk(item, below, _joined(path, key))
             return out
         if isinstance(obj, list | tuple):
             return [self._walk(item, nodes, path) for item in obj]
@@ -692,16 +730,6 @@ class Redactor:
             f"cannot redact {type(obj).__name__} at {path or '(root)'}: "
             "convert it to JSON types (dict, list, str, number, bool, None) first"
         )
-
-    def _remembered_step(self, nodes: tuple[_Node, ...], key: str) -> _Step:
-        """``_step``, remembered: a run's keys repeat from record to record (bounded, as the
-        keys come from the data)."""
-        found = self._steps.get((nodes, key))
-        if found is None:
-            found = _step(nodes, key)
-            if len(self._steps) < _CLEAN_MAX:
-                self._steps[nodes, key] = found
-        return found
 
     def _redact_key(self, key: Any, out: dict[Any, Any]) -> Any:
         """Keys are text too (a dict keyed by e-mail); collisions get ~2, ~3, ..."""

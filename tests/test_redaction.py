@@ -438,6 +438,26 @@ def test_record_applies_field_and_text_rules() -> None:
     assert out["duration_ms"] == 1500 and out["status"] == "failed"
 
 
+def test_keys_remembered_from_earlier_records_redact_a_record_as_a_fresh_redactor_does() -> None:
+    # The walk remembers, by place in the field rules, the keys text() left unchanged. A later
+    # record meeting them (one colliding with a key redacted just before it) must come out,
+    # and be counted, as it does from a redactor that has seen nothing.
+    warm = Redactor()
+    warm.record({"inputs": {"<EMAIL>": 0, "user_email": "x@example.com", "password": "p"}})
+    later = {
+        "inputs": {"a@example.com": 1, "<EMAIL>": 2, "user_email": "y@example.com", "pw": "q"},
+        "outputs": {"token": "t1", "note": "ok"},
+    }
+    warm.stats.clear()
+    fresh = Redactor()
+    out = warm.record(later)
+    assert out == fresh.record(later)
+    assert warm.stats == fresh.stats
+    assert out["inputs"]["<EMAIL>"] == 1 and out["inputs"]["<EMAIL>~2"] == 2
+    assert out["inputs"]["user_email"].startswith("<HASH:")
+    assert out["outputs"]["token"] == "<SECRET>"
+
+
 def test_hash_is_deterministic_keyed_and_hides_the_key() -> None:
     a, b = Redactor(hash_key=b"k1"), Redactor(hash_key=b"k1")
     h = a.value("ana@example.com", "inputs.user_email")
