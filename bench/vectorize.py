@@ -349,7 +349,8 @@ export process {POOL_MIN_REDACTION_S} s of CPU and {POOL_MIN_SHARE:.0%} of its C
 every trigger match in it ends inside a string value, only those values are decoded,
 redacted and put back (`redact_strings`; an IP address in an error message, or a traceback's
 line breaks: 20 to 30 µs by hand on 2026-12-07), else the whole record is (field rules,
-secret-named keys, cards stored as numbers: about 60 µs for a run with a user's e-mail).
+secret-named keys, cards stored as numbers: about 72 µs by hand on
+2026-12-08 for a run with a user's e-mail).
 Output, quarantine verdicts and counts are those of the per-record path
 (tests/test_redaction_batch.py). CPU during the faster JSONL export: the export process
 {main_cpu:,.1f} s, its workers {workers_cpu:,.1f} s, that is
@@ -359,10 +360,13 @@ Output, quarantine verdicts and counts are those of the per-record path
 the machine too when either is above 2). At {0.7:.1f}x of COPY a row may take
 {(os.cpu_count() or 1) / (0.7 * copy_rate) * 1e6:,.0f} µs of CPU on these cores, PostgreSQL's
 serialisation included. With secrets in one run in eight, redacting the planted runs whole is
-most of the work: by hand, with warm caches, a planted run costs about 300 µs (decoding ~20,
-`record()` ~220, of which the walk ~50 and the rules that fire, each over secret-laden text,
-~170; writing it ~15); more in the export, where most strings of a planted run are new to
-a worker's caches. No scan can skip a rule that does fire. With secrets in one run in 800
+most of the work: by hand on 2026-12-08 a planted line costs about 235 µs (decoding ~10,
+`record()` ~180, writing ~15). Of `record()`, the walk is ~27 µs and the rules that fire
+~130, over four secret-laden strings: the note with an e-mail, a phone, two addresses and a
+card ~52, the debug output with AWS keys, a client secret and a private key ~45, the curl line
+with a bearer token and a JWT ~16, the database URL ~8. Each string is scanned for the
+triggers again after each rule that changed it (~3 µs a scan: six scans of the note, four of
+the debug output). No scan can skip a rule that does fire. With secrets in one run in 800
 (`--plant-every 800`) about one line in fifty is marked (IP addresses in error messages), and
 reading, scanning and writing every line is what is left.
 Parquet: polars builds each batch's columns from its lines (scalars parsed, nested JSON cut
