@@ -418,7 +418,7 @@ class Scanner:
 
     def __init__(self, triggers: tuple[Trigger, ...], serialized: bytes | None = None) -> None:
         self.triggers = triggers
-        self.names = tuple(t.rule for t in triggers)
+        self.names = tuple(t.rule for t in triggers)  # by trigger id, for rules()
         if serialized is not None:
             self.database = hyperscan.loadb(serialized, hyperscan.HS_MODE_BLOCK)
             self.database.scratch = hyperscan.Scratch(self.database)
@@ -442,8 +442,7 @@ class Scanner:
         def found(trigger: int, _start: int, end: int, _flags: int, _context: object) -> None:
             out.append((trigger, end))
 
-        with self.lock:
-            self.database.scan(data, match_event_handler=found)
+        self._scan(data, found)
         return out
 
     def rules(self, text: str) -> set[str | None] | None:
@@ -458,9 +457,12 @@ class Scanner:
         def found(trigger: int, _start: int, _end: int, _flags: int, _context: object) -> None:
             add(names[trigger])
 
-        with self.lock:
-            self.database.scan(text.encode(), match_event_handler=found)
+        self._scan(text.encode(), found)
         return rules
+
+    def _scan(self, data: bytes, found: Callable[[int, int, int, int, object], None]) -> None:
+        with self.lock:  # one scratch space per database
+            self.database.scan(data, match_event_handler=found)
 
 
 _SCANNERS: dict[tuple[Trigger, ...], Scanner] = {}
